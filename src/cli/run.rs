@@ -1,0 +1,46 @@
+//! `run`: load and check everything, then start the node and wait for SIGINT or SIGTERM.
+
+use crate::config::description::Description;
+use crate::node::{self, NodeOptions};
+
+/// Arguments of `run`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Id of the node.
+    #[arg(long)]
+    pub id: String,
+    /// Shards (cores) to run; overrides `engine.cores` in the config (0 = all cores).
+    #[arg(long)]
+    pub cores: Option<usize>,
+}
+
+pub(super) fn execute(args: Args) -> anyhow::Result<()> {
+    let paths = super::node_paths(&args.id)?;
+    let mut config = crate::config::Config::load_for_run(&paths, &args.id)?;
+    if let Some(cores) = args.cores {
+        config.engine.cores = cores;
+    }
+    let keys = crate::keys::NodeKeys::load(&config.key_paths())?;
+    let description = Description::load(&paths.description_file())?;
+    crate::logging::init(&config.logging.level);
+
+    let m = &config.mixnode;
+    print!("{}", super::banner());
+    println!("Starting mixnode {}...", args.id);
+    println!("Listening for incoming packets on {}", m.listening_address);
+    println!("Announcing the following address: {}", m.announce_address);
+    println!();
+    println!("To bond your mixnode, you will need to provide the following:");
+    println!("    Identity key: {}", keys.identity_base58());
+    println!("    Sphinx key: {}", keys.sphinx_base58());
+    println!("    Address: {}", m.announce_address);
+    println!("    Mix port: {}", m.mix_port);
+    println!("    Version: {}", m.version);
+    println!();
+
+    let running = node::start(&config, keys, description, NodeOptions::default())?;
+    let signal = node::wait_for_shutdown_signal()?;
+    tracing::info!(signal, "shutting down");
+    running.shutdown();
+    Ok(())
+}

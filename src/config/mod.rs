@@ -1,0 +1,803 @@
+//! The node's configuration: where its files live, what `config.toml` holds, and how a file
+//! written by an older version is brought up to date ([`upgrade`]).
+//!
+//! Loading checks everything before anything starts: a bad file is refused with a message that
+//! names the file, the line or field, and the fix. This module does not touch keys beyond
+//! naming their paths (see [`crate::keys`]).
+
+pub mod description;
+pub mod upgrade;
+
+use std::fmt;
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::keys::KeyPaths;
+
+/// The version this binary writes and runs.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Environment variable that overrides the home folder (default `~/.nym`).
+pub const HOME_ENV: &str = "NYM_MIXNODE_HOME";
+
+/// Default port for mix traffic.
+pub const DEFAULT_MIX_PORT: u16 = 1789;
+/// Default port for VerLoc.
+pub const DEFAULT_VERLOC_PORT: u16 = 1790;
+/// Default port for the HTTP API.
+pub const DEFAULT_HTTP_API_PORT: u16 = 8000;
+
+/// A config problem, as a person reads it: the file, where, what, and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is not there.
+    #[error("config file {path} does not exist. Fix: run `nym-mixnode init --id {id} --host <your IP>` first, or check --id and ${HOME_ENV}")]
+    Missing {
+        /// The config file.
+        path: PathBuf,
+        /// The node id asked for.
+        id: String,
+    },
+    /// The file could not be read or written.
+    #[error("cannot access config file {path}: {source}")]
+    Io {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, or a value of the wrong type.
+    #[error("config file {path} is invalid: {detail}\nFix: {fix}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// What the parser said, with line and column.
+        detail: String,
+        /// What to do.
+        fix: String,
+    },
+    /// A value parsed but is not allowed.
+    #[error("config file {path}: field `{field}` {problem}\nFix: {fix}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Dotted field name, e.g. `mixnode.mix_port`.
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+        /// What to do.
+        fix: String,
+    },
+    /// The file was written by a version this binary does not run as is.
+    #[error("config file {path} has version {found}, this binary is version {VERSION}. {fix}")]
+    Version {
+        /// The config file.
+        path: PathBuf,
+        /// The version in the file.
+        found: String,
+        /// What to do.
+        fix: String,
+    },
+}
+
+/// The home folder: `$NYM_MIXNODE_HOME`, else `~/.nym`.
+pub fn home_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os(HOME_ENV).filter(|h| !h.is_empty()) {
+        return PathBuf::from(home);
+    }
+    let user_home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    user_home.join(".nym")
+}
+
+/// The folders and files of one node id.
+#[derive(Clone, Debug)]
+pub struct NodePaths {
+    /// `<home>/mixnodes/<id>`.
+    pub root: PathBuf,
+}
+
+impl NodePaths {
+    /// Paths of node `id` under `home`.
+    pub fn new(home: &Path, id: &str) -> NodePaths {
+        NodePaths {
+            root: home.join("mixnodes").join(id),
+        }
+    }
+
+    /// `config/`.
+    pub fn config_dir(&self) -> PathBuf {
+        self.root.join("config")
+    }
+
+    /// `config/config.toml`.
+    pub fn config_file(&self) -> PathBuf {
+        self.config_dir().join("config.toml")
+    }
+
+    /// `config/description.toml`.
+    pub fn description_file(&self) -> PathBuf {
+        self.config_dir().join("description.toml")
+    }
+
+    /// `data/`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+}
+
+/// Check a node id: it becomes a folder name.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !id.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid id '{id}': use 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
+        ))
+    }
+}
+
+/// Parse a host given by a person: an IPv4 or IPv6 address, nothing else.
+pub fn parse_host(text: &str) -> Result<IpAddr, String> {
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return Err(format!(
+            "'{text}' includes a port; pass the address alone ('{}') and set the port with --mix-port",
+            addr.ip()
+        ));
+    }
+    if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+        if inner.parse::<std::net::Ipv6Addr>().is_ok() {
+            return Err(format!(
+                "'{text}': pass the IPv6 address without brackets ('{inner}')"
+            ));
+        }
+    }
+    Err(format!(
+        "'{text}' is not an IP address; pass an IPv4 address such as 203.0.113.7 or an IPv6 address such as 2001:db8::7 (host names are not accepted: resolve the name first, e.g. with `dig +short NAME`)"
+    ))
+}
+
+/// The whole `config.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity, addresses, ports and key files.
+    pub mixnode: MixnodeSection,
+    /// Limits and timings of the packet engine.
+    #[serde(default)]
+    pub engine: EngineSection,
+    /// The HTTP API.
+    #[serde(default)]
+    pub http: HttpSection,
+    /// Latency measurements between nodes.
+    #[serde(default)]
+    pub verloc: VerlocSection,
+    /// Log output.
+    #[serde(default)]
+    pub logging: LoggingSection,
+}
+
+/// `[mixnode]`: the fields of the operator guide.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixnodeSection {
+    /// The version of the binary that wrote this file.
+    pub version: String,
+    /// The node id (its folder name).
+    pub id: String,
+    /// The address the node binds.
+    pub listening_address: IpAddr,
+    /// The address the node announces to others.
+    pub announce_address: IpAddr,
+    /// Mix traffic port.
+    pub mix_port: u16,
+    /// VerLoc port.
+    pub verloc_port: u16,
+    /// HTTP API port.
+    pub http_api_port: u16,
+    /// Ed25519 private key file.
+    pub private_identity_key_file: PathBuf,
+    /// Ed25519 public key file.
+    pub public_identity_key_file: PathBuf,
+    /// X25519 private key file.
+    pub private_sphinx_key_file: PathBuf,
+    /// X25519 public key file.
+    pub public_sphinx_key_file: PathBuf,
+}
+
+/// `[engine]`: the packet engine's limits. Every queue and table has a maximum.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// Shards (cores) to run; 0 means one per available core.
+    pub cores: usize,
+    /// The longest delay a packet may ask for; longer ones are dropped.
+    #[serde(with = "humantime_serde")]
+    pub delay_max: Duration,
+    /// On shutdown, how long to keep forwarding packets that fall due.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Inbound connections open at once, whole node; more are refused and counted.
+    pub connections_inbound_max: usize,
+    /// Next hops with state (queue, connection) at once, whole node.
+    pub peers_max: usize,
+    /// Packets queued per next hop while its connection is down or busy.
+    pub peer_queue_packets_max: usize,
+    /// Packets held for their delay at once, per shard.
+    pub held_packets_max: usize,
+    /// Packets in flight on each cross-shard channel.
+    pub cross_shard_packets_max: usize,
+    /// Packets the replay filter is sized for under one key (whole node).
+    pub replay_filter_packets_max: u64,
+    /// False-positive rate the replay filter keeps up to `replay_filter_packets_max`.
+    pub replay_filter_false_positive_rate: f64,
+    /// A connection that stops mid-frame for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Outbound connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// First wait after a failed connection to a next hop.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Longest wait between connection attempts.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        EngineSection {
+            cores: 0,
+            delay_max: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(2),
+            connections_inbound_max: 4096,
+            peers_max: 4096,
+            peer_queue_packets_max: 2000,
+            held_packets_max: 500_000,
+            cross_shard_packets_max: 8192,
+            replay_filter_packets_max: 10_000_000,
+            replay_filter_false_positive_rate: 1e-5,
+            read_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_millis(1500),
+            backoff_initial: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[http]`: the HTTP API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// How often `/stats` is refreshed.
+    #[serde(with = "humantime_serde")]
+    pub stats_interval: Duration,
+    /// Requests served at once; more wait in the accept backlog.
+    pub concurrent_requests_max: usize,
+    /// A request must be read within this time.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            stats_interval: Duration::from_secs(30),
+            concurrent_requests_max: 64,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[verloc]`: latency measurements between nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerlocSection {
+    /// Topology file (JSON) or HTTP URL listing the nodes to measure; empty for none.
+    pub topology: String,
+    /// Echo packets sent to each node per run.
+    pub packets_per_node: usize,
+    /// Wait between two echo packets to one node.
+    #[serde(with = "humantime_serde")]
+    pub packet_spacing: Duration,
+    /// How long to wait for one reply.
+    #[serde(with = "humantime_serde")]
+    pub packet_timeout: Duration,
+    /// Connect timeout to a node being measured.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Nodes measured at once.
+    pub batch_size: usize,
+    /// Time between two full runs.
+    #[serde(with = "humantime_serde")]
+    pub run_interval: Duration,
+    /// Time before retrying when the node list could not be had.
+    #[serde(with = "humantime_serde")]
+    pub retry_interval: Duration,
+    /// VerLoc connections served at once.
+    pub connections_max: usize,
+}
+
+impl Default for VerlocSection {
+    fn default() -> Self {
+        VerlocSection {
+            topology: String::new(),
+            packets_per_node: 100,
+            packet_spacing: Duration::from_millis(50),
+            packet_timeout: Duration::from_millis(1500),
+            connect_timeout: Duration::from_secs(5),
+            batch_size: 50,
+            run_interval: Duration::from_secs(12 * 3600),
+            retry_interval: Duration::from_secs(30 * 60),
+            connections_max: 256,
+        }
+    }
+}
+
+/// `[logging]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingSection {
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or per module); RUST_LOG wins.
+    pub level: String,
+    /// How often a summary line of packets mixed and dropped is logged.
+    #[serde(with = "humantime_serde")]
+    pub summary_interval: Duration,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        LoggingSection {
+            level: "info".to_string(),
+            summary_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What `init` sets; the rest takes defaults.
+#[derive(Clone, Debug)]
+pub struct InitSettings {
+    /// Node id.
+    pub id: String,
+    /// Bind address.
+    pub host: IpAddr,
+    /// Announced address; the bind address when not given.
+    pub announce_host: Option<IpAddr>,
+    /// Mix port.
+    pub mix_port: u16,
+    /// VerLoc port.
+    pub verloc_port: u16,
+    /// HTTP API port.
+    pub http_api_port: u16,
+}
+
+impl Config {
+    /// A fresh config for `init`.
+    pub fn new(settings: &InitSettings, paths: &NodePaths) -> Config {
+        let keys = KeyPaths::in_data_dir(&paths.data_dir());
+        Config {
+            mixnode: MixnodeSection {
+                version: VERSION.to_string(),
+                id: settings.id.clone(),
+                listening_address: settings.host,
+                announce_address: settings.announce_host.unwrap_or(settings.host),
+                mix_port: settings.mix_port,
+                verloc_port: settings.verloc_port,
+                http_api_port: settings.http_api_port,
+                private_identity_key_file: keys.private_identity,
+                public_identity_key_file: keys.public_identity,
+                private_sphinx_key_file: keys.private_sphinx,
+                public_sphinx_key_file: keys.public_sphinx,
+            },
+            engine: EngineSection::default(),
+            http: HttpSection::default(),
+            verloc: VerlocSection::default(),
+            logging: LoggingSection::default(),
+        }
+    }
+
+    /// The key file paths this config names.
+    pub fn key_paths(&self) -> KeyPaths {
+        KeyPaths {
+            private_identity: self.mixnode.private_identity_key_file.clone(),
+            public_identity: self.mixnode.public_identity_key_file.clone(),
+            private_sphinx: self.mixnode.private_sphinx_key_file.clone(),
+            public_sphinx: self.mixnode.public_sphinx_key_file.clone(),
+        }
+    }
+
+    /// Read, parse and check the config of node `id` for running: its version must be this
+    /// binary's.
+    pub fn load_for_run(paths: &NodePaths, id: &str) -> Result<Config, ConfigError> {
+        let path = paths.config_file();
+        let text = read_config_text(&path, id)?;
+        let value = parse_toml(&path, &text)?;
+        check_version_runnable(&path, &value)?;
+        let config = deserialize(&path, &text)?;
+        config.validate(&path)?;
+        Ok(config)
+    }
+
+    /// Parse and check config text (any path, for messages).
+    pub fn from_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        parse_toml(path, text)?;
+        let config = deserialize(path, text)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Serialise with a header comment.
+    pub fn to_toml(&self) -> String {
+        // Serialising plain structs of strings, numbers and durations cannot fail.
+        let body = toml::to_string(self).unwrap_or_default();
+        format!(
+            "# nym-mixnode {VERSION} configuration. Durations read like \"1.5s\", \"10s\", \"12h\".\n\
+             # Edit and restart the node to apply. `nym-mixnode upgrade` migrates older files.\n\n{body}"
+        )
+    }
+
+    /// Write to `path` atomically (temporary file, then rename).
+    pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
+        let io = |source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = path.with_extension("toml.tmp");
+        fs::write(&tmp, self.to_toml()).map_err(io)?;
+        fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Check values serde accepted but the node cannot use.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: &str, problem: String, fix: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            problem,
+            fix: fix.to_string(),
+        };
+        let m = &self.mixnode;
+        validate_id(&m.id)
+            .map_err(|e| invalid("mixnode.id", e, "use the id of the node's folder"))?;
+        for (field, port) in [
+            ("mixnode.mix_port", m.mix_port),
+            ("mixnode.verloc_port", m.verloc_port),
+            ("mixnode.http_api_port", m.http_api_port),
+        ] {
+            if port == 0 {
+                return Err(invalid(
+                    field,
+                    "is 0".to_string(),
+                    "set a port between 1 and 65535 (defaults: mix 1789, verloc 1790, http api 8000)",
+                ));
+            }
+        }
+        let ports = [m.mix_port, m.verloc_port, m.http_api_port];
+        if ports[0] == ports[1] || ports[0] == ports[2] || ports[1] == ports[2] {
+            return Err(invalid(
+                "mixnode.mix_port",
+                format!(
+                    "{}, verloc_port {} and http_api_port {} must all differ",
+                    ports[0], ports[1], ports[2]
+                ),
+                "give each service its own port",
+            ));
+        }
+        if m.announce_address.is_unspecified() {
+            return Err(invalid(
+                "mixnode.announce_address",
+                format!("is {}, which no other node can reach", m.announce_address),
+                "set the node's public IP address",
+            ));
+        }
+        for (field, file) in [
+            (
+                "mixnode.private_identity_key_file",
+                &m.private_identity_key_file,
+            ),
+            (
+                "mixnode.public_identity_key_file",
+                &m.public_identity_key_file,
+            ),
+            (
+                "mixnode.private_sphinx_key_file",
+                &m.private_sphinx_key_file,
+            ),
+            ("mixnode.public_sphinx_key_file", &m.public_sphinx_key_file),
+        ] {
+            if !file.is_file() {
+                return Err(invalid(
+                    field,
+                    format!("names {}, which does not exist", file.display()),
+                    "restore the key file from your backup or correct the path",
+                ));
+            }
+        }
+        let e = &self.engine;
+        let positive: [(&str, u64); 7] = [
+            (
+                "engine.connections_inbound_max",
+                e.connections_inbound_max as u64,
+            ),
+            ("engine.peers_max", e.peers_max as u64),
+            (
+                "engine.peer_queue_packets_max",
+                e.peer_queue_packets_max as u64,
+            ),
+            ("engine.held_packets_max", e.held_packets_max as u64),
+            (
+                "engine.cross_shard_packets_max",
+                e.cross_shard_packets_max as u64,
+            ),
+            (
+                "engine.replay_filter_packets_max",
+                e.replay_filter_packets_max,
+            ),
+            (
+                "http.concurrent_requests_max",
+                self.http.concurrent_requests_max as u64,
+            ),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(invalid(
+                    field,
+                    "is 0".to_string(),
+                    "set a positive limit, or delete the line to use the default",
+                ));
+            }
+        }
+        let rate = e.replay_filter_false_positive_rate;
+        if !(rate > 0.0 && rate < 0.01) {
+            return Err(invalid(
+                "engine.replay_filter_false_positive_rate",
+                format!("is {rate}"),
+                "set a rate above 0 and below 0.01 (default 1e-5)",
+            ));
+        }
+        if e.delay_max > Duration::from_secs(3600) {
+            return Err(invalid(
+                "engine.delay_max",
+                format!("is {}", humantime::format_duration(e.delay_max)),
+                "set at most \"1h\" (default \"10s\")",
+            ));
+        }
+        if e.backoff_initial.is_zero() || e.backoff_initial > e.backoff_max {
+            return Err(invalid(
+                "engine.backoff_initial",
+                format!(
+                    "is {} with backoff_max {}",
+                    humantime::format_duration(e.backoff_initial),
+                    humantime::format_duration(e.backoff_max)
+                ),
+                "set 0 < backoff_initial <= backoff_max (defaults \"10s\" and \"5m\")",
+            ));
+        }
+        for (field, d) in [
+            ("engine.read_timeout", e.read_timeout),
+            ("engine.connect_timeout", e.connect_timeout),
+            ("http.stats_interval", self.http.stats_interval),
+            ("http.request_timeout", self.http.request_timeout),
+            ("logging.summary_interval", self.logging.summary_interval),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(
+                    field,
+                    "is 0".to_string(),
+                    "set a positive duration such as \"10s\"",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_config_text(path: &Path, id: &str) -> Result<String, ConfigError> {
+    fs::read_to_string(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            ConfigError::Missing {
+                path: path.to_path_buf(),
+                id: id.to_string(),
+            }
+        } else {
+            ConfigError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })
+}
+
+/// Parse TOML syntax only.
+pub(crate) fn parse_toml(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        detail: one_line(&e.to_string()),
+        fix: "correct the TOML syntax at that line (strings need quotes, sections look like [mixnode])".to_string(),
+    })
+}
+
+/// Deserialise from the original text, so that errors carry its line and column.
+fn deserialize(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    toml::from_str::<Config>(text).map_err(|e| {
+        let detail = one_line(&e.to_string());
+        let fix = if detail.contains("unknown field") {
+            "remove or rename that key; `nym-mixnode init --help` and the README list the valid keys".to_string()
+        } else if detail.contains("missing field") {
+            "add the missing field, or run `nym-mixnode upgrade` if the file is from an older version".to_string()
+        } else if detail.contains("u16") {
+            "ports are whole numbers from 1 to 65535".to_string()
+        } else {
+            "correct the value at that line; durations are strings such as \"1.5s\"".to_string()
+        };
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            detail,
+            fix,
+        }
+    })
+}
+
+/// Version of the file: `mixnode.version`, or for 0.10/0.11 files the same place.
+pub(crate) fn file_version(table: &toml::Table) -> Option<String> {
+    table
+        .get("mixnode")?
+        .get("version")?
+        .as_str()
+        .map(|s| s.to_string())
+}
+
+fn check_version_runnable(path: &Path, table: &toml::Table) -> Result<(), ConfigError> {
+    let found = file_version(table).unwrap_or_else(|| "(none)".to_string());
+    match Semver::parse(&found).map(|v| v.cmp_minor(&Semver::current())) {
+        Some(std::cmp::Ordering::Equal) => Ok(()),
+        Some(std::cmp::Ordering::Less) => Err(ConfigError::Version {
+            path: path.to_path_buf(),
+            found,
+            fix: "Fix: run `nym-mixnode upgrade --id <id>` to migrate it (a copy of the old file is kept).".to_string(),
+        }),
+        Some(std::cmp::Ordering::Greater) => Err(ConfigError::Version {
+            path: path.to_path_buf(),
+            found,
+            fix: "It was written by a newer binary. Fix: run that newer binary, or restore the backup the upgrade kept.".to_string(),
+        }),
+        None => Err(ConfigError::Version {
+            path: path.to_path_buf(),
+            found,
+            fix: "Fix: set `version` under [mixnode] to the version that wrote the file (e.g. \"0.11.0\") and run `nym-mixnode upgrade`.".to_string(),
+        }),
+    }
+}
+
+/// A `major.minor.patch` version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Semver {
+    /// Major.
+    pub major: u32,
+    /// Minor.
+    pub minor: u32,
+    /// Patch.
+    pub patch: u32,
+}
+
+impl Semver {
+    /// Parse `1.2.3` (a pre-release or build suffix is ignored; `1.2` means `1.2.0`).
+    pub fn parse(text: &str) -> Option<Semver> {
+        let core = text.trim().split(['-', '+']).next()?;
+        let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
+        let v = Semver {
+            major: parts.next()??,
+            minor: parts.next()??,
+            patch: parts.next().unwrap_or(Some(0))?,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(v)
+    }
+
+    /// This binary's version.
+    pub fn current() -> Semver {
+        // The crate version is always major.minor.patch.
+        Semver::parse(VERSION).unwrap_or(Semver {
+            major: 0,
+            minor: 0,
+            patch: 0,
+        })
+    }
+
+    /// Compare by major and minor only: patch releases share a config layout.
+    pub fn cmp_minor(&self, other: &Semver) -> std::cmp::Ordering {
+        (self.major, self.minor).cmp(&(other.major, other.minor))
+    }
+}
+
+impl fmt::Display for Semver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert!(parse_host("1.2.3.4").is_ok());
+        assert!(parse_host("2001:db8::1").is_ok());
+        assert!(parse_host("1.2.3.4:1789")
+            .unwrap_err()
+            .contains("--mix-port"));
+        assert!(parse_host("[2001:db8::1]:1789")
+            .unwrap_err()
+            .contains("--mix-port"));
+        assert!(parse_host("[2001:db8::1]")
+            .unwrap_err()
+            .contains("without brackets"));
+        assert!(parse_host("example.com")
+            .unwrap_err()
+            .contains("not an IP address"));
+    }
+
+    #[test]
+    fn ids() {
+        assert!(validate_id("winston-smithnode").is_ok());
+        assert!(validate_id("../x").is_err());
+        assert!(validate_id("").is_err());
+        assert!(validate_id(".hidden").is_err());
+    }
+
+    #[test]
+    fn semver() {
+        assert_eq!(Semver::parse("0.11.0").unwrap().minor, 11);
+        assert_eq!(Semver::parse("0.10.1-rc1").unwrap().patch, 1);
+        assert!(Semver::parse("x").is_none());
+        assert!(Semver::parse("1.2.3.4").is_none());
+    }
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = NodePaths::new(dir.path(), "n1");
+        let settings = InitSettings {
+            id: "n1".into(),
+            host: "127.0.0.1".parse().unwrap(),
+            announce_host: None,
+            mix_port: 1789,
+            verloc_port: 1790,
+            http_api_port: 8000,
+        };
+        let config = Config::new(&settings, &paths);
+        let text = config.to_toml();
+        assert!(text.contains("delay_max = \"10s\""), "{text}");
+        assert!(text.contains("connect_timeout = \"1s 500ms\""), "{text}");
+        assert_eq!(deserialize(Path::new("c.toml"), &text).unwrap(), config);
+    }
+}

@@ -1,0 +1,156 @@
+//! Starting and stopping the whole node: the mix listener, the VerLoc listener and the HTTP
+//! API, in that order, and the reverse on shutdown.
+//!
+//! Everything that can fail at start (a port in use, an address this machine does not have)
+//! fails here, before the node reports itself started, with a message that says what to do.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::description::Description;
+use crate::config::Config;
+use crate::http::{ApiServer, ApiState};
+use crate::keys::NodeKeys;
+
+/// Options that tests and the benchmark set; operators use the config.
+#[derive(Clone, Debug, Default)]
+pub struct NodeOptions {}
+
+/// The node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A port could not be bound.
+    #[error("cannot bind the {what} on {addr}: {source}{hint}")]
+    Bind {
+        /// Which service.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+        /// What to do.
+        hint: String,
+    },
+    /// The HTTP API could not start.
+    #[error(transparent)]
+    Api(#[from] crate::http::ApiError),
+}
+
+/// A started node.
+pub struct RunningNode {
+    _mix_listener: TcpListener,
+    _verloc_listener: TcpListener,
+    api: ApiServer,
+    /// Where each service actually listens.
+    pub addresses: NodeAddresses,
+}
+
+/// Bound addresses (useful when a port of 0 asked the OS to choose).
+#[derive(Clone, Copy, Debug)]
+pub struct NodeAddresses {
+    /// Mix port.
+    pub mix: SocketAddr,
+    /// VerLoc port.
+    pub verloc: SocketAddr,
+    /// HTTP API.
+    pub http_api: SocketAddr,
+}
+
+fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).map_err(|source| {
+        let hint = match source.kind() {
+            std::io::ErrorKind::AddrNotAvailable => format!(
+                "\nThis machine has no interface with address {}. On cloud hosts (AWS, Google, ...) the public IP is not on any interface: bind --host to the local address that `ip addr` shows and pass the public IP as --announce-host, e.g. `nym-mixnode init --id <id> --host 10.126.5.7 --announce-host 36.68.243.18`.",
+                addr.ip()
+            ),
+            std::io::ErrorKind::AddrInUse => format!(
+                "\nPort {} is already in use (another node running?). Stop the other process or change the port in config.toml.",
+                addr.port()
+            ),
+            std::io::ErrorKind::PermissionDenied => format!(
+                "\nPort {} needs privileges; use a port above 1023.",
+                addr.port()
+            ),
+            _ => String::new(),
+        };
+        StartError::Bind {
+            what,
+            addr,
+            source,
+            hint,
+        }
+    })
+}
+
+/// Start the node's services.
+pub fn start(
+    config: &Config,
+    _keys: NodeKeys,
+    description: Description,
+    _options: NodeOptions,
+) -> Result<RunningNode, StartError> {
+    let m = &config.mixnode;
+    let started = Instant::now();
+    let mix_listener = bind("mix port", SocketAddr::new(m.listening_address, m.mix_port))?;
+    let verloc_listener = bind(
+        "VerLoc port",
+        SocketAddr::new(m.listening_address, m.verloc_port),
+    )?;
+    let api_addr = SocketAddr::new(m.listening_address, m.http_api_port);
+    // Bind first so that an unavailable address gets the same explanation.
+    drop(bind("HTTP API port", api_addr)?);
+    let api = ApiServer::start(
+        api_addr,
+        Arc::new(ApiState {
+            started,
+            description,
+        }),
+    )?;
+    let addresses = NodeAddresses {
+        mix: mix_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                what: "mix port",
+                addr: api_addr,
+                source,
+                hint: String::new(),
+            })?,
+        verloc: verloc_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                what: "VerLoc port",
+                addr: api_addr,
+                source,
+                hint: String::new(),
+            })?,
+        http_api: api.local_addr(),
+    };
+    tracing::info!(mix = %addresses.mix, verloc = %addresses.verloc, http_api = %addresses.http_api, "node started");
+    Ok(RunningNode {
+        _mix_listener: mix_listener,
+        _verloc_listener: verloc_listener,
+        api,
+        addresses,
+    })
+}
+
+impl RunningNode {
+    /// Stop every service and wait for them.
+    pub fn shutdown(self) {
+        self.api.stop();
+        tracing::info!("node stopped");
+    }
+}
+
+/// Block until SIGINT or SIGTERM; the signal's name.
+pub fn wait_for_shutdown_signal() -> std::io::Result<&'static str> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let name = match signals.forever().next() {
+        Some(SIGINT) => "SIGINT",
+        Some(SIGTERM) => "SIGTERM",
+        _ => "signal",
+    };
+    Ok(name)
+}
