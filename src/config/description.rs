@@ -39,7 +39,7 @@ impl Description {
         };
         let description: Description = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            detail: super::one_line(&e.to_string()),
+            detail: super::indent(&e.to_string()),
             fix: "correct the line, or run `nym-mixnode describe` again to rewrite the file"
                 .to_string(),
         })?;

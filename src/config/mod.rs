@@ -51,7 +51,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// TOML syntax, an unknown key, or a value of the wrong type.
-    #[error("config file {path} is invalid: {detail}\nFix: {fix}")]
+    #[error("config file {path} is invalid:\n{detail}\nFix: {fix}")]
     Parse {
         /// The config file.
         path: PathBuf,
@@ -630,7 +630,7 @@ fn read_config_text(path: &Path, id: &str) -> Result<String, ConfigError> {
 pub(crate) fn parse_toml(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
     text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),
-        detail: one_line(&e.to_string()),
+        detail: indent(&e.to_string()),
         fix: "correct the TOML syntax at that line (strings need quotes, sections look like [mixnode])".to_string(),
     })
 }
@@ -638,7 +638,7 @@ pub(crate) fn parse_toml(path: &Path, text: &str) -> Result<toml::Table, ConfigE
 /// Deserialise from the original text, so that errors carry its line and column.
 fn deserialize(path: &Path, text: &str) -> Result<Config, ConfigError> {
     toml::from_str::<Config>(text).map_err(|e| {
-        let detail = one_line(&e.to_string());
+        let detail = indent(&e.to_string());
         let fix = if detail.contains("unknown field") {
             "remove or rename that key; `nym-mixnode init --help` and the README list the valid keys".to_string()
         } else if detail.contains("missing field") {
@@ -736,12 +736,14 @@ impl fmt::Display for Semver {
     }
 }
 
-fn one_line(text: &str) -> String {
+/// The parser's message, indented under the headline, without blank lines.
+fn indent(text: &str) -> String {
     text.lines()
         .map(str::trim_end)
         .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("    {l}"))
         .collect::<Vec<_>>()
-        .join(" | ")
+        .join("\n")
 }
 
 #[cfg(test)]

@@ -1,0 +1,162 @@
+//! Helpers shared by the integration tests: temporary homes, the real binary, free ports and a
+//! tiny HTTP client. Everything stays in a temporary directory and on 127.0.0.1.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A temporary home for one test; removed on drop.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Home {
+        Home {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The binary with this home; HOME too, so nothing can reach the real ~/.nym.
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nym-mixnode"));
+        cmd.env("NYM_MIXNODE_HOME", self.path())
+            .env("HOME", self.path())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("spawn nym-mixnode")
+    }
+
+    pub fn node_dir(&self, id: &str) -> PathBuf {
+        self.path().join("mixnodes").join(id)
+    }
+
+    pub fn config_file(&self, id: &str) -> PathBuf {
+        self.node_dir(id).join("config").join("config.toml")
+    }
+
+    /// `init` on 127.0.0.1 with OS-chosen free ports; returns (mix, verloc, http) ports.
+    pub fn init_local(&self, id: &str) -> (u16, u16, u16) {
+        let ports = (free_port(), free_port(), free_port());
+        let out = self.run(&[
+            "init",
+            "--id",
+            id,
+            "--host",
+            "127.0.0.1",
+            "--mix-port",
+            &ports.0.to_string(),
+            "--verloc-port",
+            &ports.1.to_string(),
+            "--http-api-port",
+            &ports.2.to_string(),
+        ]);
+        assert_success(&out);
+        ports
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "command failed: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
+}
+
+/// A port the OS reports free right now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 0");
+    l.local_addr().expect("addr").port()
+}
+
+/// GET `path` from `addr`; (status, body). None when the connection fails.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// Poll until `f` returns Some, or panic after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed on drop if still running.
+pub struct Running(pub Option<Child>);
+
+impl Running {
+    pub fn pid(&self) -> i32 {
+        self.0.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// Send `signal` and wait for exit; the output.
+    pub fn stop_with(mut self, signal: i32, timeout: Duration) -> Output {
+        let mut child = self.0.take().expect("child");
+        unsafe {
+            libc::kill(child.id() as i32, signal);
+        }
+        let start = Instant::now();
+        loop {
+            if child.try_wait().expect("try_wait").is_some() {
+                return child.wait_with_output().expect("output");
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "process did not exit within {timeout:?} of signal {signal}\nstderr:\n{}",
+                    stderr(&out)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
