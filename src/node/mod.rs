@@ -1,4 +1,4 @@
-//! Starting and stopping the whole node: the mix listener, the VerLoc listener and the HTTP
+//! Starting and stopping the whole node: the packet engine, the VerLoc listener and the HTTP
 //! API, in that order, and the reverse on shutdown.
 //!
 //! Everything that can fail at start (a port in use, an address this machine does not have)
@@ -6,16 +6,27 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::description::Description;
 use crate::config::Config;
 use crate::http::{ApiServer, ApiState};
 use crate::keys::NodeKeys;
+use crate::shard::stats::{ShardCounts, ShardSnapshot};
+use crate::shard::{Engine, EngineSettings};
 
 /// Options that tests and the benchmark set; operators use the config.
-#[derive(Clone, Debug, Default)]
-pub struct NodeOptions {}
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// Pin each shard to a core.
+    pub pin_shards: bool,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions { pin_shards: true }
+    }
+}
 
 /// The node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +43,9 @@ pub enum StartError {
         /// What to do.
         hint: String,
     },
+    /// The packet engine could not start.
+    #[error(transparent)]
+    Engine(#[from] crate::shard::EngineError),
     /// The HTTP API could not start.
     #[error(transparent)]
     Api(#[from] crate::http::ApiError),
@@ -39,9 +53,10 @@ pub enum StartError {
 
 /// A started node.
 pub struct RunningNode {
-    _mix_listener: TcpListener,
+    engine: Engine,
     _verloc_listener: TcpListener,
     api: ApiServer,
+    drain_timeout: Duration,
     /// Where each service actually listens.
     pub addresses: NodeAddresses,
 }
@@ -57,9 +72,9 @@ pub struct NodeAddresses {
     pub http_api: SocketAddr,
 }
 
-fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).map_err(|source| {
-        let hint = match source.kind() {
+/// What to tell an operator whose bind of `addr` failed with `error`.
+pub fn bind_hint(addr: SocketAddr, error: &std::io::Error) -> String {
+    match error.kind() {
             std::io::ErrorKind::AddrNotAvailable => format!(
                 "\nThis machine has no interface with address {}. On cloud hosts (AWS, Google, ...) the public IP is not on any interface: bind --host to the local address that `ip addr` shows and pass the public IP as --announce-host, e.g. `nym-mixnode init --id <id> --host 10.126.5.7 --announce-host 36.68.243.18`.",
                 addr.ip()
@@ -73,33 +88,39 @@ fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError>
                 addr.port()
             ),
             _ => String::new(),
-        };
-        StartError::Bind {
-            what,
-            addr,
-            source,
-            hint,
-        }
+    }
+}
+
+fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).map_err(|source| StartError::Bind {
+        what,
+        addr,
+        hint: bind_hint(addr, &source),
+        source,
     })
 }
 
-/// Start the node's services.
+/// Start the node's services. A port of 0 in the config lets the OS choose (tests).
 pub fn start(
     config: &Config,
-    _keys: NodeKeys,
+    keys: NodeKeys,
     description: Description,
-    _options: NodeOptions,
+    options: NodeOptions,
 ) -> Result<RunningNode, StartError> {
     let m = &config.mixnode;
     let started = Instant::now();
-    let mix_listener = bind("mix port", SocketAddr::new(m.listening_address, m.mix_port))?;
-    let verloc_listener = bind(
-        "VerLoc port",
-        SocketAddr::new(m.listening_address, m.verloc_port),
-    )?;
+    let verloc_listener = bind("VerLoc port", SocketAddr::new(m.listening_address, m.verloc_port))?;
     let api_addr = SocketAddr::new(m.listening_address, m.http_api_port);
     // Bind first so that an unavailable address gets the same explanation.
     drop(bind("HTTP API port", api_addr)?);
+    let engine = Engine::start(
+        EngineSettings {
+            listen: SocketAddr::new(m.listening_address, m.mix_port),
+            engine: config.engine.clone(),
+            pin: options.pin_shards,
+        },
+        &keys.sphinx,
+    )?;
     let api = ApiServer::start(
         api_addr,
         Arc::new(ApiState {
@@ -108,38 +129,38 @@ pub fn start(
         }),
     )?;
     let addresses = NodeAddresses {
-        mix: mix_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                what: "mix port",
-                addr: api_addr,
-                source,
-                hint: String::new(),
-            })?,
-        verloc: verloc_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                what: "VerLoc port",
-                addr: api_addr,
-                source,
-                hint: String::new(),
-            })?,
+        mix: engine.local_addr(),
+        verloc: verloc_listener.local_addr().map_err(|source| StartError::Bind {
+            what: "VerLoc port",
+            addr: api_addr,
+            source,
+            hint: String::new(),
+        })?,
         http_api: api.local_addr(),
     };
-    tracing::info!(mix = %addresses.mix, verloc = %addresses.verloc, http_api = %addresses.http_api, "node started");
+    tracing::info!(mix = %addresses.mix, verloc = %addresses.verloc, http_api = %addresses.http_api, shards = engine.shard_count(), "node started");
     Ok(RunningNode {
-        _mix_listener: mix_listener,
+        engine,
         _verloc_listener: verloc_listener,
         api,
+        drain_timeout: config.engine.drain_timeout,
         addresses,
     })
 }
 
 impl RunningNode {
-    /// Stop every service and wait for them.
-    pub fn shutdown(self) {
+    /// The per-shard figures of the packet engine.
+    pub fn snapshots(&self) -> Vec<ShardSnapshot> {
+        self.engine.snapshots()
+    }
+
+    /// Stop every service: stop accepting, drain for the configured time, and wait. The final
+    /// counts of each shard.
+    pub fn shutdown(self) -> Vec<ShardCounts> {
+        let finals = self.engine.shutdown(self.drain_timeout);
         self.api.stop();
         tracing::info!("node stopped");
+        finals
     }
 }
 

@@ -1,0 +1,266 @@
+//! The packet engine's runtime: one glommio executor (a shard) per core.
+//!
+//! Each shard accepts its share of connections on the mix port (SO_REUSEPORT), reads frames,
+//! and derives each packet's shared secret (one scalar multiplication). The replay tag then
+//! picks the shard that owns the tag (a pure function), which checks the replay filter and the
+//! MAC and unwraps the packet (the second multiplication): so every copy of a packet meets
+//! the same filter whatever connection it came on, and no filter is shared between cores. The
+//! next-hop address picks the shard that owns that next hop, which holds the packet in its
+//! delay wheel and writes it to the next hop's connection when due. Packets cross cores only
+//! through bounded crossbeam channels; a full channel is a counted drop.
+//!
+//! What it does not do: parse or process bytes itself (see [`crate::framing`],
+//! [`crate::sphinx`]), or decide policy (limits come from [`crate::config::EngineSection`]).
+
+pub mod stats;
+mod worker;
+
+use std::net::SocketAddr;
+use std::os::unix::io::IntoRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use x25519_dalek::StaticSecret;
+
+use crate::accounting::PacketCounts;
+use crate::config::EngineSection;
+use crate::replay::ReplayFilter;
+use stats::{ShardCounts, ShardSnapshot, ShardStats};
+
+/// Locked memory each executor registers for io_uring buffers. Network I/O does not use
+/// them, so this stays small: the node must start under an 8 MiB memlock limit.
+pub const IO_MEMORY_BYTES: usize = 128 << 10;
+
+/// Accept backlog of each shard's listening socket.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// Which shard owns replay tag `tag`: a pure function of the tag.
+pub fn tag_owner(tag: &[u8; 32], shard_count: usize) -> usize {
+    let mut prefix = [0u8; 8];
+    prefix.copy_from_slice(&tag[..8]);
+    (u64::from_le_bytes(prefix) % shard_count.max(1) as u64) as usize
+}
+
+/// The engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The mix port could not be bound.
+    #[error("cannot bind the mix port on {addr}: {source}{hint}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+        /// What to do.
+        hint: String,
+    },
+    /// The replay filter could not be sized.
+    #[error("cannot size the replay filter: {0}. Fix: check engine.replay_filter_packets_max and engine.replay_filter_false_positive_rate")]
+    ReplayFilter(String),
+    /// The delay wheel could not be sized.
+    #[error("cannot size the delay wheel: {0}. Fix: check engine.held_packets_max")]
+    Wheel(String),
+    /// An executor could not start.
+    #[error("cannot start shard {shard}: {detail}. If this mentions memory or io_uring, raise the locked-memory limit (ulimit -l, or LimitMEMLOCK= in the systemd unit)")]
+    Executor {
+        /// The shard.
+        shard: usize,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// How to run the engine.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// Where to listen for mix traffic (port 0: the OS picks one).
+    pub listen: SocketAddr,
+    /// Limits and timings.
+    pub engine: EngineSection,
+    /// Pin each shard to a core.
+    pub pin: bool,
+}
+
+pub(crate) struct Control {
+    stop: AtomicBool,
+    deadline: OnceLock<Instant>,
+    stopped_sending: AtomicUsize,
+}
+
+impl Control {
+    fn stop_requested(&self) -> Option<Instant> {
+        if self.stop.load(Ordering::Acquire) {
+            self.deadline.get().copied()
+        } else {
+            None
+        }
+    }
+}
+
+/// A running engine.
+pub struct Engine {
+    handles: Vec<glommio::ExecutorJoinHandle<ShardCounts>>,
+    control: Arc<Control>,
+    stats: Arc<Vec<ShardStats>>,
+    local_addr: SocketAddr,
+}
+
+/// Shards to run for a configured `cores` (0: one per available core).
+pub fn shard_count(cores: usize) -> usize {
+    if cores > 0 {
+        cores
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    }
+}
+
+fn listener(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+impl Engine {
+    /// Bind the mix port once per shard and start the shards.
+    pub fn start(settings: EngineSettings, secret: &StaticSecret) -> Result<Engine, EngineError> {
+        let e = &settings.engine;
+        let shards = shard_count(e.cores);
+        let first = listener(settings.listen).map_err(|source| EngineError::Bind {
+            addr: settings.listen,
+            hint: crate::node::bind_hint(settings.listen, &source),
+            source,
+        })?;
+        let local_addr = first
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(settings.listen);
+        let mut sockets = vec![first];
+        for _ in 1..shards {
+            sockets.push(listener(local_addr).map_err(|source| EngineError::Bind {
+                addr: local_addr,
+                hint: String::new(),
+                source,
+            })?);
+        }
+
+        let mut senders = Vec::with_capacity(shards);
+        let mut inboxes = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (tx, rx) = crossbeam_channel::bounded(e.cross_shard_packets_max);
+            senders.push(tx);
+            inboxes.push(rx);
+        }
+        let per_shard_tags = e.replay_filter_packets_max.div_ceil(shards as u64).max(1);
+        let control = Arc::new(Control {
+            stop: AtomicBool::new(false),
+            deadline: OnceLock::new(),
+            stopped_sending: AtomicUsize::new(0),
+        });
+        let stats: Arc<Vec<ShardStats>> = Arc::new((0..shards).map(|_| ShardStats::default()).collect());
+        let cores = if settings.pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+
+        let mut handles = Vec::with_capacity(shards);
+        for (index, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
+            let filter = ReplayFilter::new(per_shard_tags, e.replay_filter_false_positive_rate)
+                .map_err(|err| EngineError::ReplayFilter(err.to_string()))?;
+            let placement = match cores.get(index) {
+                Some(core) if shards <= cores.len() => glommio::Placement::Fixed(core.id),
+                _ => glommio::Placement::Unbound,
+            };
+            let shard = worker::ShardInit {
+                index,
+                shards,
+                listener_fd: socket.into_raw_fd(),
+                inbox,
+                senders: senders.clone(),
+                secret: secret.clone(),
+                filter,
+                engine: e.clone(),
+                control: Arc::clone(&control),
+                stats: Arc::clone(&stats),
+            };
+            let handle = glommio::LocalExecutorBuilder::new(placement)
+                .name(&format!("shard-{index}"))
+                .io_memory(IO_MEMORY_BYTES)
+                .spawn(move || worker::run(shard))
+                .map_err(|err| EngineError::Executor {
+                    shard: index,
+                    detail: err.to_string(),
+                })?;
+            handles.push(handle);
+        }
+        tracing::info!(shards, listen = %local_addr, "packet engine started");
+        Ok(Engine {
+            handles,
+            control,
+            stats,
+            local_addr,
+        })
+    }
+
+    /// The address the mix port listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Shards running.
+    pub fn shard_count(&self) -> usize {
+        self.stats.len()
+    }
+
+    /// The published figures of every shard.
+    pub fn snapshots(&self) -> Vec<ShardSnapshot> {
+        self.stats.iter().map(ShardStats::snapshot).collect()
+    }
+
+    /// The shards' statistics, shared with the control thread.
+    pub fn stats(&self) -> Arc<Vec<ShardStats>> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Stop accepting, forward what falls due within `drain`, drop the rest as shutdown, and
+    /// wait for every shard. The final counts of each shard.
+    pub fn shutdown(self, drain: Duration) -> Vec<ShardCounts> {
+        let _ = self.control.deadline.set(Instant::now() + drain);
+        self.control.stop.store(true, Ordering::Release);
+        let mut finals = Vec::with_capacity(self.handles.len());
+        for (index, handle) in self.handles.into_iter().enumerate() {
+            match handle.join() {
+                Ok(counts) => finals.push(counts),
+                Err(e) => {
+                    tracing::error!(shard = index, error = %e, "shard ended abnormally");
+                    finals.push(self.stats[index].snapshot().counts);
+                }
+            }
+        }
+        let total = finals.iter().fold(PacketCounts::default(), |mut t, c| {
+            t.add(&c.packets);
+            t
+        });
+        tracing::info!(
+            received = total.received,
+            forwarded = total.forwarded,
+            dropped = total.dropped_total(),
+            in_flight = total.in_flight(),
+            "packet engine stopped"
+        );
+        finals
+    }
+}

@@ -1,0 +1,138 @@
+//! Per-shard figures published for the control thread.
+//!
+//! Each shard is the only writer of its own [`ShardStats`]; it publishes its counters with
+//! relaxed stores after each round of work. Readers (the HTTP API, tests, the benchmark) load
+//! them and may see one shard a round behind another, never a torn counter.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::accounting::{DropReason, PacketCounts};
+
+/// Counters and gauges of one shard.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    received: AtomicU64,
+    forwarded: AtomicU64,
+    dropped: [AtomicU64; DropReason::COUNT],
+    handed_off: AtomicU64,
+    taken_over: AtomicU64,
+    held: AtomicU64,
+    queued: AtomicU64,
+    connections_inbound: AtomicU64,
+    connections_outbound: AtomicU64,
+    connections_refused: AtomicU64,
+    read_timeouts: AtomicU64,
+    replay_filter_items: AtomicU64,
+    replay_filter_capacity: AtomicU64,
+    replay_filter_fill_ppm: AtomicU64,
+}
+
+/// A copy of one shard's figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardSnapshot {
+    /// Packet counters, with the cross-shard handoffs.
+    pub counts: ShardCounts,
+    /// Packets in this shard's delay wheel.
+    pub held: u64,
+    /// Packets in this shard's next-hop queues.
+    pub queued: u64,
+    /// Inbound connections open.
+    pub connections_inbound: u64,
+    /// Outbound connections open.
+    pub connections_outbound: u64,
+    /// Inbound connections refused because the limit was reached.
+    pub connections_refused: u64,
+    /// Inbound connections closed because they stalled mid-frame.
+    pub read_timeouts: u64,
+    /// Tags recorded in this shard's replay filter.
+    pub replay_filter_items: u64,
+    /// Tags this shard's replay filter is sized for.
+    pub replay_filter_capacity: u64,
+    /// Fraction of the filter's bits set, in parts per million.
+    pub replay_filter_fill_ppm: u64,
+}
+
+/// One shard's packet counts. A packet may enter a shard from the network (`received`) or
+/// from another shard (`taken_over`), and leave it to the network (`forwarded`), to another
+/// shard (`handed_off`) or by a drop. So per shard:
+/// `received + taken_over = forwarded + handed_off + dropped + in_flight`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardCounts {
+    /// Network and drop counters.
+    pub packets: PacketCounts,
+    /// Packets passed to another shard.
+    pub handed_off: u64,
+    /// Packets taken from another shard.
+    pub taken_over: u64,
+}
+
+impl ShardCounts {
+    /// Packets in this shard right now (wheel, queues, being written), by the balance.
+    pub fn in_flight(&self) -> i64 {
+        self.packets.received as i64 + self.taken_over as i64
+            - self.packets.forwarded as i64
+            - self.packets.dropped_total() as i64
+            - self.handed_off as i64
+    }
+}
+
+impl ShardStats {
+    /// Publish `snapshot`.
+    pub fn publish(&self, s: &ShardSnapshot) {
+        let r = Ordering::Relaxed;
+        self.received.store(s.counts.packets.received, r);
+        self.forwarded.store(s.counts.packets.forwarded, r);
+        for (slot, value) in self.dropped.iter().zip(s.counts.packets.dropped.iter()) {
+            slot.store(*value, r);
+        }
+        self.handed_off.store(s.counts.handed_off, r);
+        self.taken_over.store(s.counts.taken_over, r);
+        self.held.store(s.held, r);
+        self.queued.store(s.queued, r);
+        self.connections_inbound.store(s.connections_inbound, r);
+        self.connections_outbound.store(s.connections_outbound, r);
+        self.connections_refused.store(s.connections_refused, r);
+        self.read_timeouts.store(s.read_timeouts, r);
+        self.replay_filter_items.store(s.replay_filter_items, r);
+        self.replay_filter_capacity.store(s.replay_filter_capacity, r);
+        self.replay_filter_fill_ppm.store(s.replay_filter_fill_ppm, r);
+    }
+
+    /// Read the last published figures.
+    pub fn snapshot(&self) -> ShardSnapshot {
+        let r = Ordering::Relaxed;
+        let mut dropped = [0u64; DropReason::COUNT];
+        for (out, slot) in dropped.iter_mut().zip(self.dropped.iter()) {
+            *out = slot.load(r);
+        }
+        ShardSnapshot {
+            counts: ShardCounts {
+                packets: PacketCounts {
+                    received: self.received.load(r),
+                    forwarded: self.forwarded.load(r),
+                    dropped,
+                },
+                handed_off: self.handed_off.load(r),
+                taken_over: self.taken_over.load(r),
+            },
+            held: self.held.load(r),
+            queued: self.queued.load(r),
+            connections_inbound: self.connections_inbound.load(r),
+            connections_outbound: self.connections_outbound.load(r),
+            connections_refused: self.connections_refused.load(r),
+            read_timeouts: self.read_timeouts.load(r),
+            replay_filter_items: self.replay_filter_items.load(r),
+            replay_filter_capacity: self.replay_filter_capacity.load(r),
+            replay_filter_fill_ppm: self.replay_filter_fill_ppm.load(r),
+        }
+    }
+}
+
+/// Sum of the packet counters of all shards (handoffs cancel out).
+pub fn total(snapshots: &[ShardSnapshot]) -> PacketCounts {
+    let mut total = PacketCounts::default();
+    for s in snapshots {
+        total.add(&s.counts.packets);
+    }
+    total
+}
