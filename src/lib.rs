@@ -3,14 +3,20 @@
 //! # Layout
 //!
 //! The data path reads in folder order:
-//! `listener -> framing -> sphinx -> delay -> forward`.
+//! `shard (listener) -> framing -> sphinx -> delay -> forward -> shard (writer)`.
 //!
-//! - [`cli`]: the operator commands; the only place errors become messages and exit codes.
-//! - [`config`]: `config.toml`, `description.toml`, home folders, and upgrades of old files.
-//! - [`keys`]: the identity (Ed25519) and Sphinx (X25519) key files.
+//! - [`framing`]: the mix-port frame codec and a streaming frame decoder (pure).
+//! - [`replay`]: the Bloom filter of replay tags seen under the current key (pure).
+//! - [`sphinx`]: the hop step, from packet bytes to next hop, delay and packet (pure).
+//! - [`delay`]: the timer wheel that holds packets until their send time (pure).
+//! - [`forward`]: per-next-hop queues, connection states, backoff and shard ownership (pure).
+//! - [`accounting`]: the drop reasons and packet counters (pure).
+//! - [`shard`]: the runtime: one glommio executor per core that drives the pure parts.
 //! - [`node`]: starts and stops the services in order.
 //! - [`http`]: the HTTP API control thread.
-//! - [`accounting`]: the drop reasons and per-shard packet counters (pure).
+//! - [`config`]: `config.toml`, `description.toml`, home folders, and upgrades of old files.
+//! - [`keys`]: the identity (Ed25519) and Sphinx (X25519) key files.
+//! - [`cli`]: the operator commands; the only place errors become messages and exit codes.
 //! - [`logging`]: log output.
 //!
 //! Pure modules take `now` and byte slices as arguments and never touch sockets or clocks; only
@@ -19,7 +25,18 @@
 pub mod accounting;
 pub mod cli;
 pub mod config;
+pub mod delay;
+pub mod forward;
+pub mod framing;
 pub mod http;
 pub mod keys;
 pub mod logging;
 pub mod node;
+pub mod replay;
+pub mod shard;
+pub mod sphinx;
+
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod testing;
