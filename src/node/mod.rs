@@ -109,7 +109,10 @@ pub fn start(
 ) -> Result<RunningNode, StartError> {
     let m = &config.mixnode;
     let started = Instant::now();
-    let verloc_listener = bind("VerLoc port", SocketAddr::new(m.listening_address, m.verloc_port))?;
+    let verloc_listener = bind(
+        "VerLoc port",
+        SocketAddr::new(m.listening_address, m.verloc_port),
+    )?;
     let api_addr = SocketAddr::new(m.listening_address, m.http_api_port);
     // Bind first so that an unavailable address gets the same explanation.
     drop(bind("HTTP API port", api_addr)?);
@@ -130,12 +133,14 @@ pub fn start(
     )?;
     let addresses = NodeAddresses {
         mix: engine.local_addr(),
-        verloc: verloc_listener.local_addr().map_err(|source| StartError::Bind {
-            what: "VerLoc port",
-            addr: api_addr,
-            source,
-            hint: String::new(),
-        })?,
+        verloc: verloc_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                what: "VerLoc port",
+                addr: api_addr,
+                source,
+                hint: String::new(),
+            })?,
         http_api: api.local_addr(),
     };
     tracing::info!(mix = %addresses.mix, verloc = %addresses.verloc, http_api = %addresses.http_api, shards = engine.shard_count(), "node started");

@@ -119,7 +119,11 @@ pub fn shard_count(cores: usize) -> usize {
 
 fn listener(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_port(true)?;
     socket.set_reuse_address(true)?;
@@ -169,7 +173,8 @@ impl Engine {
             deadline: OnceLock::new(),
             stopped_sending: AtomicUsize::new(0),
         });
-        let stats: Arc<Vec<ShardStats>> = Arc::new((0..shards).map(|_| ShardStats::default()).collect());
+        let stats: Arc<Vec<ShardStats>> =
+            Arc::new((0..shards).map(|_| ShardStats::default()).collect());
         let cores = if settings.pin {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {

@@ -94,8 +94,10 @@ impl ShardStats {
         self.connections_refused.store(s.connections_refused, r);
         self.read_timeouts.store(s.read_timeouts, r);
         self.replay_filter_items.store(s.replay_filter_items, r);
-        self.replay_filter_capacity.store(s.replay_filter_capacity, r);
-        self.replay_filter_fill_ppm.store(s.replay_filter_fill_ppm, r);
+        self.replay_filter_capacity
+            .store(s.replay_filter_capacity, r);
+        self.replay_filter_fill_ppm
+            .store(s.replay_filter_fill_ppm, r);
     }
 
     /// Read the last published figures.

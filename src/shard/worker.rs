@@ -57,6 +57,10 @@ pub(super) struct ShardInit {
 }
 
 /// A packet passed between shards.
+///
+/// Not boxed: a channel slot holds the larger variant inline (about 700 bytes), which keeps
+/// allocation off the handoff and costs `cross_shard_packets_max` slots of memory at start.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Handoff {
     /// For the shard owning the replay tag: check, then unwrap.
     Unwrap {
@@ -301,7 +305,8 @@ impl Shard {
                         idle: Cell::new(false),
                     });
                     peers.insert(held.next_hop, Rc::clone(&peer));
-                    let writer = glommio::spawn_local(writer(Rc::clone(self), Rc::clone(&peer))).detach();
+                    let writer =
+                        glommio::spawn_local(writer(Rc::clone(self), Rc::clone(&peer))).detach();
                     self.writers.borrow_mut().push(writer);
                     peer
                 }
@@ -354,7 +359,9 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         match listener.accept().await {
             Ok(stream) => {
                 if shard.connections_inbound.get() as usize >= shard.connections_max {
-                    shard.connections_refused.set(shard.connections_refused.get() + 1);
+                    shard
+                        .connections_refused
+                        .set(shard.connections_refused.get() + 1);
                     drop(stream);
                     continue;
                 }
@@ -377,7 +384,9 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 }
 
 async fn reader(shard: Rc<Shard>, mut stream: TcpStream, id: u64) {
-    shard.connections_inbound.set(shard.connections_inbound.get() + 1);
+    shard
+        .connections_inbound
+        .set(shard.connections_inbound.get() + 1);
     let mut decoder = FrameDecoder::new();
     'connection: loop {
         let timeout = (decoder.buffered_len() > 0).then_some(shard.engine.read_timeout);
@@ -410,7 +419,9 @@ async fn reader(shard: Rc<Shard>, mut stream: TcpStream, id: u64) {
             glommio::yield_if_needed().await;
         }
     }
-    shard.connections_inbound.set(shard.connections_inbound.get() - 1);
+    shard
+        .connections_inbound
+        .set(shard.connections_inbound.get() - 1);
     shard.readers.borrow_mut().remove(&id);
 }
 
@@ -431,7 +442,10 @@ async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
         }
         let now = Instant::now();
         let mut due = Vec::new();
-        shard.wheel.borrow_mut().pop_due(now, &mut |held| due.push(held));
+        shard
+            .wheel
+            .borrow_mut()
+            .pop_due(now, &mut |held| due.push(held));
         work += due.len();
         for held in due {
             shard.enqueue(held);
@@ -538,7 +552,9 @@ async fn writer(shard: Rc<Shard>, peer: Rc<Peer>) {
             if let ConnectionState::BackingOff { until } = state.state() {
                 if now < until {
                     // Packets keep queueing (bounded) while we wait; wake up for shutdown.
-                    let wait = until.saturating_duration_since(now).min(Duration::from_millis(100));
+                    let wait = until
+                        .saturating_duration_since(now)
+                        .min(Duration::from_millis(100));
                     glommio::timer::sleep(wait).await;
                     continue;
                 }
@@ -551,7 +567,9 @@ async fn writer(shard: Rc<Shard>, peer: Rc<Peer>) {
                     let _ = s.set_nodelay(true);
                     let _ = s.set_write_timeout(Some(WRITE_TIMEOUT));
                     state.on_connected();
-                    shard.connections_outbound.set(shard.connections_outbound.get() + 1);
+                    shard
+                        .connections_outbound
+                        .set(shard.connections_outbound.get() + 1);
                     stream = Some(s);
                 }
                 Err(e) => {
@@ -588,11 +606,15 @@ async fn writer(shard: Rc<Shard>, peer: Rc<Peer>) {
                 state.on_write_failed(Instant::now());
                 peer.state.set(state);
                 stream = None;
-                shard.connections_outbound.set(shard.connections_outbound.get() - 1);
+                shard
+                    .connections_outbound
+                    .set(shard.connections_outbound.get() - 1);
             }
         }
     }
     if stream.take().is_some() {
-        shard.connections_outbound.set(shard.connections_outbound.get() - 1);
+        shard
+            .connections_outbound
+            .set(shard.connections_outbound.get() - 1);
     }
 }

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use sphinx_packet::header::delays::Delay;
+use sphinx_packet::header::shared_secret::ExpandedSharedSecret;
 use sphinx_packet::header::HEADER_SIZE;
 use sphinx_packet::route::{Destination, Node, NodeAddressBytes};
 use sphinx_packet::{ProcessedPacketData, SphinxPacket, SphinxPacketBuilder};
@@ -119,22 +120,60 @@ impl HopProcessor {
         out: &mut [u8],
     ) -> Result<ForwardMeta, DropReason> {
         assert_eq!(out.len(), packet_bytes.len(), "output buffer length");
+        let expanded = self.expand(packet_bytes)?;
+        let (next_packet, meta) = self.finish_packet(expanded, delay_max)?;
+        write_packet(&next_packet, out)?;
+        Ok(meta)
+    }
+
+    /// The first half of [`Self::process_into`]: parse and derive the shared secret (the first
+    /// scalar multiplication). The result's [`ExpandedPacket::replay_tag`] says which replay
+    /// filter must judge it; [`Self::finish`] on the processor holding that filter does the rest.
+    pub fn expand(&self, packet_bytes: &[u8]) -> Result<ExpandedPacket, DropReason> {
         let packet = SphinxPacket::from_bytes(packet_bytes).map_err(|_| DropReason::BadPacket)?;
-        let expanded_secret = packet.header.compute_expanded_shared_secret(&self.secret);
-        let replay_tag = *expanded_secret.replay_tag();
+        let secret = packet.header.compute_expanded_shared_secret(&self.secret);
+        Ok(ExpandedPacket { packet, secret })
+    }
+
+    /// The second half of [`Self::process_into`]: replay check, MAC, record the tag, unwrap
+    /// (the second multiplication), address and delay checks. The next hop's packet comes back
+    /// in a new buffer as long as the packet that came in.
+    pub fn finish(
+        &mut self,
+        expanded: ExpandedPacket,
+        delay_max: Duration,
+    ) -> Result<ForwardHop, DropReason> {
+        let len = expanded.packet.len();
+        let (next_packet, meta) = self.finish_packet(expanded, delay_max)?;
+        let mut packet = vec![0u8; len];
+        write_packet(&next_packet, &mut packet)?;
+        Ok(ForwardHop {
+            packet,
+            next_hop: meta.next_hop,
+            delay: meta.delay,
+        })
+    }
+
+    fn finish_packet(
+        &mut self,
+        expanded: ExpandedPacket,
+        delay_max: Duration,
+    ) -> Result<(SphinxPacket, ForwardMeta), DropReason> {
+        let ExpandedPacket { packet, secret } = expanded;
+        let replay_tag = *secret.replay_tag();
         if self.replay_filter.contains(&replay_tag) {
             return Err(DropReason::Replay);
         }
         packet
             .header
-            .ensure_header_integrity(&expanded_secret)
+            .ensure_header_integrity(&secret)
             .map_err(|_| DropReason::BadPacket)?;
         self.replay_filter.insert(&replay_tag);
 
         // The crate verifies the MAC once more inside; an HMAC over 300 bytes is noise next to
         // the scalar multiplication, and the crate offers no unchecked path.
         let processed = packet
-            .process_with_expanded_secret(&expanded_secret)
+            .process_with_expanded_secret(&secret)
             .map_err(|_| DropReason::BadPacket)?;
         let (next_packet, next_hop_address, delay) = match processed.data {
             ProcessedPacketData::ForwardHop {
@@ -150,17 +189,34 @@ impl HopProcessor {
         if delay > delay_max {
             return Err(DropReason::DelayOverCap);
         }
-
-        let header_bytes = next_packet.header.to_bytes();
-        let payload_bytes = next_packet.payload.as_bytes();
-        if header_bytes.len() != HEADER_SIZE || HEADER_SIZE + payload_bytes.len() != out.len() {
-            // The crate keeps lengths; this only guards against a change in it.
-            return Err(DropReason::BadPacket);
-        }
-        out[..HEADER_SIZE].copy_from_slice(&header_bytes);
-        out[HEADER_SIZE..].copy_from_slice(payload_bytes);
-        Ok(ForwardMeta { next_hop, delay })
+        Ok((next_packet, ForwardMeta { next_hop, delay }))
     }
+}
+
+/// A parsed packet with its expanded shared secret: the state between
+/// [`HopProcessor::expand`] and [`HopProcessor::finish`], small enough to cross shards.
+pub struct ExpandedPacket {
+    packet: SphinxPacket,
+    secret: ExpandedSharedSecret,
+}
+
+impl ExpandedPacket {
+    /// The packet's replay tag.
+    pub fn replay_tag(&self) -> &[u8; 32] {
+        self.secret.replay_tag()
+    }
+}
+
+fn write_packet(next_packet: &SphinxPacket, out: &mut [u8]) -> Result<(), DropReason> {
+    let header_bytes = next_packet.header.to_bytes();
+    let payload_bytes = next_packet.payload.as_bytes();
+    if header_bytes.len() != HEADER_SIZE || HEADER_SIZE + payload_bytes.len() != out.len() {
+        // The crate keeps lengths; this only guards against a change in it.
+        return Err(DropReason::BadPacket);
+    }
+    out[..HEADER_SIZE].copy_from_slice(&header_bytes);
+    out[HEADER_SIZE..].copy_from_slice(payload_bytes);
+    Ok(())
 }
 
 /// One hop of a route that [`build_packet`] builds for.

@@ -1,0 +1,293 @@
+//! In-process nodes, a receiver that plays the final hop, and packet building for the engine
+//! tests. Everything listens on 127.0.0.1 with OS-chosen ports.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nym_mixnode::config::description::Description;
+use nym_mixnode::config::{Config, InitSettings, NodePaths};
+use nym_mixnode::framing::{FrameDecoder, FrameHeader, KeyRotation, PacketType, SizeTag, Version};
+use nym_mixnode::keys::NodeKeys;
+use nym_mixnode::node::{self, NodeOptions, RunningNode};
+use nym_mixnode::sphinx::{build_packet, RouteHop};
+use sphinx_packet::{ProcessedPacketData, SphinxPacket};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+/// A node running in this process.
+pub struct TestNode {
+    pub node: Option<RunningNode>,
+    pub public_key: PublicKey,
+    pub mix: SocketAddr,
+    _home: tempfile::TempDir,
+}
+
+impl TestNode {
+    /// Start a node with `shards` shards; `tune` edits its config first.
+    pub fn start(shards: usize, tune: impl FnOnce(&mut Config)) -> TestNode {
+        let home = tempfile::tempdir().unwrap();
+        let settings = InitSettings {
+            id: "test".into(),
+            host: "127.0.0.1".parse().unwrap(),
+            announce_host: None,
+            mix_port: 0,
+            verloc_port: 0,
+            http_api_port: 0,
+        };
+        let mut config = Config::new(&settings, &NodePaths::new(home.path(), "test"));
+        config.engine.cores = shards;
+        config.engine.drain_timeout = Duration::from_millis(300);
+        config.engine.connect_timeout = Duration::from_millis(500);
+        config.engine.replay_filter_packets_max = 100_000;
+        config.engine.held_packets_max = 50_000;
+        tune(&mut config);
+        let keys = NodeKeys::generate().unwrap();
+        let public_key = keys.sphinx_public();
+        let node = node::start(
+            &config,
+            keys,
+            Description::default(),
+            NodeOptions { pin_shards: false },
+        )
+        .expect("node starts");
+        let mix = node.addresses.mix;
+        TestNode {
+            node: Some(node),
+            public_key,
+            mix,
+            _home: home,
+        }
+    }
+
+    pub fn hop(&self, delay: Duration) -> RouteHop {
+        RouteHop {
+            address: self.mix,
+            public_key: self.public_key,
+            delay,
+        }
+    }
+
+    pub fn node(&self) -> &RunningNode {
+        self.node.as_ref().unwrap()
+    }
+
+    /// Total counts across shards and the measured in-flight gauges (held + queued).
+    pub fn totals(&self) -> (nym_mixnode::accounting::PacketCounts, u64) {
+        let snaps = self.node().snapshots();
+        let gauges = snaps.iter().map(|s| s.held + s.queued).sum();
+        (nym_mixnode::shard::stats::total(&snaps), gauges)
+    }
+
+    /// Every shard balances: received + taken_over = forwarded + handed_off + dropped + in flight,
+    /// with in flight never negative; and handoffs sum to zero across shards.
+    pub fn assert_shards_balance(&self) {
+        let snaps = self.node().snapshots();
+        let handed: u64 = snaps.iter().map(|s| s.counts.handed_off).sum();
+        let taken: u64 = snaps.iter().map(|s| s.counts.taken_over).sum();
+        assert!(taken <= handed, "taken over {taken} > handed off {handed}");
+        for (i, s) in snaps.iter().enumerate() {
+            assert!(
+                s.counts.in_flight() >= 0,
+                "shard {i} in flight negative: {s:?}"
+            );
+        }
+    }
+
+    pub fn shutdown(&mut self) -> Vec<nym_mixnode::shard::stats::ShardCounts> {
+        self.node.take().map(|n| n.shutdown()).unwrap_or_default()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// One packet that reached the receiver.
+#[derive(Clone, Debug)]
+pub struct Arrival {
+    pub message: Vec<u8>,
+    pub at: Instant,
+    pub header: FrameHeader,
+}
+
+/// The final hop: accepts connections, unwraps each packet with its key, records the message.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub public_key: PublicKey,
+    pub arrivals: Arc<Mutex<Vec<Arrival>>>,
+    pub bad: Arc<Mutex<u64>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let secret = StaticSecret::random();
+        let public_key = PublicKey::from(&secret);
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let bad = Arc::new(Mutex::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (arrivals, bad, stop) = (arrivals.clone(), bad.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut readers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let (arrivals, bad, stop, secret) =
+                                (arrivals.clone(), bad.clone(), stop.clone(), secret.clone());
+                            readers.push(std::thread::spawn(move || {
+                                read_final_hops(stream, &secret, &arrivals, &bad, &stop)
+                            }));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+                for r in readers {
+                    let _ = r.join();
+                }
+            })
+        };
+        Receiver {
+            addr,
+            public_key,
+            arrivals,
+            bad,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn hop(&self) -> RouteHop {
+        RouteHop {
+            address: self.addr,
+            public_key: self.public_key,
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.arrivals.lock().unwrap().len()
+    }
+
+    /// Wait until `n` packets arrived or `timeout` passed; the arrivals.
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Arrival> {
+        let start = Instant::now();
+        while self.count() < n && start.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.arrivals.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn read_final_hops(
+    mut stream: TcpStream,
+    secret: &StaticSecret,
+    arrivals: &Mutex<Vec<Arrival>>,
+    bad: &Mutex<u64>,
+    stop: &AtomicBool,
+) {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut decoder = FrameDecoder::new();
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(decoder.spare_mut()) {
+            Ok(0) => return,
+            Ok(n) => decoder.advance(n),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return,
+        }
+        let at = Instant::now();
+        while let Ok(Some(frame)) = decoder.next_frame() {
+            let message = SphinxPacket::from_bytes(frame.packet)
+                .ok()
+                .and_then(|p| p.process(secret).ok())
+                .and_then(|p| match p.data {
+                    ProcessedPacketData::FinalHop { payload, .. } => {
+                        payload.recover_plaintext().ok()
+                    }
+                    ProcessedPacketData::ForwardHop { .. } => None,
+                });
+            match message {
+                Some(message) => arrivals.lock().unwrap().push(Arrival {
+                    message,
+                    at,
+                    header: frame.header,
+                }),
+                None => *bad.lock().unwrap() += 1,
+            }
+        }
+    }
+}
+
+/// A v8 regular-size Sphinx frame header.
+pub fn header(version: Version, size_tag: SizeTag) -> FrameHeader {
+    FrameHeader {
+        version,
+        size_tag,
+        packet_type: PacketType::Sphinx,
+        key_rotation: if version == Version::V8 {
+            KeyRotation::Even
+        } else {
+            KeyRotation::Unknown
+        },
+    }
+}
+
+/// Frame `packet` with `header`.
+pub fn frame(header: FrameHeader, packet: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; header.encoded_len()];
+    header.encode(&mut out);
+    out.extend_from_slice(packet);
+    out
+}
+
+/// Build one packet through `route` carrying `message`.
+pub fn packet(route: &[RouteHop], size_tag: SizeTag, message: &[u8]) -> Vec<u8> {
+    build_packet(route, [7u8; 32], size_tag, message, &StaticSecret::random())
+        .expect("packet builds")
+}
+
+/// Connect to `addr` and write `bytes`.
+pub fn send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(bytes).unwrap();
+    s.flush().unwrap();
+    s
+}
+
+/// Poll until `f` holds or panic after `timeout`.
+pub fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,423 @@
+//! The packet engine over real sockets on 127.0.0.1: three nodes in a row, replays, and bad
+//! input of every kind. Packets are built with sphinx-packet's builder, as a client would.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use common::mixnet::*;
+use nym_mixnode::accounting::DropReason;
+use nym_mixnode::framing::{PacketType, SizeTag, Version};
+use nym_mixnode::sphinx::RouteHop;
+
+fn dropped(node: &TestNode, reason: DropReason) -> u64 {
+    node.totals().0.dropped[reason as usize]
+}
+
+/// received = forwarded + dropped + in flight, and in flight is what the gauges hold.
+fn assert_balanced_and_idle(node: &TestNode, what: &str) {
+    eventually(Duration::from_secs(10), what, || {
+        let (c, gauges) = node.totals();
+        c.in_flight() == 0 && gauges == 0
+    });
+    node.assert_shards_balance();
+}
+
+#[test]
+fn three_nodes_deliver_every_packet_intact_after_its_delays_and_drop_replays() {
+    let receiver = Receiver::start();
+    let nodes: Vec<TestNode> = (0..3).map(|_| TestNode::start(2, |_| {})).collect();
+    let count = 120usize;
+    let mut sent = HashMap::new();
+    let mut wire = Vec::new();
+    let mut replays = Vec::new();
+    let versions = [
+        (Version::V8, SizeTag::Regular),
+        (Version::V7, SizeTag::Ack),
+        (Version::V8, SizeTag::Extended8),
+    ];
+    for i in 0..count {
+        let delays =
+            [(i % 7) as u64 * 3, (i % 5) as u64 * 4, (i % 3) as u64 * 5].map(Duration::from_millis);
+        let route: Vec<RouteHop> = nodes
+            .iter()
+            .zip(delays)
+            .map(|(n, d)| n.hop(d))
+            .chain([receiver.hop()])
+            .collect();
+        let (version, size) = versions[i % versions.len()];
+        let message = format!("message {i}").into_bytes();
+        let bytes = packet(&route, size, &message);
+        let framed = frame(header(version, size), &bytes);
+        if i % 10 == 0 {
+            replays.push(framed.clone());
+        }
+        wire.extend_from_slice(&framed);
+        sent.insert(message, (delays.iter().sum::<Duration>(), version, size));
+    }
+    let start = Instant::now();
+    let mut conn = send(nodes[0].mix, &wire);
+    // Replays on the same connection and on a second one (which may land on another shard).
+    let replay_bytes: Vec<u8> = replays.concat();
+    conn.write_all(&replay_bytes).unwrap();
+    let _second = send(nodes[0].mix, &replay_bytes);
+
+    let arrivals = receiver.wait_for(count, Duration::from_secs(30));
+    assert_eq!(arrivals.len(), count, "every packet arrives");
+    assert_eq!(*receiver.bad.lock().unwrap(), 0);
+    for a in &arrivals {
+        let (delay_sum, version, size) = sent
+            .get(&a.message)
+            .expect("message intact and one we sent");
+        assert!(
+            a.at.duration_since(start) >= *delay_sum,
+            "arrived before its delays"
+        );
+        assert_eq!(
+            (a.header.version, a.header.size_tag, a.header.packet_type),
+            (*version, *size, PacketType::Sphinx),
+            "re-framed as it came"
+        );
+    }
+    let mut unique: Vec<_> = arrivals.iter().map(|a| a.message.clone()).collect();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), count, "no packet arrives twice");
+
+    let replay_count = 2 * replays.len() as u64;
+    eventually(Duration::from_secs(5), "replays counted", || {
+        dropped(&nodes[0], DropReason::Replay) == replay_count
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(receiver.count(), count, "no replay gets through");
+    for (i, node) in nodes.iter().enumerate() {
+        assert_balanced_and_idle(node, "nodes settle");
+        let (c, _) = node.totals();
+        let expect_received = count as u64 + if i == 0 { replay_count } else { 0 };
+        assert_eq!(c.received, expect_received, "node {i} received");
+        assert_eq!(c.forwarded, count as u64, "node {i} forwarded");
+        assert_eq!(
+            c.dropped_total(),
+            expect_received - count as u64,
+            "node {i} dropped only replays"
+        );
+    }
+}
+
+/// A node whose next hop is the receiver, with a test-sized config.
+fn single(tune: impl FnOnce(&mut nym_mixnode::config::Config)) -> (TestNode, Receiver) {
+    (TestNode::start(2, tune), Receiver::start())
+}
+
+#[test]
+fn garbage_wrong_version_and_bad_types_close_the_stream_and_are_counted() {
+    let (node, receiver) = single(|_| {});
+    // Garbage: an unknown version byte.
+    let mut junk = send(node.mix, &[0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
+    eventually(Duration::from_secs(5), "garbage counted", || {
+        dropped(&node, DropReason::BadFrame) == 1
+    });
+    // The node closed that stream.
+    junk.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(std::io::Read::read(&mut junk, &mut buf).unwrap_or(0), 0);
+    // Version 9, an unknown size tag, an unknown packet type.
+    for bad in [[9u8, 1, 0, 0], [8, 42, 0, 0], [8, 1, 7, 0], [8, 1, 0, 9]] {
+        let _s = send(node.mix, &bad);
+    }
+    eventually(Duration::from_secs(5), "bad headers counted", || {
+        dropped(&node, DropReason::BadFrame) == 5
+    });
+    // An Outfox frame of the right length is skipped and counted; the stream goes on.
+    let outfox_len = SizeTag::OutfoxRegular.packet_len();
+    let mut bytes = vec![
+        8u8,
+        SizeTag::OutfoxRegular as u8,
+        PacketType::Outfox as u8,
+        0,
+    ];
+    bytes.extend(std::iter::repeat_n(0u8, outfox_len));
+    let good = frame(
+        header(Version::V8, SizeTag::Regular),
+        &packet(
+            &[node.hop(Duration::ZERO), receiver.hop()],
+            SizeTag::Regular,
+            b"after outfox",
+        ),
+    );
+    bytes.extend_from_slice(&good);
+    let _s = send(node.mix, &bytes);
+    receiver.wait_for(1, Duration::from_secs(10));
+    assert_eq!(receiver.count(), 1, "the node keeps serving after junk");
+    assert_eq!(dropped(&node, DropReason::UnsupportedPacketType), 1);
+    assert_balanced_and_idle(&node, "settles");
+    assert_eq!(node.totals().0.received, 7);
+}
+
+#[test]
+fn truncated_frame_times_out_and_counts_nothing_received() {
+    let (node, _receiver) = single(|c| c.engine.read_timeout = Duration::from_millis(300));
+    let bytes = frame(header(Version::V8, SizeTag::Regular), &[0u8; 100]);
+    let mut s = send(node.mix, &bytes);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        std::io::Read::read(&mut s, &mut buf).unwrap_or(0),
+        0,
+        "closed by the node"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    eventually(Duration::from_secs(2), "read timeout counted", || {
+        node.node()
+            .snapshots()
+            .iter()
+            .map(|s| s.read_timeouts)
+            .sum::<u64>()
+            == 1
+    });
+    assert_eq!(node.totals().0.received, 0, "half a frame is not a packet");
+}
+
+#[test]
+fn bad_packets_are_dropped_with_their_reason() {
+    let (node, receiver) = single(|c| c.engine.delay_max = Duration::from_secs(10));
+    let h = header(Version::V8, SizeTag::Regular);
+    let to_receiver = [node.hop(Duration::ZERO), receiver.hop()];
+    let mut stream = Vec::new();
+
+    // A flipped bit in the header's routing information: the MAC fails.
+    let mut flipped = packet(&to_receiver, SizeTag::Regular, b"flipped");
+    flipped[100] ^= 0x01;
+    stream.extend(frame(h, &flipped));
+    // A group element that is not ours: the MAC fails too.
+    let mut alpha = packet(&to_receiver, SizeTag::Regular, b"alpha");
+    alpha[0] ^= 0x40;
+    stream.extend(frame(h, &alpha));
+    // A final hop at a mixnode.
+    stream.extend(frame(
+        h,
+        &packet(&[node.hop(Duration::ZERO)], SizeTag::Regular, b"final"),
+    ));
+    // A delay over the cap.
+    stream.extend(frame(
+        h,
+        &packet(
+            &[node.hop(Duration::from_secs(11)), receiver.hop()],
+            SizeTag::Regular,
+            b"slow",
+        ),
+    ));
+    // A next-hop address that encodes nothing valid.
+    stream.extend(frame(h, &bad_address_packet(&node)));
+    // And one good packet.
+    stream.extend(frame(h, &packet(&to_receiver, SizeTag::Regular, b"good")));
+    let _s = send(node.mix, &stream);
+
+    receiver.wait_for(1, Duration::from_secs(10));
+    eventually(Duration::from_secs(5), "all six counted", || {
+        node.totals().0.received == 6
+    });
+    assert_balanced_and_idle(&node, "settles");
+    assert_eq!(dropped(&node, DropReason::BadPacket), 2);
+    assert_eq!(dropped(&node, DropReason::FinalHop), 1);
+    assert_eq!(dropped(&node, DropReason::DelayOverCap), 1);
+    assert_eq!(dropped(&node, DropReason::BadNextHopAddress), 1);
+    assert_eq!(node.totals().0.forwarded, 1);
+    let arrivals = receiver.wait_for(1, Duration::from_secs(1));
+    assert_eq!(arrivals.len(), 1);
+    assert_eq!(arrivals[0].message, b"good");
+}
+
+/// A packet whose next hop address bytes are not `[4|6][port][ip]`.
+fn bad_address_packet(node: &TestNode) -> Vec<u8> {
+    use sphinx_packet::header::delays::Delay;
+    use sphinx_packet::route::{Destination, DestinationAddressBytes, Node, NodeAddressBytes};
+    let bogus_key = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::random());
+    let route = [
+        Node::new(
+            NodeAddressBytes::from_bytes(nym_mixnode::sphinx::encode_node_address(node.mix)),
+            node.public_key,
+        ),
+        Node::new(NodeAddressBytes::from_bytes([9u8; 32]), bogus_key),
+    ];
+    let destination = Destination::new(DestinationAddressBytes::from_bytes([1u8; 32]), [0u8; 16]);
+    sphinx_packet::SphinxPacketBuilder::new()
+        .with_payload_size(SizeTag::Regular.sphinx_payload_len())
+        .build_packet(
+            b"bad address",
+            &route,
+            &destination,
+            &[Delay::new_from_nanos(0), Delay::new_from_nanos(0)],
+        )
+        .unwrap()
+        .to_bytes()
+}
+
+#[test]
+fn a_dead_next_hop_fills_its_queue_drops_are_counted_and_others_are_served() {
+    let (mut node, receiver) = single(|c| {
+        c.engine.peer_queue_packets_max = 5;
+        c.engine.backoff_initial = Duration::from_secs(30);
+        c.engine.backoff_max = Duration::from_secs(60);
+    });
+    let dead: SocketAddr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dead_hop = RouteHop {
+        address: dead,
+        public_key: receiver.public_key,
+        delay: Duration::ZERO,
+    };
+    let h = header(Version::V8, SizeTag::Ack);
+    // The first packet finds the next hop refusing: dropped as unreachable, backoff starts.
+    let _s = send(
+        node.mix,
+        &frame(
+            h,
+            &packet(&[node.hop(Duration::ZERO), dead_hop], SizeTag::Ack, b"0"),
+        ),
+    );
+    eventually(Duration::from_secs(5), "first unreachable", || {
+        dropped(&node, DropReason::NextHopUnreachable) == 1
+    });
+    // While backing off the queue fills (5) and the rest overflow.
+    let burst: Vec<u8> = (0..30)
+        .flat_map(|i| {
+            frame(
+                h,
+                &packet(
+                    &[node.hop(Duration::ZERO), dead_hop],
+                    SizeTag::Ack,
+                    format!("{i}").as_bytes(),
+                ),
+            )
+        })
+        .collect();
+    let _s2 = send(node.mix, &burst);
+    eventually(Duration::from_secs(10), "queue full drops", || {
+        dropped(&node, DropReason::QueueFull) == 25
+    });
+    let snaps = node.node().snapshots();
+    assert_eq!(
+        snaps.iter().map(|s| s.queued).sum::<u64>(),
+        5,
+        "the queue holds its maximum"
+    );
+    // Other next hops are served meanwhile.
+    let _s3 = send(
+        node.mix,
+        &frame(
+            h,
+            &packet(
+                &[node.hop(Duration::ZERO), receiver.hop()],
+                SizeTag::Ack,
+                b"alive",
+            ),
+        ),
+    );
+    assert_eq!(receiver.wait_for(1, Duration::from_secs(10)).len(), 1);
+    let (c, gauges) = node.totals();
+    assert_eq!(c.received, 32);
+    assert_eq!(c.in_flight(), 5);
+    assert_eq!(gauges, 5, "in flight is what is queued");
+    // Shutdown drops the queued packets with their reason, and everything balances.
+    let finals = node.shutdown();
+    let mut total = nym_mixnode::accounting::PacketCounts::default();
+    for f in &finals {
+        assert_eq!(f.in_flight(), 0, "each shard ends empty: {f:?}");
+        total.add(&f.packets);
+    }
+    assert_eq!(total.dropped[DropReason::Shutdown as usize], 5);
+    assert_eq!(total.received, total.forwarded + total.dropped_total());
+}
+
+#[test]
+fn connections_over_the_limit_are_refused_and_counted() {
+    let (node, _receiver) = single(|c| c.engine.connections_inbound_max = 2);
+    let conns: Vec<_> = (0..8)
+        .map(|_| std::net::TcpStream::connect(node.mix).unwrap())
+        .collect();
+    eventually(Duration::from_secs(5), "refusals counted", || {
+        let s = node.node().snapshots();
+        s.iter().map(|s| s.connections_refused).sum::<u64>() >= 6
+            && s.iter().map(|s| s.connections_inbound).sum::<u64>() <= 2
+    });
+    drop(conns);
+}
+
+/// Resident set size of this process in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_flood_of_junk_keeps_memory_bounded_and_the_node_serving() {
+    let (node, receiver) = single(|_| {});
+    let h = header(Version::V8, SizeTag::Regular);
+    let mut rng = 0x1234_5678_u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let warm = |n: usize, next: &mut dyn FnMut() -> u64| {
+        for _ in 0..n {
+            // Well-framed junk packets (each costs the node one scalar multiplication) and a
+            // stream of garbage, on fresh connections.
+            let mut junk = Vec::new();
+            for _ in 0..20 {
+                let body: Vec<u8> = (0..SizeTag::Regular.packet_len())
+                    .map(|_| next() as u8)
+                    .collect();
+                junk.extend(frame(h, &body));
+            }
+            junk.extend((0..64).map(|_| next() as u8 | 0x80));
+            let _s = send(node.mix, &junk);
+        }
+    };
+    warm(20, &mut next);
+    eventually(Duration::from_secs(30), "warm-up counted", || {
+        node.totals().0.received >= 20 * 21
+    });
+    let before = rss_kib();
+    warm(100, &mut next);
+    eventually(Duration::from_secs(60), "flood counted", || {
+        node.totals().0.received >= 120 * 21
+    });
+    let after = rss_kib();
+    assert!(
+        after < before + 16 * 1024,
+        "memory grew from {before} KiB to {after} KiB under junk"
+    );
+    let _s = send(
+        node.mix,
+        &frame(
+            h,
+            &packet(
+                &[node.hop(Duration::ZERO), receiver.hop()],
+                SizeTag::Regular,
+                b"still here",
+            ),
+        ),
+    );
+    assert_eq!(receiver.wait_for(1, Duration::from_secs(10)).len(), 1);
+    assert_balanced_and_idle(&node, "settles");
+    let c = node.totals().0;
+    assert_eq!(c.forwarded, 1);
+    assert_eq!(
+        c.dropped[DropReason::BadPacket as usize] + c.dropped[DropReason::BadFrame as usize],
+        c.received - 1
+    );
+}
