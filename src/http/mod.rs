@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::description::Description;
+use crate::shard::stats::ShardStats;
 
 /// What the API serves, shared read-only with the control thread.
 pub struct ApiState {
@@ -17,6 +18,8 @@ pub struct ApiState {
     pub started: Instant,
     /// The node's description.
     pub description: Description,
+    /// The packet engine's per-shard figures (published by the shards, read here).
+    pub shards: Arc<Vec<ShardStats>>,
 }
 
 /// A running API server; stop it with [`ApiServer::stop`].
@@ -139,6 +142,7 @@ mod tests {
                 name: "n".into(),
                 ..Default::default()
             },
+            shards: Arc::new(Vec::new()),
         };
         let (status, _, body) = route("/health", &state);
         assert_eq!(status, 200);

@@ -129,6 +129,7 @@ pub fn start(
         Arc::new(ApiState {
             started,
             description,
+            shards: engine.stats(),
         }),
     )?;
     let addresses = NodeAddresses {
