@@ -421,3 +421,47 @@ fn a_flood_of_junk_keeps_memory_bounded_and_the_node_serving() {
         c.received - 1
     );
 }
+
+#[test]
+fn shutdown_forwards_what_falls_due_within_the_drain_and_drops_the_rest() {
+    let (mut node, receiver) = single(|c| c.engine.drain_timeout = Duration::from_millis(800));
+    let h = header(Version::V8, SizeTag::Ack);
+    let mut wire = Vec::new();
+    for i in 0..10 {
+        let soon = [node.hop(Duration::from_millis(200)), receiver.hop()];
+        wire.extend(frame(
+            h,
+            &packet(&soon, SizeTag::Ack, format!("soon {i}").as_bytes()),
+        ));
+        let late = [node.hop(Duration::from_secs(8)), receiver.hop()];
+        wire.extend(frame(
+            h,
+            &packet(&late, SizeTag::Ack, format!("late {i}").as_bytes()),
+        ));
+    }
+    let _s = send(node.mix, &wire);
+    eventually(Duration::from_secs(10), "all held", || {
+        let snaps = node.node().snapshots();
+        snaps.iter().map(|s| s.held).sum::<u64>() == 20
+    });
+    let mix = node.mix;
+    let finals = node.shutdown();
+    let mut total = nym_mixnode::accounting::PacketCounts::default();
+    for f in &finals {
+        assert_eq!(f.in_flight(), 0, "each shard ends empty: {f:?}");
+        total.add(&f.packets);
+    }
+    assert_eq!(total.received, 20);
+    assert_eq!(
+        total.forwarded, 10,
+        "the packets due within the drain go out"
+    );
+    assert_eq!(total.dropped[DropReason::Shutdown as usize], 10);
+    let arrivals = receiver.wait_for(10, Duration::from_secs(5));
+    assert_eq!(arrivals.len(), 10);
+    assert!(arrivals.iter().all(|a| a.message.starts_with(b"soon")));
+    assert!(
+        std::net::TcpStream::connect(mix).is_err(),
+        "no longer accepting"
+    );
+}
