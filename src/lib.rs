@@ -23,6 +23,7 @@
 //! the shard runtime and the control thread do I/O.
 
 pub mod accounting;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod delay;

@@ -1,0 +1,480 @@
+//! `bench-mix`: the whole-node benchmark. Starts a node with N shards (the same engine as
+//! `nym-mixnode run`), a load generator and a sink on loopback, and measures forwarded
+//! packets/s against the Sphinx crate's own single-thread `process()` rate measured in the
+//! same run, added latency, drops and memory.
+//!
+//! The generator and sink are cheap by construction: packets are built (and their forwarded
+//! fingerprints learnt) before the timed part, the generator only writes bytes, and the sink
+//! only looks fingerprints up. Each packet is sent once: the node drops replays.
+
+pub mod cpu;
+pub mod prepare;
+pub mod report;
+pub mod sink;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::accounting::DropReason;
+use crate::config::description::Description;
+use crate::config::{Config, InitSettings, NodePaths};
+use crate::framing::SizeTag;
+use crate::keys::NodeKeys;
+use crate::node::{self, NodeOptions};
+use prepare::Prepared;
+use sink::SinkShared;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Shard counts to run, one run each, in order.
+    pub cores: Vec<usize>,
+    /// Length of each run.
+    pub duration: Duration,
+    /// Open-loop rate (packets/s); None saturates.
+    pub rate: Option<f64>,
+    /// Delay each packet asks of the node.
+    pub delay: Duration,
+    /// Packet size.
+    pub size: SizeTag,
+    /// Show progress on the terminal.
+    pub progress: bool,
+}
+
+/// Percentiles of added latency, µs.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Latency {
+    /// Packets measured.
+    pub count: u64,
+    /// Median.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Largest.
+    pub max_us: u64,
+    /// (percentile, µs) points for plotting.
+    pub curve: Vec<(f64, u64)>,
+}
+
+/// CPU use during the measured window, in cores (1.0 = one core busy).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CpuUse {
+    /// The node's shards.
+    pub node: f64,
+    /// The load generator.
+    pub generator: f64,
+    /// The sink.
+    pub receiver: f64,
+}
+
+/// The figures of one run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResult {
+    /// Shards.
+    pub cores: usize,
+    /// Measured window, s.
+    pub window_s: f64,
+    /// Open-loop rate asked for, if any.
+    pub rate_asked: Option<f64>,
+    /// Packets forwarded per second (arrivals at the sink in the window).
+    pub forwarded_per_s: f64,
+    /// Per shard, from the node's own counters in the window.
+    pub forwarded_per_s_by_shard: Vec<f64>,
+    /// Single-thread `process()` rate of the Sphinx crate, this run's process.
+    pub ceiling_per_s: f64,
+    /// forwarded/s / (ceiling x cores).
+    pub efficiency: f64,
+    /// The node's own hop step on one thread (no I/O), this run, for comparison.
+    pub hop_step_per_s: f64,
+    /// CPU use in the window.
+    pub cpu: CpuUse,
+    /// Added latency (time in node beyond the requested delay).
+    pub latency: Latency,
+    /// Drops by reason over the whole run (shutdown included).
+    pub drops: BTreeMap<String, u64>,
+    /// Packets sent / recognised at the sink / unrecognised or duplicated.
+    pub sent: u64,
+    /// Packets recognised at the sink.
+    pub arrived: u64,
+    /// Frames the sink did not recognise, or saw twice (should be 0).
+    pub unknown: u64,
+    /// Most packets held (wheel + queues) at once.
+    pub held_peak: u64,
+    /// Resident memory of the idle node process before load, bytes.
+    pub rss_idle_bytes: u64,
+    /// Peak resident memory during the run, bytes.
+    pub rss_peak_bytes: u64,
+    /// (peak - idle) / held_peak, bytes; when packets were held.
+    pub bytes_per_held_packet: Option<f64>,
+}
+
+/// Everything one invocation measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    /// Packet size.
+    pub size: String,
+    /// Requested delay, ms.
+    pub delay_ms: u64,
+    /// Runs, one per core count.
+    pub runs: Vec<RunResult>,
+    /// forwarded/s of the largest core count over the smallest, when more than one ran.
+    pub scaling: Option<f64>,
+}
+
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Setup failed.
+    #[error("{0}")]
+    Setup(String),
+}
+
+fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> BenchError + '_ {
+    move |e| BenchError::Setup(format!("{what}: {e}"))
+}
+
+/// Run the benchmark.
+pub fn run(options: &BenchOptions) -> Result<BenchResult, BenchError> {
+    let keys = NodeKeys::generate().map_err(setup("key generation"))?;
+    let node_secret = keys.sphinx.clone();
+    let max_cores = options.cores.iter().copied().max().unwrap_or(1);
+    let (listeners, hops) = sink::Sink::bind(8 * max_cores.max(1)).map_err(setup("binding the sink"))?;
+
+    // Packets for the node's key; the node's own address is not inside any packet.
+    let placeholder: SocketAddr = "127.0.0.1:1".parse().map_err(setup("address"))?;
+    let probe = prepare::prepare(256, placeholder, &node_secret, &hops, options.size, options.delay, false)
+        .map_err(setup("building packets"))?;
+    let header_len = prepare::bench_header(options.size).encoded_len();
+    let ceiling = prepare::ceiling(&probe.frames, header_len, &node_secret, Duration::from_secs(1));
+    let count = match options.rate {
+        Some(rate) => (rate * options.duration.as_secs_f64() * 1.05) as usize + 64,
+        None => (ceiling * max_cores as f64 * 1.6 * (options.duration.as_secs_f64() + 1.0)) as usize,
+    }
+    .max(1000);
+    if options.progress {
+        eprintln!(
+            "Sphinx process() ceiling: {ceiling:.0} packets/s on one thread; building {count} packets..."
+        );
+    }
+    let prepared = prepare::prepare(count, placeholder, &node_secret, &hops, options.size, options.delay, options.progress)
+        .map_err(setup("building packets"))?;
+    let Prepared { frames, fingerprints, delay } = prepared;
+    let sink = sink::Sink::start(listeners, hops, fingerprints, frames.len(), delay);
+
+    let mut runs = Vec::new();
+    for &cores in &options.cores {
+        if options.progress {
+            eprintln!("running {cores} shard(s) for {:?}...", options.duration);
+        }
+        // The ceiling again, right before this run, so that both see the same machine state.
+        let ceiling = prepare::ceiling(&frames, header_len, &node_secret, Duration::from_millis(700));
+        let hop_step = prepare::hop_step_rate(&frames, header_len, &node_secret, Duration::from_millis(700));
+        let mut run = run_once(options, cores, &keys, &frames, &sink.shared, ceiling)?;
+        run.hop_step_per_s = hop_step;
+        runs.push(run);
+    }
+    let scaling = match (runs.first(), runs.last()) {
+        (Some(a), Some(b)) if runs.len() > 1 && a.forwarded_per_s > 0.0 => Some(b.forwarded_per_s / a.forwarded_per_s),
+        _ => None,
+    };
+    Ok(BenchResult {
+        size: format!("{:?}", options.size),
+        delay_ms: options.delay.as_millis() as u64,
+        runs,
+        scaling,
+    })
+}
+
+fn node_config(cores: usize, held_max: usize, packets: usize, home: &std::path::Path) -> Config {
+    let settings = InitSettings {
+        id: "bench".into(),
+        host: "127.0.0.1".parse().unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+        announce_host: None,
+        mix_port: 0,
+        verloc_port: 0,
+        http_api_port: 0,
+    };
+    let mut config = Config::new(&settings, &NodePaths::new(home, "bench"));
+    config.engine.cores = cores;
+    config.engine.held_packets_max = held_max.max(config.engine.held_packets_max);
+    config.engine.replay_filter_packets_max = (packets as u64).max(100_000);
+    config.engine.drain_timeout = Duration::from_millis(200);
+    config.engine.peer_queue_packets_max = 20_000;
+    config.engine.cross_shard_packets_max = 16_384;
+    config
+}
+
+fn run_once(
+    options: &BenchOptions,
+    cores: usize,
+    keys: &NodeKeys,
+    frames: &[Vec<u8>],
+    shared: &Arc<SinkShared>,
+    ceiling: f64,
+) -> Result<RunResult, BenchError> {
+    shared.reset();
+    let home = tempfile_dir()?;
+    let expected_held = options.rate.unwrap_or(ceiling * cores as f64) * options.delay.as_secs_f64();
+    let config = node_config(cores, (expected_held * 1.5) as usize + 10_000, frames.len(), &home.0);
+    let node_keys = NodeKeys {
+        identity: keys.identity.clone(),
+        sphinx: keys.sphinx.clone(),
+    };
+    let running = node::start(&config, node_keys, Description::default(), NodeOptions { pin_shards: true })
+        .map_err(setup("starting the node"))?;
+    let mix = running.addresses.mix;
+    std::thread::sleep(Duration::from_millis(200));
+    let rss_idle = cpu::rss_bytes();
+
+    // Generator threads: pinned to the cores the shards leave free (or the last core).
+    let connections = 8 * cores;
+    let generators = 2usize;
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicUsize::new(0));
+    let sent_total = Arc::new(AtomicUsize::new(0));
+    let t0 = shared.now_ns();
+    let warmup = Duration::from_secs_f64((options.duration.as_secs_f64() / 5.0).min(1.0));
+    shared.record_from_ns.store(t0 + warmup.as_nanos() as u64, Ordering::Relaxed);
+    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+    let free_core = core_ids.get(cores.min(core_ids.len().saturating_sub(1))).copied();
+    let mut streams: Vec<Vec<TcpStream>> = Vec::new();
+    for _ in 0..generators {
+        let mut group = Vec::new();
+        for _ in 0..connections / generators {
+            let s = TcpStream::connect(mix).map_err(setup("connecting to the node"))?;
+            let _ = s.set_nodelay(true);
+            group.push(s);
+        }
+        streams.push(group);
+    }
+    let measured = std::thread::scope(|scope| {
+        for (g, group) in streams.into_iter().enumerate() {
+            let (stop, next, sent_total, shared) = (&stop, &next, &sent_total, &**shared);
+            let (rate, duration) = (options.rate, options.duration);
+            let spawned = std::thread::Builder::new()
+                .name(format!("gen-{g}"))
+                .spawn_scoped(scope, move || {
+                    if let Some(core) = free_core {
+                        core_affinity::set_for_current(core);
+                    }
+                    generate(frames, group, rate, duration, t0, stop, next, sent_total, shared)
+                });
+            if spawned.is_err() {
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+        measure(options, &running, shared, warmup, rss_idle, &stop)
+    });
+    let Measured {
+        window_start: (w_time, w_arrived, w_forwarded, w_cpu),
+        end_time,
+        end_arrived,
+        end_snaps,
+        end_cpu,
+        mut rss_peak,
+        mut held_peak,
+    } = measured?;
+    rss_peak = rss_peak.max(cpu::rss_bytes());
+    let window_s = end_time.duration_since(w_time).as_secs_f64();
+
+    // Let what is in flight arrive, then stop the node.
+    let settle = Instant::now();
+    while settle.elapsed() < options.delay + Duration::from_secs(3) {
+        let snaps = running.snapshots();
+        let total = crate::shard::stats::total(&snaps);
+        if total.in_flight() <= 0 {
+            break;
+        }
+        held_peak = held_peak.max(snaps.iter().map(|s| s.held + s.queued).sum());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(250));
+    let finals = running.shutdown();
+    let mut drops = BTreeMap::new();
+    for reason in DropReason::ALL {
+        let n: u64 = finals.iter().map(|f| f.packets.dropped[reason as usize]).sum();
+        if n > 0 {
+            drops.insert(reason.label().to_string(), n);
+        }
+    }
+
+    let forwarded_per_s = (end_arrived - w_arrived) as f64 / window_s;
+    let forwarded_per_s_by_shard = end_snaps
+        .iter()
+        .zip(w_forwarded)
+        .map(|(s, f)| (s.counts.packets.forwarded - f) as f64 / window_s)
+        .collect();
+    let used = |p: &str| (end_cpu.get(p).copied().unwrap_or(0.0) - w_cpu.get(p).copied().unwrap_or(0.0)) / window_s;
+    let latency = {
+        let h = shared.latency_us.lock().map_err(|_| BenchError::Setup("latency histogram".into()))?;
+        let curve = [0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99, 100.0]
+            .iter()
+            .map(|&q| (q, h.value_at_quantile(q / 100.0)))
+            .collect();
+        Latency {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+            curve,
+        }
+    };
+    let held = held_peak.max(1);
+    Ok(RunResult {
+        cores,
+        window_s,
+        rate_asked: options.rate,
+        forwarded_per_s,
+        forwarded_per_s_by_shard,
+        ceiling_per_s: ceiling,
+        efficiency: forwarded_per_s / (ceiling * cores as f64),
+        hop_step_per_s: 0.0,
+        cpu: CpuUse {
+            node: used("shard-"),
+            generator: used("gen-"),
+            receiver: used("sink-"),
+        },
+        latency,
+        drops,
+        sent: sent_total.load(Ordering::Relaxed) as u64,
+        arrived: shared.arrived.load(Ordering::Relaxed),
+        unknown: shared.unknown.load(Ordering::Relaxed),
+        held_peak,
+        rss_idle_bytes: rss_idle,
+        rss_peak_bytes: rss_peak,
+        bytes_per_held_packet: (held_peak >= 1000).then(|| rss_peak.saturating_sub(rss_idle) as f64 / held as f64),
+    })
+}
+
+type CpuByThread = std::collections::HashMap<String, f64>;
+
+struct Measured {
+    window_start: (Instant, u64, Vec<u64>, CpuByThread),
+    end_time: Instant,
+    end_arrived: u64,
+    end_snaps: Vec<crate::shard::stats::ShardSnapshot>,
+    end_cpu: CpuByThread,
+    rss_peak: u64,
+    held_peak: u64,
+}
+
+const THREAD_PREFIXES: [&str; 3] = ["shard-", "gen-", "sink-"];
+
+/// Sample until the run's end, then stop the generators.
+fn measure(
+    options: &BenchOptions,
+    running: &node::RunningNode,
+    shared: &SinkShared,
+    warmup: Duration,
+    rss_idle: u64,
+    stop: &AtomicBool,
+) -> Result<Measured, BenchError> {
+    let start = Instant::now();
+    let mut rss_peak = rss_idle;
+    let mut held_peak = 0u64;
+    let mut window_start = None;
+    while start.elapsed() < options.duration {
+        std::thread::sleep(Duration::from_millis(50));
+        rss_peak = rss_peak.max(cpu::rss_bytes());
+        let snaps = running.snapshots();
+        held_peak = held_peak.max(snaps.iter().map(|s| s.held + s.queued).sum());
+        if window_start.is_none() && start.elapsed() >= warmup {
+            window_start = Some((
+                Instant::now(),
+                shared.arrived.load(Ordering::Relaxed),
+                snaps.iter().map(|s| s.counts.packets.forwarded).collect(),
+                cpu::cpu_seconds_by_prefix(&THREAD_PREFIXES),
+            ));
+        }
+    }
+    let measured = Measured {
+        end_snaps: running.snapshots(),
+        end_arrived: shared.arrived.load(Ordering::Relaxed),
+        end_cpu: cpu::cpu_seconds_by_prefix(&THREAD_PREFIXES),
+        end_time: Instant::now(),
+        window_start: window_start.ok_or_else(|| BenchError::Setup("run too short to measure".into()))?,
+        rss_peak,
+        held_peak,
+    };
+    stop.store(true, Ordering::Relaxed);
+    Ok(measured)
+}
+
+struct TempHome(std::path::PathBuf);
+
+impl Drop for TempHome {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir() -> Result<TempHome, BenchError> {
+    let dir = std::env::temp_dir().join(format!("bench-mix-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos()));
+    std::fs::create_dir_all(&dir).map_err(setup("temporary folder"))?;
+    Ok(TempHome(dir))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn generate(
+    frames: &[Vec<u8>],
+    mut streams: Vec<TcpStream>,
+    rate: Option<f64>,
+    duration: Duration,
+    t0: u64,
+    stop: &AtomicBool,
+    next: &AtomicUsize,
+    sent_total: &AtomicUsize,
+    shared: &SinkShared,
+) {
+    let batch = if rate.is_some() { 4 } else { 16 };
+    let mut buffer = Vec::with_capacity(batch * frames.first().map_or(0, Vec::len));
+    let mut turn = 0usize;
+    let end_ns = t0 + duration.as_nanos() as u64;
+    while !stop.load(Ordering::Relaxed) {
+        let first = next.fetch_add(batch, Ordering::Relaxed);
+        if first >= frames.len() {
+            break;
+        }
+        let last = (first + batch).min(frames.len());
+        if let Some(rate) = rate {
+            let due_ns = t0 + (first as f64 / rate * 1e9) as u64;
+            loop {
+                let now = shared.now_ns();
+                if now >= due_ns {
+                    break;
+                }
+                let wait = due_ns - now;
+                if wait > 200_000 {
+                    std::thread::sleep(Duration::from_nanos(wait - 100_000));
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        let now = shared.now_ns();
+        if now >= end_ns {
+            break;
+        }
+        buffer.clear();
+        for i in first..last {
+            shared.send_ns[i].store(now, Ordering::Relaxed);
+            buffer.extend_from_slice(&frames[i]);
+        }
+        let index = turn % streams.len();
+        let stream = &mut streams[index];
+        turn += 1;
+        if stream.write_all(&buffer).is_err() {
+            break;
+        }
+        sent_total.fetch_add(last - first, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,211 @@
+//! The benchmark's receiver: listens on several ports (several next hops, so that the node's
+//! shards share the forwarding), recognises each forwarded packet by its fingerprint, and
+//! records its added latency. No Sphinx work: one hash lookup per packet.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::framing::FrameDecoder;
+
+/// Shared between the sink threads and the benchmark.
+pub struct SinkShared {
+    /// Fingerprint -> packet index.
+    pub fingerprints: HashMap<u64, u32>,
+    /// When each packet was sent, in ns since `base`; `u64::MAX` before.
+    pub send_ns: Vec<AtomicU64>,
+    /// The clock origin of `send_ns`.
+    pub base: Instant,
+    /// The delay every packet asked for, ns.
+    pub delay_ns: u64,
+    /// Packets recognised.
+    pub arrived: AtomicU64,
+    /// Packets not recognised, or seen twice.
+    pub unknown: AtomicU64,
+    /// Arrivals at or after this (ns since `base`) go into the histogram.
+    pub record_from_ns: AtomicU64,
+    /// Added latency, µs.
+    pub latency_us: Mutex<Histogram<u64>>,
+    seen: Vec<AtomicBool>,
+    stop: AtomicBool,
+}
+
+impl SinkShared {
+    /// Forget the previous run.
+    pub fn reset(&self) {
+        for s in &self.send_ns {
+            s.store(u64::MAX, Ordering::Relaxed);
+        }
+        for s in &self.seen {
+            s.store(false, Ordering::Relaxed);
+        }
+        self.arrived.store(0, Ordering::Relaxed);
+        self.unknown.store(0, Ordering::Relaxed);
+        self.record_from_ns.store(u64::MAX, Ordering::Relaxed);
+        if let Ok(mut h) = self.latency_us.lock() {
+            h.reset();
+        }
+    }
+
+    /// ns since `base`.
+    pub fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+}
+
+/// A running sink.
+pub struct Sink {
+    /// Its addresses and the key packets are built for.
+    pub hops: Vec<(SocketAddr, PublicKey)>,
+    /// Shared state.
+    pub shared: Arc<SinkShared>,
+    listeners: Vec<JoinHandle<()>>,
+}
+
+impl Sink {
+    /// Bind `ports` listeners on 127.0.0.1.
+    pub fn bind(ports: usize) -> std::io::Result<(Vec<TcpListener>, Vec<(SocketAddr, PublicKey)>)> {
+        let key = PublicKey::from(&StaticSecret::random());
+        let mut listeners = Vec::new();
+        let mut hops = Vec::new();
+        for _ in 0..ports {
+            let l = TcpListener::bind("127.0.0.1:0")?;
+            l.set_nonblocking(true)?;
+            hops.push((l.local_addr()?, key));
+            listeners.push(l);
+        }
+        Ok((listeners, hops))
+    }
+
+    /// Start serving `listeners` for `count` packets with these fingerprints.
+    pub fn start(
+        listeners: Vec<TcpListener>,
+        hops: Vec<(SocketAddr, PublicKey)>,
+        fingerprints: HashMap<u64, u32>,
+        count: usize,
+        delay: Duration,
+    ) -> Sink {
+        let shared = Arc::new(SinkShared {
+            fingerprints,
+            send_ns: (0..count).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            base: Instant::now(),
+            delay_ns: delay.as_nanos() as u64,
+            arrived: AtomicU64::new(0),
+            unknown: AtomicU64::new(0),
+            record_from_ns: AtomicU64::new(u64::MAX),
+            latency_us: Mutex::new(
+                Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| std::process::abort())),
+            ),
+            seen: (0..count).map(|_| AtomicBool::new(false)).collect(),
+            stop: AtomicBool::new(false),
+        });
+        let listeners = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, listener)| {
+                let shared = Arc::clone(&shared);
+                std::thread::Builder::new()
+                    .name(format!("sink-accept-{i}"))
+                    .spawn(move || accept(listener, &shared))
+                    .unwrap_or_else(|_| std::process::abort())
+            })
+            .collect();
+        Sink { hops, shared, listeners }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for l in self.listeners.drain(..) {
+            let _ = l.join();
+        }
+    }
+}
+
+fn accept(listener: TcpListener, shared: &Arc<SinkShared>) {
+    let mut readers = Vec::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let shared = Arc::clone(shared);
+                if let Ok(handle) = std::thread::Builder::new()
+                    .name("sink-read".into())
+                    .spawn(move || read(stream, &shared))
+                {
+                    readers.push(handle);
+                }
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+}
+
+fn read(mut stream: TcpStream, shared: &SinkShared) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut decoder = FrameDecoder::new();
+    let mut local = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).ok();
+    let mut pending = 0u32;
+    while !shared.stop.load(Ordering::Relaxed) {
+        match stream.read(decoder.spare_mut()) {
+            Ok(0) => break,
+            Ok(n) => decoder.advance(n),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                flush(shared, &mut local, &mut pending);
+                continue;
+            }
+            Err(_) => break,
+        }
+        let now_ns = shared.now_ns();
+        let record_from = shared.record_from_ns.load(Ordering::Relaxed);
+        while let Ok(Some(frame)) = decoder.next_frame() {
+            if frame.packet.len() < 8 {
+                shared.unknown.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let print = super::prepare::fingerprint(frame.packet);
+            let Some(&index) = shared.fingerprints.get(&print) else {
+                shared.unknown.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if shared.seen[index as usize].swap(true, Ordering::Relaxed) {
+                shared.unknown.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            shared.arrived.fetch_add(1, Ordering::Relaxed);
+            let sent = shared.send_ns[index as usize].load(Ordering::Relaxed);
+            if now_ns >= record_from && sent != u64::MAX {
+                let added_ns = now_ns.saturating_sub(sent).saturating_sub(shared.delay_ns);
+                if let Some(h) = local.as_mut() {
+                    let _ = h.record((added_ns / 1000).max(1));
+                    pending += 1;
+                }
+            }
+        }
+        if pending >= 1024 {
+            flush(shared, &mut local, &mut pending);
+        }
+    }
+    flush(shared, &mut local, &mut pending);
+}
+
+fn flush(shared: &SinkShared, local: &mut Option<Histogram<u64>>, pending: &mut u32) {
+    if *pending == 0 {
+        return;
+    }
+    if let (Some(h), Ok(mut total)) = (local.as_mut(), shared.latency_us.lock()) {
+        let _ = total.add(&*h);
+        h.reset();
+    }
+    *pending = 0;
+}

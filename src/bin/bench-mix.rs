@@ -1,0 +1,140 @@
+//! `bench-mix`: measure the node's forwarding rate, latency and memory on this machine.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use mimalloc::MiMalloc;
+use nym_mixnode::bench::{self, BenchOptions, BenchResult};
+use nym_mixnode::framing::SizeTag;
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+/// Start a node with N shards, a load generator and a sink on loopback, and measure.
+#[derive(Parser, Debug)]
+#[command(name = "bench-mix", version, about)]
+struct Args {
+    /// Shards to run; a list (e.g. 1,2) runs each in turn in one process, for scaling.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    cores: Vec<usize>,
+    /// Seconds of load per run.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Open-loop rate in packets/s (for latency); without it the generator saturates.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Delay each packet asks of the node, ms.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Packet size.
+    #[arg(long, value_enum, default_value_t = Size::Regular)]
+    size: Size,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Write an HTML (or, for a .svg name, SVG) report with plots.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Size {
+    Regular,
+    Ack,
+    #[value(name = "8k")]
+    Extended8,
+    #[value(name = "16k")]
+    Extended16,
+    #[value(name = "32k")]
+    Extended32,
+}
+
+impl From<Size> for SizeTag {
+    fn from(s: Size) -> SizeTag {
+        match s {
+            Size::Regular => SizeTag::Regular,
+            Size::Ack => SizeTag::Ack,
+            Size::Extended8 => SizeTag::Extended8,
+            Size::Extended16 => SizeTag::Extended16,
+            Size::Extended32 => SizeTag::Extended32,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.cores.iter().any(|&c| c == 0) || !(args.duration > 0.5) || args.rate.is_some_and(|r| !(r > 0.0)) {
+        eprintln!("error: --cores must be at least 1, --duration above 0.5 s, and --rate positive");
+        return ExitCode::FAILURE;
+    }
+    let options = BenchOptions {
+        cores: args.cores.clone(),
+        duration: Duration::from_secs_f64(args.duration),
+        rate: args.rate,
+        delay: Duration::from_millis(args.delay_ms),
+        size: args.size.into(),
+        progress: !args.json,
+    };
+    let result = match bench::run(&options) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        match serde_json::to_string(&result) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print_text(&result);
+    }
+    if let Some(path) = args.report {
+        if let Err(e) = bench::report::write(&result, &path) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        if !args.json {
+            println!("report written to {}", path.display());
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_text(result: &BenchResult) {
+    println!("packet size {}, requested delay {} ms", result.size, result.delay_ms);
+    for r in &result.runs {
+        println!();
+        println!("shards: {}   window: {:.1} s{}", r.cores, r.window_s, r.rate_asked.map_or(String::new(), |x| format!("   open-loop rate: {x:.0}/s")));
+        let per_shard: Vec<String> = r.forwarded_per_s_by_shard.iter().map(|x| format!("{x:.0}")).collect();
+        println!("  forwarded:   {:.0} packets/s (per shard: {})", r.forwarded_per_s, per_shard.join(", "));
+        println!("  ceiling:     {:.0} packets/s (sphinx process(), one thread, this run)", r.ceiling_per_s);
+        println!("  efficiency:  {:.2} (forwarded / (ceiling x {}))", r.efficiency, r.cores);
+        println!("  hop step:    {:.0} packets/s (the node's expand+finish, one thread, no I/O)", r.hop_step_per_s);
+        println!("  CPU (cores): node {:.2}, generator {:.2}, receiver {:.2}", r.cpu.node, r.cpu.generator, r.cpu.receiver);
+        println!(
+            "  added latency: p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs ({} packets)",
+            r.latency.p50_us, r.latency.p99_us, r.latency.p999_us, r.latency.max_us, r.latency.count
+        );
+        println!("  sent {}, arrived {}, unrecognised {}", r.sent, r.arrived, r.unknown);
+        let drops: Vec<String> = r.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("  drops: {}", if drops.is_empty() { "none".to_string() } else { drops.join(", ") });
+        println!(
+            "  memory: idle {:.1} MiB, peak {:.1} MiB, held peak {} packets{}",
+            r.rss_idle_bytes as f64 / 1048576.0,
+            r.rss_peak_bytes as f64 / 1048576.0,
+            r.held_peak,
+            r.bytes_per_held_packet.map_or(String::new(), |b| format!(", {b:.0} bytes per held packet"))
+        );
+    }
+    if let Some(s) = result.scaling {
+        println!();
+        println!("scaling: {s:.2}x forwarded/s, largest over smallest shard count");
+    }
+}
