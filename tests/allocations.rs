@@ -1,0 +1,148 @@
+//! Allocations per packet on the hot path, counted with a wrapping global allocator.
+//!
+//! Framing, the replay filter, the delay wheel and peer queues must not allocate per packet
+//! once warm. The Sphinx step does allocate inside the `sphinx-packet` crate (it copies the
+//! packet into owned parts and builds the next header as a `Vec`); the figure is pinned here
+//! so that a change shows up.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use nym_mixnode::delay::{DelayWheel, WheelConfig};
+use nym_mixnode::forward::PeerQueue;
+use nym_mixnode::framing::{FrameDecoder, FrameHeader, KeyRotation, PacketType, SizeTag, Version};
+use nym_mixnode::replay::ReplayFilter;
+use nym_mixnode::sphinx::{build_packet, HopProcessor, RouteHop, DELAY_MAX_DEFAULT};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+struct CountingAllocator;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|count| count.set(count.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|count| count.set(count.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// Allocations made on this thread while `f` runs (test threads run one test each).
+fn allocations_during(f: impl FnOnce()) -> u64 {
+    let before = ALLOCATIONS.with(Cell::get);
+    f();
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+#[test]
+fn framing_replay_wheel_and_queues_do_not_allocate_per_packet() {
+    let header = FrameHeader {
+        version: Version::V8,
+        size_tag: SizeTag::Regular,
+        packet_type: PacketType::Sphinx,
+        key_rotation: KeyRotation::Unknown,
+    };
+    let mut stream = vec![0u8; 100 * header.frame_len()];
+    for frame in stream.chunks_mut(header.frame_len()) {
+        header.encode(frame);
+    }
+    let mut decoder = FrameDecoder::new();
+    let mut filter = ReplayFilter::with_default_rate(10_000).expect("valid size");
+    let origin = Instant::now();
+    let mut wheel: DelayWheel<usize> =
+        DelayWheel::new(WheelConfig::default(), origin).expect("valid config");
+    let mut queue: PeerQueue<usize> = PeerQueue::new(200);
+    queue.push(0).expect("room");
+    queue.pop();
+
+    let count = allocations_during(|| {
+        let mut frames = 0usize;
+        for read in stream.chunks(1000) {
+            let mut fed = 0;
+            while fed < read.len() {
+                fed += decoder.push(&read[fed..]);
+                while let Ok(Some(frame)) = decoder.next_frame() {
+                    let mut tag = [0u8; 32];
+                    tag[..8].copy_from_slice(&(frames as u64 + 1).to_le_bytes());
+                    tag[8..16].copy_from_slice(&(frames as u64 * 7919).to_le_bytes());
+                    assert!(!filter.contains(&tag));
+                    filter.insert(&tag);
+                    let due = origin + Duration::from_millis(frame.packet.len() as u64 % 7);
+                    wheel.insert(due, frames).expect("room");
+                    frames += 1;
+                }
+            }
+        }
+        wheel.pop_due(origin + Duration::from_secs(1), &mut |id| {
+            queue.push(id).expect("room");
+        });
+        assert_eq!(frames, 100);
+        assert_eq!(queue.len(), 100);
+    });
+    assert_eq!(
+        count, 0,
+        "allocations on the framing/replay/wheel/queue path"
+    );
+}
+
+#[test]
+fn sphinx_step_allocations_per_packet_are_pinned() {
+    let secrets: Vec<StaticSecret> = (1..=3u8).map(|i| StaticSecret::from([i; 32])).collect();
+    let route: Vec<RouteHop> = secrets
+        .iter()
+        .enumerate()
+        .map(|(i, secret)| RouteHop {
+            address: SocketAddr::from(([10, 0, 0, i as u8 + 1], 1789)),
+            public_key: PublicKey::from(secret),
+            delay: Duration::from_millis(10),
+        })
+        .collect();
+    let packets: Vec<Vec<u8>> = (0..4u8)
+        .map(|i| {
+            let initial = StaticSecret::from([100 + i; 32]);
+            build_packet(&route, [0u8; 32], SizeTag::Regular, b"x", &initial).expect("valid")
+        })
+        .collect();
+    let filter = ReplayFilter::with_default_rate(100).expect("valid size");
+    let mut processor = HopProcessor::new(secrets[0].clone(), filter);
+    let mut out = vec![0u8; packets[0].len()];
+    // Warm up once, then count.
+    processor
+        .process_into(&packets[0], DELAY_MAX_DEFAULT, &mut out)
+        .expect("forwards");
+    let count = allocations_during(|| {
+        for packet in &packets[1..] {
+            processor
+                .process_into(packet, DELAY_MAX_DEFAULT, &mut out)
+                .expect("forwards");
+        }
+    });
+    let per_packet = count / 3;
+    eprintln!("sphinx step: {per_packet} allocations per packet (inside sphinx-packet)");
+    assert!(per_packet <= 16, "{per_packet} allocations per packet");
+    let replays = allocations_during(|| {
+        assert!(processor
+            .process_into(&packets[1], DELAY_MAX_DEFAULT, &mut out)
+            .is_err());
+    });
+    eprintln!("sphinx replay: {replays} allocations");
+}
