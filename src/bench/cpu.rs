@@ -12,11 +12,19 @@ pub fn cpu_seconds_by_prefix(prefixes: &[&str]) -> HashMap<String, f64> {
     };
     for task in tasks.flatten() {
         let path = task.path();
-        let Ok(name) = std::fs::read_to_string(path.join("comm")) else { continue };
-        let Some(prefix) = prefixes.iter().find(|p| name.trim().starts_with(**p)) else { continue };
-        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else { continue };
+        let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        let Some(prefix) = prefixes.iter().find(|p| name.trim().starts_with(**p)) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
         // Fields after the parenthesised name: state is field 3; utime and stime are 14, 15.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         let ticks: u64 = [11, 12]
             .iter()

@@ -146,17 +146,33 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult, BenchError> {
     let keys = NodeKeys::generate().map_err(setup("key generation"))?;
     let node_secret = keys.sphinx.clone();
     let max_cores = options.cores.iter().copied().max().unwrap_or(1);
-    let (listeners, hops) = sink::Sink::bind(8 * max_cores.max(1)).map_err(setup("binding the sink"))?;
+    let (listeners, hops) =
+        sink::Sink::bind(8 * max_cores.max(1)).map_err(setup("binding the sink"))?;
 
     // Packets for the node's key; the node's own address is not inside any packet.
     let placeholder: SocketAddr = "127.0.0.1:1".parse().map_err(setup("address"))?;
-    let probe = prepare::prepare(256, placeholder, &node_secret, &hops, options.size, options.delay, false)
-        .map_err(setup("building packets"))?;
+    let probe = prepare::prepare(
+        256,
+        placeholder,
+        &node_secret,
+        &hops,
+        options.size,
+        options.delay,
+        false,
+    )
+    .map_err(setup("building packets"))?;
     let header_len = prepare::bench_header(options.size).encoded_len();
-    let ceiling = prepare::ceiling(&probe.frames, header_len, &node_secret, Duration::from_secs(1));
+    let ceiling = prepare::ceiling(
+        &probe.frames,
+        header_len,
+        &node_secret,
+        Duration::from_secs(1),
+    );
     let count = match options.rate {
         Some(rate) => (rate * options.duration.as_secs_f64() * 1.05) as usize + 64,
-        None => (ceiling * max_cores as f64 * 1.6 * (options.duration.as_secs_f64() + 1.0)) as usize,
+        None => {
+            (ceiling * max_cores as f64 * 1.6 * (options.duration.as_secs_f64() + 1.0)) as usize
+        }
     }
     .max(1000);
     if options.progress {
@@ -164,9 +180,21 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult, BenchError> {
             "Sphinx process() ceiling: {ceiling:.0} packets/s on one thread; building {count} packets..."
         );
     }
-    let prepared = prepare::prepare(count, placeholder, &node_secret, &hops, options.size, options.delay, options.progress)
-        .map_err(setup("building packets"))?;
-    let Prepared { frames, fingerprints, delay } = prepared;
+    let prepared = prepare::prepare(
+        count,
+        placeholder,
+        &node_secret,
+        &hops,
+        options.size,
+        options.delay,
+        options.progress,
+    )
+    .map_err(setup("building packets"))?;
+    let Prepared {
+        frames,
+        fingerprints,
+        delay,
+    } = prepared;
     let sink = sink::Sink::start(listeners, hops, fingerprints, frames.len(), delay);
 
     let mut runs = Vec::new();
@@ -175,14 +203,26 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult, BenchError> {
             eprintln!("running {cores} shard(s) for {:?}...", options.duration);
         }
         // The ceiling again, right before this run, so that both see the same machine state.
-        let ceiling = prepare::ceiling(&frames, header_len, &node_secret, Duration::from_millis(700));
-        let hop_step = prepare::hop_step_rate(&frames, header_len, &node_secret, Duration::from_millis(700));
+        let ceiling = prepare::ceiling(
+            &frames,
+            header_len,
+            &node_secret,
+            Duration::from_millis(700),
+        );
+        let hop_step = prepare::hop_step_rate(
+            &frames,
+            header_len,
+            &node_secret,
+            Duration::from_millis(700),
+        );
         let mut run = run_once(options, cores, &keys, &frames, &sink.shared, ceiling)?;
         run.hop_step_per_s = hop_step;
         runs.push(run);
     }
     let scaling = match (runs.first(), runs.last()) {
-        (Some(a), Some(b)) if runs.len() > 1 && a.forwarded_per_s > 0.0 => Some(b.forwarded_per_s / a.forwarded_per_s),
+        (Some(a), Some(b)) if runs.len() > 1 && a.forwarded_per_s > 0.0 => {
+            Some(b.forwarded_per_s / a.forwarded_per_s)
+        }
         _ => None,
     };
     Ok(BenchResult {
@@ -196,7 +236,9 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult, BenchError> {
 fn node_config(cores: usize, held_max: usize, packets: usize, home: &std::path::Path) -> Config {
     let settings = InitSettings {
         id: "bench".into(),
-        host: "127.0.0.1".parse().unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+        host: "127.0.0.1"
+            .parse()
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
         announce_host: None,
         mix_port: 0,
         verloc_port: 0,
@@ -222,14 +264,25 @@ fn run_once(
 ) -> Result<RunResult, BenchError> {
     shared.reset();
     let home = tempfile_dir()?;
-    let expected_held = options.rate.unwrap_or(ceiling * cores as f64) * options.delay.as_secs_f64();
-    let config = node_config(cores, (expected_held * 1.5) as usize + 10_000, frames.len(), &home.0);
+    let expected_held =
+        options.rate.unwrap_or(ceiling * cores as f64) * options.delay.as_secs_f64();
+    let config = node_config(
+        cores,
+        (expected_held * 1.5) as usize + 10_000,
+        frames.len(),
+        &home.0,
+    );
     let node_keys = NodeKeys {
         identity: keys.identity.clone(),
         sphinx: keys.sphinx.clone(),
     };
-    let running = node::start(&config, node_keys, Description::default(), NodeOptions { pin_shards: true })
-        .map_err(setup("starting the node"))?;
+    let running = node::start(
+        &config,
+        node_keys,
+        Description::default(),
+        NodeOptions { pin_shards: true },
+    )
+    .map_err(setup("starting the node"))?;
     let mix = running.addresses.mix;
     std::thread::sleep(Duration::from_millis(200));
     let rss_idle = cpu::rss_bytes();
@@ -242,9 +295,13 @@ fn run_once(
     let sent_total = Arc::new(AtomicUsize::new(0));
     let t0 = shared.now_ns();
     let warmup = Duration::from_secs_f64((options.duration.as_secs_f64() / 5.0).min(1.0));
-    shared.record_from_ns.store(t0 + warmup.as_nanos() as u64, Ordering::Relaxed);
+    shared
+        .record_from_ns
+        .store(t0 + warmup.as_nanos() as u64, Ordering::Relaxed);
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
-    let free_core = core_ids.get(cores.min(core_ids.len().saturating_sub(1))).copied();
+    let free_core = core_ids
+        .get(cores.min(core_ids.len().saturating_sub(1)))
+        .copied();
     let mut streams: Vec<Vec<TcpStream>> = Vec::new();
     for _ in 0..generators {
         let mut group = Vec::new();
@@ -265,7 +322,9 @@ fn run_once(
                     if let Some(core) = free_core {
                         core_affinity::set_for_current(core);
                     }
-                    generate(frames, group, rate, duration, t0, stop, next, sent_total, shared)
+                    generate(
+                        frames, group, rate, duration, t0, stop, next, sent_total, shared,
+                    )
                 });
             if spawned.is_err() {
                 stop.store(true, Ordering::Relaxed);
@@ -300,7 +359,10 @@ fn run_once(
     let finals = running.shutdown();
     let mut drops = BTreeMap::new();
     for reason in DropReason::ALL {
-        let n: u64 = finals.iter().map(|f| f.packets.dropped[reason as usize]).sum();
+        let n: u64 = finals
+            .iter()
+            .map(|f| f.packets.dropped[reason as usize])
+            .sum();
         if n > 0 {
             drops.insert(reason.label().to_string(), n);
         }
@@ -312,13 +374,20 @@ fn run_once(
         .zip(w_forwarded)
         .map(|(s, f)| (s.counts.packets.forwarded - f) as f64 / window_s)
         .collect();
-    let used = |p: &str| (end_cpu.get(p).copied().unwrap_or(0.0) - w_cpu.get(p).copied().unwrap_or(0.0)) / window_s;
+    let used = |p: &str| {
+        (end_cpu.get(p).copied().unwrap_or(0.0) - w_cpu.get(p).copied().unwrap_or(0.0)) / window_s
+    };
     let latency = {
-        let h = shared.latency_us.lock().map_err(|_| BenchError::Setup("latency histogram".into()))?;
-        let curve = [0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99, 100.0]
-            .iter()
-            .map(|&q| (q, h.value_at_quantile(q / 100.0)))
-            .collect();
+        let h = shared
+            .latency_us
+            .lock()
+            .map_err(|_| BenchError::Setup("latency histogram".into()))?;
+        let curve = [
+            0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99, 100.0,
+        ]
+        .iter()
+        .map(|&q| (q, h.value_at_quantile(q / 100.0)))
+        .collect();
         Latency {
             count: h.len(),
             p50_us: h.value_at_quantile(0.5),
@@ -351,7 +420,8 @@ fn run_once(
         held_peak,
         rss_idle_bytes: rss_idle,
         rss_peak_bytes: rss_peak,
-        bytes_per_held_packet: (held_peak >= 1000).then(|| rss_peak.saturating_sub(rss_idle) as f64 / held as f64),
+        bytes_per_held_packet: (held_peak >= 1000)
+            .then(|| rss_peak.saturating_sub(rss_idle) as f64 / held as f64),
     })
 }
 
@@ -401,7 +471,8 @@ fn measure(
         end_arrived: shared.arrived.load(Ordering::Relaxed),
         end_cpu: cpu::cpu_seconds_by_prefix(&THREAD_PREFIXES),
         end_time: Instant::now(),
-        window_start: window_start.ok_or_else(|| BenchError::Setup("run too short to measure".into()))?,
+        window_start: window_start
+            .ok_or_else(|| BenchError::Setup("run too short to measure".into()))?,
         rss_peak,
         held_peak,
     };
@@ -418,7 +489,11 @@ impl Drop for TempHome {
 }
 
 fn tempfile_dir() -> Result<TempHome, BenchError> {
-    let dir = std::env::temp_dir().join(format!("bench-mix-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos()));
+    let dir = std::env::temp_dir().join(format!(
+        "bench-mix-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
     std::fs::create_dir_all(&dir).map_err(setup("temporary folder"))?;
     Ok(TempHome(dir))
 }
@@ -465,9 +540,9 @@ fn generate(
             break;
         }
         buffer.clear();
-        for i in first..last {
-            shared.send_ns[i].store(now, Ordering::Relaxed);
-            buffer.extend_from_slice(&frames[i]);
+        for (sent, frame) in shared.send_ns[first..last].iter().zip(&frames[first..last]) {
+            sent.store(now, Ordering::Relaxed);
+            buffer.extend_from_slice(frame);
         }
         let index = turn % streams.len();
         let stream = &mut streams[index];

@@ -43,6 +43,9 @@ pub fn bench_header(size: SizeTag) -> FrameHeader {
     }
 }
 
+/// A framed packet and the fingerprint of what the node forwards for it.
+type FramePrint = (Vec<u8>, u64);
+
 /// Why preparation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
@@ -65,7 +68,9 @@ pub fn prepare(
     delay: Duration,
     show_progress: bool,
 ) -> Result<Prepared, PrepareError> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let done = AtomicU64::new(0);
     let bar = if show_progress {
         indicatif::ProgressBar::new(count as u64)
@@ -73,12 +78,14 @@ pub fn prepare(
         indicatif::ProgressBar::hidden()
     };
     bar.set_style(
-        indicatif::ProgressStyle::with_template("building packets {bar:40} {pos}/{len} ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "building packets {bar:40} {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let node_public = PublicKey::from(node_secret);
     let header = bench_header(size);
-    let chunks: Vec<Result<Vec<(Vec<u8>, u64)>, PrepareError>> = std::thread::scope(|scope| {
+    let chunks: Vec<Result<Vec<FramePrint>, PrepareError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let (done, bar) = (&done, &bar);
@@ -88,19 +95,35 @@ pub fn prepare(
                     while i < count {
                         let (sink_addr, sink_key) = sinks[i % sinks.len()];
                         let route = [
-                            RouteHop { address: node_addr, public_key: node_public, delay },
-                            RouteHop { address: sink_addr, public_key: sink_key, delay: Duration::ZERO },
+                            RouteHop {
+                                address: node_addr,
+                                public_key: node_public,
+                                delay,
+                            },
+                            RouteHop {
+                                address: sink_addr,
+                                public_key: sink_key,
+                                delay: Duration::ZERO,
+                            },
                         ];
                         let message = (i as u64).to_le_bytes();
-                        let packet = build_packet(&route, [0u8; 32], size, &message, &StaticSecret::random())?;
+                        let packet = build_packet(
+                            &route,
+                            [0u8; 32],
+                            size,
+                            &message,
+                            &StaticSecret::random(),
+                        )?;
                         let forwarded = SphinxPacket::from_bytes(&packet)
                             .and_then(|p| p.process(node_secret))
                             .map_err(|_| PrepareError::NotForward)?;
                         let print = match forwarded.data {
-                            ProcessedPacketData::ForwardHop { next_hop_packet, .. } => {
-                                fingerprint(next_hop_packet.header.shared_secret.as_bytes())
+                            ProcessedPacketData::ForwardHop {
+                                next_hop_packet, ..
+                            } => fingerprint(next_hop_packet.header.shared_secret.as_bytes()),
+                            ProcessedPacketData::FinalHop { .. } => {
+                                return Err(PrepareError::NotForward)
                             }
-                            ProcessedPacketData::FinalHop { .. } => return Err(PrepareError::NotForward),
                         };
                         let mut frame = vec![0u8; header.encoded_len()];
                         header.encode(&mut frame);
@@ -134,12 +157,21 @@ pub fn prepare(
             frames.push(frame);
         }
     }
-    Ok(Prepared { frames, fingerprints, delay })
+    Ok(Prepared {
+        frames,
+        fingerprints,
+        delay,
+    })
 }
 
 /// The Sphinx crate's own single-thread `process()` rate on `frames` (packets/s): parse and
 /// process each once, for at least `min_time`.
-pub fn ceiling(frames: &[Vec<u8>], header_len: usize, node_secret: &StaticSecret, min_time: Duration) -> f64 {
+pub fn ceiling(
+    frames: &[Vec<u8>],
+    header_len: usize,
+    node_secret: &StaticSecret,
+    min_time: Duration,
+) -> f64 {
     let start = Instant::now();
     let mut processed = 0u64;
     while start.elapsed() < min_time || processed < 200 {
@@ -155,7 +187,12 @@ pub fn ceiling(frames: &[Vec<u8>], header_len: usize, node_secret: &StaticSecret
 
 /// The node's own hop step ([`crate::sphinx::HopProcessor`]: expand, replay check, finish) on
 /// one thread over `frames`, for comparison with [`ceiling`] (packets/s).
-pub fn hop_step_rate(frames: &[Vec<u8>], header_len: usize, node_secret: &StaticSecret, min_time: Duration) -> f64 {
+pub fn hop_step_rate(
+    frames: &[Vec<u8>],
+    header_len: usize,
+    node_secret: &StaticSecret,
+    min_time: Duration,
+) -> f64 {
     let filter = match crate::replay::ReplayFilter::new(frames.len() as u64 + 1, 1e-5) {
         Ok(f) => f,
         Err(_) => return 0.0,

@@ -21,7 +21,10 @@ pub fn svg(result: &BenchResult) -> Result<String, String> {
     Ok(out)
 }
 
-fn throughput<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, r: &BenchResult) -> Result<(), String> {
+fn throughput<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    r: &BenchResult,
+) -> Result<(), String> {
     let max_cores = r.runs.iter().map(|x| x.cores).max().unwrap_or(1) as f64;
     let max_rate = r
         .runs
@@ -42,15 +45,27 @@ fn throughput<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>
         .x_labels(max_cores as usize + 1)
         .draw()
         .map_err(|e| e.to_string())?;
-    let measured: Vec<(f64, f64)> = r.runs.iter().map(|x| (x.cores as f64, x.forwarded_per_s)).collect();
-    let ideal: Vec<(f64, f64)> = r.runs.iter().map(|x| (x.cores as f64, x.ceiling_per_s * x.cores as f64)).collect();
+    let measured: Vec<(f64, f64)> = r
+        .runs
+        .iter()
+        .map(|x| (x.cores as f64, x.forwarded_per_s))
+        .collect();
+    let ideal: Vec<(f64, f64)> = r
+        .runs
+        .iter()
+        .map(|x| (x.cores as f64, x.ceiling_per_s * x.cores as f64))
+        .collect();
     chart
         .draw_series(LineSeries::new(ideal.clone(), BLUE.mix(0.5)))
         .map_err(|e| e.to_string())?
         .label("ceiling x shards (crate process())")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE.mix(0.5)));
     chart
-        .draw_series(ideal.iter().map(|p| Circle::new(*p, 3, BLUE.mix(0.5).filled())))
+        .draw_series(
+            ideal
+                .iter()
+                .map(|p| Circle::new(*p, 3, BLUE.mix(0.5).filled())),
+        )
         .map_err(|e| e.to_string())?;
     chart
         .draw_series(LineSeries::new(measured.clone(), RED.stroke_width(2)))
@@ -70,7 +85,10 @@ fn throughput<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>
     Ok(())
 }
 
-fn latency<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, r: &BenchResult) -> Result<(), String> {
+fn latency<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    r: &BenchResult,
+) -> Result<(), String> {
     let max_us = r
         .runs
         .iter()
@@ -94,7 +112,12 @@ fn latency<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, r
     let colors = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
     for (i, run) in r.runs.iter().enumerate() {
         let color = colors[i % colors.len()];
-        let points: Vec<(f64, f64)> = run.latency.curve.iter().map(|(q, v)| (*q, (*v).max(1) as f64)).collect();
+        let points: Vec<(f64, f64)> = run
+            .latency
+            .curve
+            .iter()
+            .map(|(q, v)| (*q, (*v).max(1) as f64))
+            .collect();
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(|e| e.to_string())?
@@ -135,7 +158,9 @@ pub fn html(result: &BenchResult) -> Result<String, String> {
             r.bytes_per_held_packet.map_or("-".to_string(), |b| format!("{b:.0}")),
         ));
     }
-    let scaling = result.scaling.map_or(String::new(), |s| format!("<p>Scaling, largest over smallest shard count: {s:.2}x</p>"));
+    let scaling = result.scaling.map_or(String::new(), |s| {
+        format!("<p>Scaling, largest over smallest shard count: {s:.2}x</p>")
+    });
     Ok(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>bench-mix report</title>\
          <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:4px 8px;text-align:right}}</style></head><body>\

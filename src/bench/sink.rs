@@ -15,6 +15,9 @@ use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::framing::FrameDecoder;
 
+/// One sink address and the key packets for it are built with.
+pub type SinkHop = (SocketAddr, PublicKey);
+
 /// Shared between the sink threads and the benchmark.
 pub struct SinkShared {
     /// Fingerprint -> packet index.
@@ -71,7 +74,7 @@ pub struct Sink {
 
 impl Sink {
     /// Bind `ports` listeners on 127.0.0.1.
-    pub fn bind(ports: usize) -> std::io::Result<(Vec<TcpListener>, Vec<(SocketAddr, PublicKey)>)> {
+    pub fn bind(ports: usize) -> std::io::Result<(Vec<TcpListener>, Vec<SinkHop>)> {
         let key = PublicKey::from(&StaticSecret::random());
         let mut listeners = Vec::new();
         let mut hops = Vec::new();
@@ -101,7 +104,9 @@ impl Sink {
             unknown: AtomicU64::new(0),
             record_from_ns: AtomicU64::new(u64::MAX),
             latency_us: Mutex::new(
-                Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| std::process::abort())),
+                Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
+                    Histogram::new(3).unwrap_or_else(|_| std::process::abort())
+                }),
             ),
             seen: (0..count).map(|_| AtomicBool::new(false)).collect(),
             stop: AtomicBool::new(false),
@@ -117,7 +122,11 @@ impl Sink {
                     .unwrap_or_else(|_| std::process::abort())
             })
             .collect();
-        Sink { hops, shared, listeners }
+        Sink {
+            hops,
+            shared,
+            listeners,
+        }
     }
 }
 
@@ -160,7 +169,12 @@ fn read(mut stream: TcpStream, shared: &SinkShared) {
         match stream.read(decoder.spare_mut()) {
             Ok(0) => break,
             Ok(n) => decoder.advance(n),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 flush(shared, &mut local, &mut pending);
                 continue;
             }

@@ -65,7 +65,9 @@ impl From<Size> for SizeTag {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.cores.iter().any(|&c| c == 0) || !(args.duration > 0.5) || args.rate.is_some_and(|r| !(r > 0.0)) {
+    let duration_ok = args.duration.is_finite() && args.duration > 0.5;
+    let rate_ok = args.rate.is_none_or(|r| r.is_finite() && r > 0.0);
+    if args.cores.contains(&0) || !duration_ok || !rate_ok {
         eprintln!("error: --cores must be at least 1, --duration above 0.5 s, and --rate positive");
         return ExitCode::FAILURE;
     }
@@ -108,29 +110,73 @@ fn main() -> ExitCode {
 }
 
 fn print_text(result: &BenchResult) {
-    println!("packet size {}, requested delay {} ms", result.size, result.delay_ms);
+    println!(
+        "packet size {}, requested delay {} ms",
+        result.size, result.delay_ms
+    );
     for r in &result.runs {
         println!();
-        println!("shards: {}   window: {:.1} s{}", r.cores, r.window_s, r.rate_asked.map_or(String::new(), |x| format!("   open-loop rate: {x:.0}/s")));
-        let per_shard: Vec<String> = r.forwarded_per_s_by_shard.iter().map(|x| format!("{x:.0}")).collect();
-        println!("  forwarded:   {:.0} packets/s (per shard: {})", r.forwarded_per_s, per_shard.join(", "));
-        println!("  ceiling:     {:.0} packets/s (sphinx process(), one thread, this run)", r.ceiling_per_s);
-        println!("  efficiency:  {:.2} (forwarded / (ceiling x {}))", r.efficiency, r.cores);
-        println!("  hop step:    {:.0} packets/s (the node's expand+finish, one thread, no I/O)", r.hop_step_per_s);
-        println!("  CPU (cores): node {:.2}, generator {:.2}, receiver {:.2}", r.cpu.node, r.cpu.generator, r.cpu.receiver);
+        println!(
+            "shards: {}   window: {:.1} s{}",
+            r.cores,
+            r.window_s,
+            r.rate_asked
+                .map_or(String::new(), |x| format!("   open-loop rate: {x:.0}/s"))
+        );
+        let per_shard: Vec<String> = r
+            .forwarded_per_s_by_shard
+            .iter()
+            .map(|x| format!("{x:.0}"))
+            .collect();
+        println!(
+            "  forwarded:   {:.0} packets/s (per shard: {})",
+            r.forwarded_per_s,
+            per_shard.join(", ")
+        );
+        println!(
+            "  ceiling:     {:.0} packets/s (sphinx process(), one thread, this run)",
+            r.ceiling_per_s
+        );
+        println!(
+            "  efficiency:  {:.2} (forwarded / (ceiling x {}))",
+            r.efficiency, r.cores
+        );
+        println!(
+            "  hop step:    {:.0} packets/s (the node's expand+finish, one thread, no I/O)",
+            r.hop_step_per_s
+        );
+        println!(
+            "  CPU (cores): node {:.2}, generator {:.2}, receiver {:.2}",
+            r.cpu.node, r.cpu.generator, r.cpu.receiver
+        );
         println!(
             "  added latency: p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs ({} packets)",
-            r.latency.p50_us, r.latency.p99_us, r.latency.p999_us, r.latency.max_us, r.latency.count
+            r.latency.p50_us,
+            r.latency.p99_us,
+            r.latency.p999_us,
+            r.latency.max_us,
+            r.latency.count
         );
-        println!("  sent {}, arrived {}, unrecognised {}", r.sent, r.arrived, r.unknown);
+        println!(
+            "  sent {}, arrived {}, unrecognised {}",
+            r.sent, r.arrived, r.unknown
+        );
         let drops: Vec<String> = r.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        println!("  drops: {}", if drops.is_empty() { "none".to_string() } else { drops.join(", ") });
+        println!(
+            "  drops: {}",
+            if drops.is_empty() {
+                "none".to_string()
+            } else {
+                drops.join(", ")
+            }
+        );
         println!(
             "  memory: idle {:.1} MiB, peak {:.1} MiB, held peak {} packets{}",
             r.rss_idle_bytes as f64 / 1048576.0,
             r.rss_peak_bytes as f64 / 1048576.0,
             r.held_peak,
-            r.bytes_per_held_packet.map_or(String::new(), |b| format!(", {b:.0} bytes per held packet"))
+            r.bytes_per_held_packet
+                .map_or(String::new(), |b| format!(", {b:.0} bytes per held packet"))
         );
     }
     if let Some(s) = result.scaling {
