@@ -195,7 +195,8 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult, BenchError> {
         fingerprints,
         delay,
     } = prepared;
-    let sink = sink::Sink::start(listeners, hops, fingerprints, frames.len(), delay);
+    let sink = sink::Sink::start(listeners, hops, fingerprints, frames.len(), delay)
+        .map_err(setup("starting the sink"))?;
 
     let mut runs = Vec::new();
     for &cores in &options.cores {

@@ -94,7 +94,7 @@ impl Sink {
         fingerprints: HashMap<u64, u32>,
         count: usize,
         delay: Duration,
-    ) -> Sink {
+    ) -> std::io::Result<Sink> {
         let shared = Arc::new(SinkShared {
             fingerprints,
             send_ns: (0..count).map(|_| AtomicU64::new(u64::MAX)).collect(),
@@ -103,30 +103,23 @@ impl Sink {
             arrived: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
             record_from_ns: AtomicU64::new(u64::MAX),
-            latency_us: Mutex::new(
-                Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
-                    Histogram::new(3).unwrap_or_else(|_| std::process::abort())
-                }),
-            ),
+            latency_us: Mutex::new(latency_histogram()),
             seen: (0..count).map(|_| AtomicBool::new(false)).collect(),
             stop: AtomicBool::new(false),
         });
-        let listeners = listeners
-            .into_iter()
-            .enumerate()
-            .map(|(i, listener)| {
-                let shared = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name(format!("sink-accept-{i}"))
-                    .spawn(move || accept(listener, &shared))
-                    .unwrap_or_else(|_| std::process::abort())
-            })
-            .collect();
-        Sink {
+        let mut sink = Sink {
             hops,
             shared,
-            listeners,
+            listeners: Vec::new(),
+        };
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let shared = Arc::clone(&sink.shared);
+            let handle = std::thread::Builder::new()
+                .name(format!("sink-accept-{i}"))
+                .spawn(move || accept(listener, &shared))?;
+            sink.listeners.push(handle);
         }
+        Ok(sink)
     }
 }
 
@@ -163,7 +156,7 @@ fn accept(listener: TcpListener, shared: &Arc<SinkShared>) {
 fn read(mut stream: TcpStream, shared: &SinkShared) {
     let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
     let mut decoder = FrameDecoder::new();
-    let mut local = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).ok();
+    let mut local = Some(latency_histogram());
     let mut pending = 0u32;
     while !shared.stop.load(Ordering::Relaxed) {
         match stream.read(decoder.spare_mut()) {
@@ -222,4 +215,9 @@ fn flush(shared: &SinkShared, local: &mut Option<Histogram<u64>>, pending: &mut 
         h.reset();
     }
     *pending = 0;
+}
+
+/// A histogram of µs from 1 µs to 10 minutes, 3 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant histogram bounds are valid")
 }

@@ -120,6 +120,8 @@ struct Shard {
     next_reader_id: Cell<u64>,
     writers: RefCell<Vec<JoinHandle<()>>>,
     replay_warned: Cell<bool>,
+    /// Scratch for packets that fell due in one round of the pump.
+    due: RefCell<Vec<Held>>,
 }
 
 /// The shard's main future: returns its final counts after shutdown.
@@ -167,6 +169,7 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
         next_reader_id: Cell::new(0),
         writers: RefCell::new(Vec::new()),
         replay_warned: Cell::new(false),
+        due: RefCell::new(Vec::with_capacity(4096)),
     });
     let accept = glommio::spawn_local(accept_loop(Rc::clone(&shard), listener)).detach();
     let counts = pump(Rc::clone(&shard), accept).await;
@@ -441,15 +444,17 @@ async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
             }
         }
         let now = Instant::now();
-        let mut due = Vec::new();
+        // Reused every round: taking due packets out allocates nothing once warm.
+        let mut due = shard.due.take();
         shard
             .wheel
             .borrow_mut()
             .pop_due(now, &mut |held| due.push(held));
         work += due.len();
-        for held in due {
+        for held in due.drain(..) {
             shard.enqueue(held);
         }
+        shard.due.replace(due);
         shard.publish();
 
         match shard.phase.get() {

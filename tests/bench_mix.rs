@@ -1,0 +1,62 @@
+//! bench-mix runs end to end and reports consistent figures. This checks that the benchmark
+//! works, not how fast anything is: a short open-loop run at a low rate.
+
+use std::process::Command;
+
+#[test]
+fn bench_mix_runs_and_its_json_accounts_for_every_packet() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.html");
+    let out = Command::new(env!("CARGO_BIN_EXE_bench-mix"))
+        .args([
+            "--cores",
+            "1",
+            "--duration",
+            "1.5",
+            "--rate",
+            "400",
+            "--delay-ms",
+            "5",
+            "--size",
+            "ack",
+            "--json",
+            "--report",
+        ])
+        .arg(&report)
+        .env("TMPDIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench-mix failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let run = &v["runs"][0];
+    assert_eq!(run["cores"], 1);
+    let sent = run["sent"].as_u64().unwrap();
+    assert!(sent > 100, "sent {sent}");
+    assert_eq!(
+        run["arrived"].as_u64().unwrap(),
+        sent,
+        "every packet sent arrives once"
+    );
+    assert_eq!(run["unknown"], 0);
+    assert!(
+        run["drops"].as_object().unwrap().is_empty(),
+        "no drops: {}",
+        run["drops"]
+    );
+    assert!(run["forwarded_per_s"].as_f64().unwrap() > 100.0);
+    assert!(run["ceiling_per_s"].as_f64().unwrap() > 0.0);
+    assert!(run["efficiency"].as_f64().unwrap() > 0.0);
+    assert!(run["latency"]["count"].as_u64().unwrap() > 0);
+    for key in ["p50_us", "p99_us", "p999_us", "max_us"] {
+        assert!(run["latency"][key].is_u64(), "{key}");
+    }
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        html.contains("<svg") && html.contains("forwarded"),
+        "report has plots"
+    );
+}
