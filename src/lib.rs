@@ -16,6 +16,8 @@
 //! - [`http`]: the HTTP API control thread.
 //! - [`config`]: `config.toml`, `description.toml`, home folders, and upgrades of old files.
 //! - [`keys`]: the identity (Ed25519) and Sphinx (X25519) key files.
+//! - [`probe`]: sends test packets through a node and says whether it is mixing.
+//! - [`bench`]: the whole-node benchmark behind `bench-mix`.
 //! - [`cli`]: the operator commands; the only place errors become messages and exit codes.
 //! - [`logging`]: log output.
 //!
@@ -33,6 +35,7 @@ pub mod http;
 pub mod keys;
 pub mod logging;
 pub mod node;
+pub mod probe;
 pub mod replay;
 pub mod shard;
 pub mod sphinx;

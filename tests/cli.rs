@@ -478,3 +478,80 @@ fn help_covers_every_command() {
         assert!(stdout(&sub).contains("--id"), "{cmd} --help lacks --id");
     }
 }
+
+#[test]
+fn probe_says_a_running_node_is_mixing_and_a_dead_one_is_not() {
+    let home = Home::new();
+    let (mix, _verloc, http) = home.init_local("n");
+    let child = home
+        .cmd()
+        .args(["run", "--id", "n", "--cores", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let node = Running(Some(child));
+    let api: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+    wait_for(Duration::from_secs(20), "/health", || {
+        http_get(api, "/health")
+    });
+
+    let out = home.run(&["probe", "--id", "n", "--count", "10"]);
+    assert_success(&out);
+    assert!(stdout(&out).contains("MIXING: all 10"), "{}", stdout(&out));
+
+    let key = details(&home, "n")["sphinx_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let target = format!("127.0.0.1:{mix}");
+    let out = home.run(&[
+        "probe",
+        "--target",
+        &target,
+        "--sphinx-key",
+        &key,
+        "--count",
+        "5",
+        "--output",
+        "json",
+    ]);
+    assert_success(&out);
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["mixing"], true);
+    assert_eq!(v["returned"], 5);
+    assert_eq!(v["early"], 0);
+    for p in v["packets"].as_array().unwrap() {
+        assert!(p["measured_ms"].as_f64().unwrap() >= p["requested_ms"].as_f64().unwrap());
+    }
+
+    // A key that is not the node's: the node drops the packets, the probe says so.
+    let other = bs58::encode([9u8; 32]).into_string();
+    let out = home.run(&[
+        "probe",
+        "--target",
+        &target,
+        "--sphinx-key",
+        &other,
+        "--count",
+        "3",
+    ]);
+    assert!(!out.status.success());
+    assert!(stdout(&out).contains("NOT MIXING"), "{}", stdout(&out));
+
+    let out = node.stop_with(libc::SIGTERM, Duration::from_secs(15));
+    assert!(out.status.success());
+
+    // Nobody listens there any more.
+    let out = home.run(&[
+        "probe",
+        "--target",
+        &target,
+        "--sphinx-key",
+        &key,
+        "--count",
+        "3",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+}

@@ -1,4 +1,5 @@
-//! The operator commands: `init`, `run`, `sign`, `describe`, `upgrade`, `node-details`.
+//! The operator commands: `init`, `run`, `sign`, `describe`, `upgrade`, `node-details`,
+//! and `probe`.
 //!
 //! This is the only place where errors become messages for a person and exit codes
 //! (`anyhow` lives here and nowhere else). Each command is a thin function over the library.
@@ -6,6 +7,7 @@
 mod describe;
 mod init;
 mod node_details;
+mod probe;
 mod run;
 mod sign;
 mod upgrade;
@@ -69,6 +71,8 @@ pub enum Command {
     Upgrade(upgrade::Args),
     /// Print the node's keys, addresses, ports and version.
     NodeDetails(node_details::Args),
+    /// Send test packets through a node and report whether it is mixing.
+    Probe(probe::Args),
 }
 
 /// Parse the command line, run the command, turn any error into a message and exit code.
@@ -81,6 +85,7 @@ pub fn main() -> ExitCode {
         Command::Describe(args) => describe::execute(args),
         Command::Upgrade(args) => upgrade::execute(args),
         Command::NodeDetails(args) => node_details::execute(args),
+        Command::Probe(args) => probe::execute(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

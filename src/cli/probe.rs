@@ -1,0 +1,97 @@
+//! `probe`: tell an operator whether a node is mixing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::Output;
+use crate::probe::{probe, ProbeOptions};
+
+/// Arguments of `probe`.
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("node").required(true).args(["id", "target"])))]
+pub struct Args {
+    /// Probe the local node with this id (its mix port and Sphinx key from its config).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The node's mix address, HOST:PORT (with --sphinx-key).
+    #[arg(long, requires = "sphinx_key")]
+    pub target: Option<SocketAddr>,
+    /// The node's Sphinx public key in base58 (node-details prints it).
+    #[arg(long)]
+    pub sphinx_key: Option<String>,
+    /// Test packets to send.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub count: u32,
+    /// Address of this machine the node can reach to send the packets back (default: the
+    /// address this machine uses towards the node).
+    #[arg(long, value_parser = super::host_arg)]
+    pub reply_host: Option<std::net::IpAddr>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+pub(super) fn execute(args: Args) -> anyhow::Result<()> {
+    let (target, key) = match (&args.id, args.target, &args.sphinx_key) {
+        (Some(id), _, _) => {
+            let (config, keys) = super::load_node(id)?;
+            let m = &config.mixnode;
+            let host = if m.listening_address.is_unspecified() {
+                if m.listening_address.is_ipv4() {
+                    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+                } else {
+                    std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+                }
+            } else {
+                m.listening_address
+            };
+            (SocketAddr::new(host, m.mix_port), keys.sphinx_public())
+        }
+        (None, Some(target), Some(key)) => {
+            let bytes = crate::keys::decode_base58_key(key)
+                .map_err(|e| anyhow::anyhow!("--sphinx-key: {e}"))?;
+            (target, x25519_dalek::PublicKey::from(bytes))
+        }
+        _ => anyhow::bail!("pass --id, or --target with --sphinx-key"),
+    };
+    let options = ProbeOptions {
+        target,
+        sphinx_key: key,
+        count: args.count as usize,
+        reply_host: args.reply_host,
+        grace: Duration::from_secs(5),
+    };
+    let report = probe(&options).context("probe failed")?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string(&report)?),
+        Output::Text => {
+            println!(
+                "Probing {} with {} test packets; replies to {}",
+                report.target, report.sent, report.reply_address
+            );
+            for (i, p) in report.packets.iter().enumerate() {
+                match p.measured_ms {
+                    Some(m) => println!(
+                        "  packet {i:>3}: asked {:>5.1} ms, came back after {:>7.1} ms",
+                        p.requested_ms, m
+                    ),
+                    None => println!(
+                        "  packet {i:>3}: asked {:>5.1} ms, did not come back",
+                        p.requested_ms
+                    ),
+                }
+            }
+            println!(
+                "{}/{} came back, {} early",
+                report.returned, report.sent, report.early
+            );
+            println!("{}", report.verdict);
+        }
+    }
+    if !report.mixing {
+        anyhow::bail!("{}", report.verdict);
+    }
+    Ok(())
+}
