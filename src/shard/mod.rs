@@ -85,7 +85,10 @@ pub struct EngineSettings {
 pub(crate) struct Control {
     stop: AtomicBool,
     deadline: OnceLock<Instant>,
+    /// Shards that stopped sending to others (past the drain deadline).
     stopped_sending: AtomicUsize,
+    /// Shards running, set before `stop`: the count `stopped_sending` must reach.
+    running: AtomicUsize,
 }
 
 impl Control {
@@ -172,6 +175,7 @@ impl Engine {
             stop: AtomicBool::new(false),
             deadline: OnceLock::new(),
             stopped_sending: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
         });
         let stats: Arc<Vec<ShardStats>> =
             Arc::new((0..shards).map(|_| ShardStats::default()).collect());
@@ -201,15 +205,27 @@ impl Engine {
                 control: Arc::clone(&control),
                 stats: Arc::clone(&stats),
             };
-            let handle = glommio::LocalExecutorBuilder::new(placement)
+            let spawned = glommio::LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{index}"))
                 .io_memory(IO_MEMORY_BYTES)
-                .spawn(move || worker::run(shard))
-                .map_err(|err| EngineError::Executor {
-                    shard: index,
-                    detail: err.to_string(),
-                })?;
-            handles.push(handle);
+                .spawn(move || worker::run(shard));
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(err) => {
+                    // Stop the shards already running before reporting.
+                    let started = Engine {
+                        handles,
+                        control,
+                        stats,
+                        local_addr,
+                    };
+                    started.shutdown(Duration::ZERO);
+                    return Err(EngineError::Executor {
+                        shard: index,
+                        detail: err.to_string(),
+                    });
+                }
+            }
         }
         tracing::info!(shards, listen = %local_addr, "packet engine started");
         Ok(Engine {
@@ -244,6 +260,9 @@ impl Engine {
     /// wait for every shard. The final counts of each shard.
     pub fn shutdown(self, drain: Duration) -> Vec<ShardCounts> {
         let _ = self.control.deadline.set(Instant::now() + drain);
+        self.control
+            .running
+            .store(self.handles.len(), Ordering::Release);
         self.control.stop.store(true, Ordering::Release);
         let mut finals = Vec::with_capacity(self.handles.len());
         for (index, handle) in self.handles.into_iter().enumerate() {

@@ -508,7 +508,8 @@ async fn close(shard: &Rc<Shard>) {
     }
     shard.control.stopped_sending.fetch_add(1, Ordering::AcqRel);
     loop {
-        let all_stopped = shard.control.stopped_sending.load(Ordering::Acquire) >= shard.shards;
+        let all_stopped = shard.control.stopped_sending.load(Ordering::Acquire)
+            >= shard.control.running.load(Ordering::Acquire);
         while let Ok(handoff) = shard.inbox.try_recv() {
             shard.on_handoff(handoff);
         }
