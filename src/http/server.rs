@@ -123,6 +123,14 @@ pub fn parse_head(bytes: &[u8]) -> Result<Option<RequestHead>, Reject> {
     if target.bytes().any(|b| b.is_ascii_control()) {
         return Err(Reject::Malformed);
     }
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        m if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => {
+            return Err(Reject::Method)
+        }
+        _ => return Err(Reject::Malformed),
+    };
     for line in lines {
         let (name, value) = line.split_once(':').ok_or(Reject::Malformed)?;
         if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace()) {
@@ -135,14 +143,6 @@ pub fn parse_head(bytes: &[u8]) -> Result<Option<RequestHead>, Reject> {
             return Err(Reject::Body);
         }
     }
-    let head_only = match method {
-        "GET" => false,
-        "HEAD" => true,
-        m if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => {
-            return Err(Reject::Method)
-        }
-        _ => return Err(Reject::Malformed),
-    };
     Ok(Some(RequestHead {
         head_only,
         target: target.to_string(),
@@ -265,13 +265,10 @@ pub fn refuse_busy(mut stream: TcpStream, counters: &ServerCounters) {
     if stream.set_nonblocking(true).is_err() {
         return;
     }
-    // Read what has already arrived, so that closing does not reset the connection before the
-    // client reads the answer.
-    let mut scratch = [0u8; 1024];
-    let _ = stream.read(&mut scratch);
     let response = Response::text(503, "busy: too many concurrent requests, retry shortly\n");
     let _ = stream.write_all(&response.encode(false));
     let _ = stream.shutdown(std::net::Shutdown::Write);
+    drain_unread(&mut stream);
 }
 
 /// Read one request from `stream` within `timeout`, answer it with `handle`, and close.
@@ -299,10 +296,16 @@ pub fn serve_connection(
     let _ = stream.set_write_timeout(Some(timeout));
     let _ = stream.write_all(&response.encode(head_only));
     let _ = stream.shutdown(std::net::Shutdown::Write);
-    // Give the client the answer before the socket closes; bounded, and the read ends at EOF.
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
-    let mut scratch = [0u8; 1024];
-    let _ = stream.read(&mut scratch);
+    drain_unread(&mut stream);
+}
+
+/// Read, without waiting, what the client sent beyond the head (closing a socket with unread
+/// bytes resets it, which can destroy the answer in flight). Bounded to one buffer.
+fn drain_unread(stream: &mut TcpStream) {
+    if stream.set_nonblocking(true).is_ok() {
+        let mut scratch = [0u8; 4096];
+        let _ = stream.read(&mut scratch);
+    }
 }
 
 fn read_head(
