@@ -40,6 +40,9 @@ pub struct MetricsInput<'a> {
     pub server: &'a ServerCounts,
 }
 
+/// Label pairs of one series.
+type Labels<'a> = &'a [(&'a str, &'a str)];
+
 struct Out {
     text: String,
 }
@@ -84,7 +87,7 @@ impl Out {
         &mut self,
         name: &str,
         help: &str,
-        series: &[(&[(&str, &str)], &Histogram<u64>)],
+        series: &[(Labels, &Histogram<u64>)],
         bounds: &[f64],
     ) {
         self.family(name, "histogram", help);
