@@ -1,33 +1,202 @@
-//! The HTTP API on the configured port (default 8000), served by one control thread.
+//! The HTTP API on the configured port (default 8000), served off the data plane.
 //!
-//! It reads shared snapshots and never touches the data plane. Routes so far: `/health` and
-//! `/description`; anything else is a 404 with a short text body.
+//! Routes (shapes in the operator guide, README.md):
+//! `/description`, `/stats` (`?debug=true`), `/verloc`, `/hardware` as the Nym mixnode
+//! served them; `/health`; `/metrics` (Prometheus text); `/` (a page for a person) and
+//! `/live` (the JSON it polls). Anything else is a 404 with a short text body.
+//!
+//! Shape: [`route`] is a pure function from a request target and a [`RouteContext`] (the
+//! shards' snapshots, the [`collect::Collector`]'s state, `now`) to a [`server::Response`].
+//! The driver is [`ApiServer`]: a control thread that accepts connections, drains the shards'
+//! telemetry reports and ticks the collector, plus a fixed pool of worker threads that read
+//! one bounded request each ([`server`] says why this is not tiny_http, and lists the limits).
+//!
+//! The data plane is never blocked: shards publish relaxed atomics ([`ShardStats`]) and send
+//! telemetry with `try_send`; this module only reads. Nor is it starved: the API's threads
+//! run at the lowest scheduling priority ([`API_THREAD_NICE`]).
 
-use std::net::SocketAddr;
+pub mod collect;
+pub mod hardware;
+pub mod metrics;
+pub mod page;
+pub mod server;
+pub mod verloc;
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, TrySendError};
 
 use crate::config::description::Description;
-use crate::shard::stats::ShardStats;
+use crate::config::HttpSection;
+use crate::shard::stats::{ShardSnapshot, ShardStats};
+use crate::shard::telemetry::TelemetryReport;
+use collect::Collector;
+use server::{Response, ServerCounters, ServerCounts};
+use verloc::VerlocReport;
 
-/// What the API serves, shared read-only with the control thread.
+/// How long the control thread waits for a connection before it ticks the collector.
+pub const CONTROL_POLL: Duration = Duration::from_millis(100);
+/// Connections accepted per control round before the collector gets a turn.
+pub const ACCEPTS_PER_ROUND_MAX: usize = 256;
+/// Stack of each worker thread (a request head buffer lives on it).
+pub const WORKER_STACK_BYTES: usize = 256 << 10;
+/// Scheduling niceness of the API's threads (Linux: per thread). At 19 the kernel gives them
+/// about 1.5% of a core the shards also want, so API load cannot take CPU from the data plane,
+/// while a request (well under a millisecond of work) is still answered promptly.
+pub const API_THREAD_NICE: i32 = 19;
+
+/// Lower the calling thread's priority to [`API_THREAD_NICE`]; a failure only costs priority.
+pub fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on our own thread id; no memory is passed.
+    unsafe {
+        let tid = libc::gettid();
+        let _ = libc::setpriority(libc::PRIO_PROCESS as _, tid as libc::id_t, API_THREAD_NICE);
+    }
+}
+
+/// What the API serves, fixed at start or shared read-only with other parts of the node.
 pub struct ApiState {
     /// When the node started.
     pub started: Instant,
+    /// The same moment in calendar time.
+    pub started_wall: SystemTime,
+    /// The identity public key, base58.
+    pub identity: String,
     /// The node's description.
     pub description: Description,
     /// The packet engine's per-shard figures (published by the shards, read here).
     pub shards: Arc<Vec<ShardStats>>,
+    /// `[http]` from the config.
+    pub http: HttpSection,
+    /// The latest VerLoc run; the VerLoc measurer writes it.
+    pub verloc: Arc<RwLock<VerlocReport>>,
+    /// This machine's hardware, read once.
+    pub hardware: hardware::Hardware,
+}
+
+impl ApiState {
+    /// State for a node that started at `started`.
+    pub fn new(
+        started: Instant,
+        identity: String,
+        description: Description,
+        shards: Arc<Vec<ShardStats>>,
+        http: HttpSection,
+    ) -> ApiState {
+        let started_wall = SystemTime::now() - started.elapsed();
+        ApiState {
+            started,
+            started_wall,
+            identity,
+            description,
+            shards,
+            http,
+            verloc: Arc::new(RwLock::new(VerlocReport::empty(started_wall))),
+            hardware: hardware::read(),
+        }
+    }
+}
+
+/// Everything one request may look at.
+pub struct RouteContext<'a> {
+    /// Now.
+    pub now: Instant,
+    /// Fixed state.
+    pub state: &'a ApiState,
+    /// Each shard's figures, read for this request.
+    pub shards: &'a [ShardSnapshot],
+    /// The control thread's latest published state.
+    pub collector: &'a Collector,
+    /// The API server's own counters.
+    pub server: &'a ServerCounts,
+    /// The latest VerLoc run.
+    pub verloc: &'a VerlocReport,
+}
+
+fn json(status: u16, value: &serde_json::Value) -> Response {
+    Response {
+        status,
+        content_type: "application/json",
+        body: value.to_string(),
+    }
+}
+
+/// Answer one request target (path and query): pure.
+pub fn route(target: &str, cx: &RouteContext) -> Response {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let state = cx.state;
+    let uptime = cx.now.saturating_duration_since(state.started);
+    let live = || {
+        page::live(&page::LiveInput {
+            identity: &state.identity,
+            name: &state.description.name,
+            version: crate::config::VERSION,
+            uptime,
+            shards: cx.shards,
+            collector: cx.collector,
+        })
+    };
+    match path {
+        "/" => Response {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: page::page(&live()),
+        },
+        "/live" => json(200, &live()),
+        "/health" => json(
+            200,
+            &serde_json::json!({"status": "up", "uptime_s": uptime.as_secs()}),
+        ),
+        "/description" => json(
+            200,
+            &serde_json::to_value(&state.description).unwrap_or_default(),
+        ),
+        "/stats" => {
+            let debug = query.split('&').any(|kv| kv == "debug=true");
+            json(200, &cx.collector.stats.render(debug))
+        }
+        "/verloc" => json(200, &cx.verloc.render()),
+        "/hardware" => json(
+            200,
+            &serde_json::to_value(&state.hardware).unwrap_or_default(),
+        ),
+        "/metrics" => Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: metrics::render(&metrics::MetricsInput {
+                version: crate::config::VERSION,
+                uptime_seconds: uptime.as_secs_f64(),
+                shards: cx.shards,
+                telemetry: &cx.collector.telemetry,
+                server: cx.server,
+            }),
+        },
+        _ => Response::text(
+            404,
+            "not found; try /, /health, /description, /stats, /verloc, /hardware or /metrics\n",
+        ),
+    }
 }
 
 /// A running API server; stop it with [`ApiServer::stop`].
 pub struct ApiServer {
-    server: Arc<tiny_http::Server>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    control: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
+}
+
+struct Shared {
+    state: ApiState,
+    counters: ServerCounters,
+    collector: Mutex<Arc<Collector>>,
+    stop: AtomicBool,
 }
 
 /// The API could not start.
@@ -41,33 +210,75 @@ pub struct ApiError {
 }
 
 impl ApiServer {
-    /// Bind `addr` and serve on a thread of its own.
-    pub fn start(addr: SocketAddr, state: Arc<ApiState>) -> Result<ApiServer, ApiError> {
-        let server = tiny_http::Server::http(addr).map_err(|e| ApiError {
-            addr,
-            detail: e.to_string(),
-        })?;
-        let local_addr = server.server_addr().to_ip().ok_or_else(|| ApiError {
-            addr,
-            detail: "bound to a non-IP address".to_string(),
-        })?;
-        let server = Arc::new(server);
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let server = Arc::clone(&server);
-            let stop = Arc::clone(&stop);
+    /// Bind `addr` and serve: one control thread and `concurrent_requests_max` workers. The
+    /// control thread reads the shards' `telemetry` reports.
+    pub fn start(
+        addr: SocketAddr,
+        state: ApiState,
+        telemetry: Receiver<TelemetryReport>,
+    ) -> Result<ApiServer, ApiError> {
+        let fail = |detail: String| ApiError { addr, detail };
+        let listener = TcpListener::bind(addr).map_err(|e| fail(e.to_string()))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| fail(e.to_string()))?;
+        let local_addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
+        let workers_max = state.http.concurrent_requests_max.max(1);
+        let now = Instant::now();
+        let collector = Collector::new(state.http.stats_interval, now, SystemTime::now());
+        let shared = Arc::new(Shared {
+            collector: Mutex::new(Arc::new(collector.clone())),
+            state,
+            counters: ServerCounters::default(),
+            stop: AtomicBool::new(false),
+        });
+        // Connections accepted but not yet taken by a worker: as many as there are workers.
+        let (queue_tx, queue_rx) = crossbeam_channel::bounded(workers_max);
+        let mut workers = Vec::with_capacity(workers_max);
+        for i in 0..workers_max {
+            let worker_shared = Arc::clone(&shared);
+            let queue_rx = queue_rx.clone();
+            let worker = std::thread::Builder::new()
+                .name(format!("http-api-{i}"))
+                .stack_size(WORKER_STACK_BYTES)
+                .spawn(move || {
+                    lower_thread_priority();
+                    while let Ok(stream) = queue_rx.recv() {
+                        handle(&worker_shared, stream);
+                    }
+                });
+            match worker {
+                Ok(w) => workers.push(w),
+                Err(e) => {
+                    shared.stop.store(true, Ordering::Relaxed);
+                    drop(queue_tx);
+                    for w in workers {
+                        let _ = w.join();
+                    }
+                    return Err(fail(format!("cannot start worker thread: {e}")));
+                }
+            }
+        }
+        let control = {
+            let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("http-api".to_string())
-                .spawn(move || serve(&server, &state, &stop))
-                .map_err(|e| ApiError {
-                    addr,
-                    detail: e.to_string(),
-                })?
+                .spawn(move || control_loop(&shared, listener, queue_tx, telemetry, collector))
+        };
+        let control = match control {
+            Ok(c) => c,
+            Err(e) => {
+                shared.stop.store(true, Ordering::Relaxed);
+                for w in workers {
+                    let _ = w.join();
+                }
+                return Err(fail(format!("cannot start the control thread: {e}")));
+            }
         };
         Ok(ApiServer {
-            server,
-            stop,
-            thread: Some(thread),
+            shared,
+            control: Some(control),
+            workers,
             local_addr,
         })
     }
@@ -77,56 +288,128 @@ impl ApiServer {
         self.local_addr
     }
 
-    /// Stop serving and join the thread.
+    /// The latest VerLoc run, for the VerLoc measurer to replace.
+    pub fn verloc(&self) -> Arc<RwLock<VerlocReport>> {
+        Arc::clone(&self.shared.state.verloc)
+    }
+
+    /// Stop serving and join the threads (at most one read poll per worker).
     pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.server.unblock();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(control) = self.control.take() {
+            let _ = control.join();
+        }
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
         }
     }
 }
 
-fn serve(server: &tiny_http::Server, state: &ApiState, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        let request = match server.recv_timeout(Duration::from_millis(200)) {
-            Ok(Some(request)) => request,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "http api: receive failed");
-                continue;
+fn handle(shared: &Shared, stream: std::net::TcpStream) {
+    let state = &shared.state;
+    server::serve_connection(
+        stream,
+        state.http.request_timeout,
+        &shared.stop,
+        &shared.counters,
+        |head| {
+            let collector = match shared.collector.lock() {
+                Ok(c) => Arc::clone(&c),
+                Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+            };
+            let verloc = match state.verloc.read() {
+                Ok(v) => v.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            };
+            let shards: Vec<ShardSnapshot> =
+                state.shards.iter().map(ShardStats::snapshot).collect();
+            route(
+                &head.target,
+                &RouteContext {
+                    now: Instant::now(),
+                    state,
+                    shards: &shards,
+                    collector: &collector,
+                    server: &shared.counters.snapshot(),
+                    verloc: &verloc,
+                },
+            )
+        },
+    );
+}
+
+/// Wait up to `timeout` for `listener` to have a connection ready.
+fn wait_readable(listener: &TcpListener, timeout: Duration) {
+    let mut fds = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe {
+        libc::poll(&mut fds, 1, timeout.as_millis() as libc::c_int);
+    }
+}
+
+fn control_loop(
+    shared: &Shared,
+    listener: TcpListener,
+    queue: crossbeam_channel::Sender<std::net::TcpStream>,
+    telemetry: Receiver<TelemetryReport>,
+    mut collector: Collector,
+) {
+    lower_thread_priority();
+    let mut last_error_log: Option<Instant> = None;
+    while !shared.stop.load(Ordering::Relaxed) {
+        wait_readable(&listener, CONTROL_POLL);
+        for _ in 0..ACCEPTS_PER_ROUND_MAX {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(false).is_err() {
+                        continue;
+                    }
+                    match queue.try_send(stream) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(stream)) => {
+                            server::refuse_busy(stream, &shared.counters)
+                        }
+                        Err(TrySendError::Disconnected(_)) => return,
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // Out of descriptors or a transient error: log once a minute, back off.
+                    let now = Instant::now();
+                    if last_error_log
+                        .is_none_or(|t| now.duration_since(t) > Duration::from_secs(60))
+                    {
+                        tracing::warn!(error = %e, "http api: accept failed; backing off");
+                        last_error_log = Some(now);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                    break;
+                }
             }
-        };
-        let (status, content_type, body) = route(request.url(), state);
-        let mut response = tiny_http::Response::from_string(body).with_status_code(status);
-        if let Ok(header) = format!("Content-Type: {content_type}").parse::<tiny_http::Header>() {
-            response.add_header(header);
         }
-        if let Err(e) = request.respond(response) {
-            tracing::debug!(error = %e, "http api: response not delivered");
+        let mut changed = false;
+        while let Ok(report) = telemetry.try_recv() {
+            collector.on_report(report);
+            changed = true;
         }
-    }
-}
-
-/// Answer one request path: status, content type, body.
-pub fn route(url: &str, state: &ApiState) -> (u16, &'static str, String) {
-    let path = url.split('?').next().unwrap_or("");
-    match path {
-        "/health" => (
-            200,
-            "application/json",
-            serde_json::json!({
-                "status": "up",
-                "uptime_s": state.started.elapsed().as_secs(),
-            })
-            .to_string(),
-        ),
-        "/description" => (
-            200,
-            "application/json",
-            serde_json::to_string(&state.description).unwrap_or_default(),
-        ),
-        _ => (404, "text/plain", format!("not found: {path}\n")),
+        let shards: Vec<ShardSnapshot> = shared
+            .state
+            .shards
+            .iter()
+            .map(ShardStats::snapshot)
+            .collect();
+        changed |= collector.tick(Instant::now(), SystemTime::now(), &shards);
+        if changed {
+            let published = Arc::new(collector.clone());
+            match shared.collector.lock() {
+                Ok(mut c) => *c = published,
+                Err(poisoned) => *poisoned.into_inner() = published,
+            }
+        }
     }
 }
 
@@ -134,24 +417,76 @@ pub fn route(url: &str, state: &ApiState) -> (u16, &'static str, String) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn routes() {
-        let state = ApiState {
-            started: Instant::now(),
-            description: Description {
+    fn state() -> ApiState {
+        ApiState::new(
+            Instant::now(),
+            "Ident".into(),
+            Description {
                 name: "n".into(),
                 ..Default::default()
             },
-            shards: Arc::new(Vec::new()),
-        };
-        let (status, _, body) = route("/health", &state);
-        assert_eq!(status, 200);
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["status"], "up");
-        let (status, _, body) = route("/description?x=1", &state);
-        assert_eq!(status, 200);
-        assert!(body.contains("\"name\":\"n\""));
-        let (status, _, _) = route("/nope", &state);
-        assert_eq!(status, 404);
+            Arc::new(vec![ShardStats::default(), ShardStats::default()]),
+            HttpSection::default(),
+        )
+    }
+
+    fn get(target: &str, state: &ApiState) -> Response {
+        let collector = Collector::new(Duration::from_secs(30), state.started, state.started_wall);
+        let shards: Vec<_> = state.shards.iter().map(ShardStats::snapshot).collect();
+        let verloc = state.verloc.read().unwrap().clone();
+        route(
+            target,
+            &RouteContext {
+                now: state.started + Duration::from_secs(42),
+                state,
+                shards: &shards,
+                collector: &collector,
+                server: &ServerCounts::default(),
+                verloc: &verloc,
+            },
+        )
+    }
+
+    #[test]
+    fn routes() {
+        let state = state();
+        let r = get("/health", &state);
+        assert_eq!((r.status, r.content_type), (200, "application/json"));
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v, serde_json::json!({"status": "up", "uptime_s": 42}));
+        let r = get("/description?x=1", &state);
+        assert_eq!(r.status, 200);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        for key in ["name", "description", "link", "location"] {
+            assert!(v.get(key).is_some(), "{key}");
+        }
+        let r = get("/stats", &state);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 8);
+        assert!(v["packets_sent_since_startup"].is_u64());
+        let v: serde_json::Value =
+            serde_json::from_str(&get("/stats?debug=true", &state).body).unwrap();
+        assert!(v["packets_sent_since_startup"].is_object());
+        assert!(v["packets_explicitly_dropped_since_last_update"].is_object());
+        let v: serde_json::Value = serde_json::from_str(&get("/verloc", &state).body).unwrap();
+        assert_eq!(v["total_tested"], 0);
+        assert!(v["results"].as_array().unwrap().is_empty());
+        let v: serde_json::Value = serde_json::from_str(&get("/hardware", &state).body).unwrap();
+        assert!(v["num_cores"].as_u64().unwrap() >= 1);
+        let r = get("/metrics", &state);
+        assert!(r.content_type.starts_with("text/plain; version=0.0.4"));
+        assert!(r
+            .body
+            .contains("nym_mixnode_packets_received_total{shard=\"1\"} 0"));
+        let r = get("/", &state);
+        assert!(r.body.contains("<canvas") && r.body.contains("Ident"));
+        let r = get("/live", &state);
+        assert_eq!(r.status, 200);
+        let r = get("/nope", &state);
+        assert_eq!(
+            (r.status, r.content_type),
+            (404, "text/plain; charset=utf-8")
+        );
+        assert!(r.body.len() < 200);
     }
 }

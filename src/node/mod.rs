@@ -5,7 +5,6 @@
 //! fails here, before the node reports itself started, with a message that says what to do.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::description::Description;
@@ -109,6 +108,7 @@ pub fn start(
 ) -> Result<RunningNode, StartError> {
     let m = &config.mixnode;
     let started = Instant::now();
+    let identity = keys.identity_base58();
     let verloc_listener = bind(
         "VerLoc port",
         SocketAddr::new(m.listening_address, m.verloc_port),
@@ -126,11 +126,14 @@ pub fn start(
     )?;
     let api = ApiServer::start(
         api_addr,
-        Arc::new(ApiState {
+        ApiState::new(
             started,
+            identity,
             description,
-            shards: engine.stats(),
-        }),
+            engine.stats(),
+            config.http.clone(),
+        ),
+        engine.telemetry(),
     )?;
     let addresses = NodeAddresses {
         mix: engine.local_addr(),

@@ -13,6 +13,7 @@
 //! [`crate::sphinx`]), or decide policy (limits come from [`crate::config::EngineSection`]).
 
 pub mod stats;
+pub mod telemetry;
 mod worker;
 
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ use crate::accounting::PacketCounts;
 use crate::config::EngineSection;
 use crate::replay::ReplayFilter;
 use stats::{ShardCounts, ShardSnapshot, ShardStats};
+use telemetry::TelemetryReport;
 
 /// Locked memory each executor registers for io_uring buffers. Network I/O does not use
 /// them, so this stays small: the node must start under an 8 MiB memlock limit.
@@ -106,6 +108,7 @@ pub struct Engine {
     handles: Vec<glommio::ExecutorJoinHandle<ShardCounts>>,
     control: Arc<Control>,
     stats: Arc<Vec<ShardStats>>,
+    telemetry: crossbeam_channel::Receiver<TelemetryReport>,
     local_addr: SocketAddr,
 }
 
@@ -179,6 +182,8 @@ impl Engine {
         });
         let stats: Arc<Vec<ShardStats>> =
             Arc::new((0..shards).map(|_| ShardStats::default()).collect());
+        let (telemetry_tx, telemetry) =
+            crossbeam_channel::bounded(telemetry::REPORTS_QUEUED_PER_SHARD_MAX * shards);
         let cores = if settings.pin {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
@@ -204,6 +209,7 @@ impl Engine {
                 engine: e.clone(),
                 control: Arc::clone(&control),
                 stats: Arc::clone(&stats),
+                telemetry: telemetry_tx.clone(),
             };
             let spawned = glommio::LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{index}"))
@@ -218,6 +224,7 @@ impl Engine {
                         control,
                         stats,
                         local_addr,
+                        telemetry,
                     };
                     started.shutdown(Duration::ZERO);
                     return Err(EngineError::Executor {
@@ -232,6 +239,7 @@ impl Engine {
             handles,
             control,
             stats,
+            telemetry,
             local_addr,
         })
     }
@@ -254,6 +262,12 @@ impl Engine {
     /// The shards' statistics, shared with the control thread.
     pub fn stats(&self) -> Arc<Vec<ShardStats>> {
         Arc::clone(&self.stats)
+    }
+
+    /// The shards' telemetry reports (histograms, per-next-hop counts), for the one reader
+    /// that aggregates them (the control thread).
+    pub fn telemetry(&self) -> crossbeam_channel::Receiver<TelemetryReport> {
+        self.telemetry.clone()
     }
 
     /// Stop accepting, forward what falls due within `drain`, drop the rest as shutdown, and

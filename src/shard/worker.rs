@@ -19,6 +19,7 @@ use glommio::task::JoinHandle;
 use x25519_dalek::StaticSecret;
 
 use super::stats::{ShardCounts, ShardSnapshot, ShardStats};
+use super::telemetry::{PeerCounts, ShardTelemetry, TelemetryReport};
 use super::Control;
 use crate::accounting::DropReason;
 use crate::config::EngineSection;
@@ -54,6 +55,7 @@ pub(super) struct ShardInit {
     pub engine: EngineSection,
     pub control: Arc<Control>,
     pub stats: Arc<Vec<ShardStats>>,
+    pub telemetry: Sender<TelemetryReport>,
 }
 
 /// A packet passed between shards.
@@ -74,6 +76,8 @@ pub(super) enum Handoff {
 
 /// A processed packet waiting for its due time, then for its next hop's connection.
 pub(super) struct Held {
+    /// When it fell due: the time in the node past this is added latency.
+    due: Instant,
     packet: Vec<u8>,
     header: FrameHeader,
     next_hop: SocketAddr,
@@ -94,6 +98,8 @@ struct Peer {
     state: Cell<PeerState>,
     wake: Semaphore,
     idle: Cell<bool>,
+    sent: Cell<u64>,
+    dropped: Cell<u64>,
 }
 
 struct Shard {
@@ -122,6 +128,7 @@ struct Shard {
     replay_warned: Cell<bool>,
     /// Scratch for packets that fell due in one round of the pump.
     due: RefCell<Vec<Held>>,
+    telemetry: RefCell<ShardTelemetry>,
 }
 
 /// The shard's main future: returns its final counts after shutdown.
@@ -170,6 +177,11 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
         writers: RefCell::new(Vec::new()),
         replay_warned: Cell::new(false),
         due: RefCell::new(Vec::with_capacity(4096)),
+        telemetry: RefCell::new(ShardTelemetry::new(
+            init.index,
+            init.telemetry,
+            Instant::now(),
+        )),
     });
     let accept = glommio::spawn_local(accept_loop(Rc::clone(&shard), listener)).detach();
     let counts = pump(Rc::clone(&shard), accept).await;
@@ -202,6 +214,7 @@ impl Shard {
             return;
         }
         let expanded = self.processor.borrow().expand(bytes);
+        self.telemetry.borrow_mut().record_expand(now.elapsed());
         match expanded {
             Err(reason) => self.drop_packet(reason),
             Ok(packet) => {
@@ -224,19 +237,22 @@ impl Shard {
 
     /// Replay check, MAC, unwrap; then route to the next hop's owner.
     fn unwrap_packet(&self, packet: ExpandedPacket, header: FrameHeader, received_at: Instant) {
+        let started = Instant::now();
         let result = self
             .processor
             .borrow_mut()
             .finish(packet, self.engine.delay_max);
+        self.telemetry.borrow_mut().record_unwrap(started.elapsed());
         match result {
             Err(reason) => self.drop_packet(reason),
             Ok(hop) => {
+                let due = received_at + hop.delay;
                 let held = Held {
+                    due,
                     packet: hop.packet,
                     header,
                     next_hop: hop.next_hop,
                 };
-                let due = received_at + hop.delay;
                 let owner = owner_shard(&hop.next_hop, self.shards);
                 if owner == self.index {
                     self.hold(due, held);
@@ -306,6 +322,8 @@ impl Shard {
                         })),
                         wake: Semaphore::new(0),
                         idle: Cell::new(false),
+                        sent: Cell::new(0),
+                        dropped: Cell::new(0),
                     });
                     peers.insert(held.next_hop, Rc::clone(&peer));
                     let writer =
@@ -317,6 +335,7 @@ impl Shard {
         };
         if peer.queue.borrow_mut().push(held).is_err() {
             self.drop_packet(DropReason::QueueFull);
+            peer.dropped.set(peer.dropped.get() + 1);
             return;
         }
         self.queued.set(self.queued.get() + 1);
@@ -349,6 +368,25 @@ impl Shard {
             );
         }
         self.stats[self.index].publish(&snapshot);
+    }
+
+    /// About once a second, send the telemetry report (histograms and per-next-hop counts)
+    /// to the control thread. Never blocks; allocates only when a report is due.
+    fn publish_telemetry(&self, now: Instant) {
+        if !self.telemetry.borrow().report_due(now) {
+            return;
+        }
+        let peers = self
+            .peers
+            .borrow()
+            .values()
+            .map(|peer| PeerCounts {
+                next_hop: peer.address,
+                sent: peer.sent.get(),
+                dropped: peer.dropped.get(),
+            })
+            .collect();
+        self.telemetry.borrow_mut().send_report(now, peers);
     }
 
     fn closing(&self) -> bool {
@@ -456,6 +494,7 @@ async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
         }
         shard.due.replace(due);
         shard.publish();
+        shard.publish_telemetry(now);
 
         match shard.phase.get() {
             Phase::Running => {
@@ -530,6 +569,7 @@ fn drop_queue(shard: &Shard, peer: &Peer, reason: DropReason) {
     peer.queue.borrow_mut().drain(&mut |_| count += 1);
     shard.queued.set(shard.queued.get() - count);
     shard.drop_packets(reason, count);
+    peer.dropped.set(peer.dropped.get() + count);
 }
 
 /// Owns the connection to one next hop: connects with backoff and writes queued packets in
@@ -537,6 +577,7 @@ fn drop_queue(shard: &Shard, peer: &Peer, reason: DropReason) {
 async fn writer(shard: Rc<Shard>, peer: Rc<Peer>) {
     let mut stream: Option<TcpStream> = None;
     let mut buffer: Vec<u8> = Vec::with_capacity(WRITE_BATCH_PACKETS_MAX * 2500);
+    let mut dues = [Instant::now(); WRITE_BATCH_PACKETS_MAX];
     loop {
         if shard.closing() {
             drop_queue(&shard, &peer, DropReason::Shutdown);
@@ -590,6 +631,7 @@ async fn writer(shard: Rc<Shard>, peer: Rc<Peer>) {
             let mut queue = peer.queue.borrow_mut();
             while batch < WRITE_BATCH_PACKETS_MAX as u64 {
                 let Some(held) = queue.pop() else { break };
+                dues[batch as usize] = held.due;
                 let start = buffer.len();
                 buffer.resize(start + held.header.encoded_len(), 0);
                 held.header.encode(&mut buffer[start..]);
@@ -600,10 +642,15 @@ async fn writer(shard: Rc<Shard>, peer: Rc<Peer>) {
         shard.queued.set(shard.queued.get() - batch);
         let Some(s) = stream.as_mut() else { continue };
         match s.write_all(&buffer).await {
-            Ok(()) => shard.counts.borrow_mut().packets.forwarded += batch,
+            Ok(()) => {
+                shard.counts.borrow_mut().packets.forwarded += batch;
+                peer.sent.set(peer.sent.get() + batch);
+                record_added_latency(&shard, &dues[..batch as usize]);
+            }
             Err(e) => {
                 // Whether any of the batch arrived cannot be known: count it as not delivered.
                 shard.drop_packets(DropReason::NextHopUnreachable, batch);
+                peer.dropped.set(peer.dropped.get() + batch);
                 tracing::debug!(shard = shard.index, peer = %peer.address, error = %e, "write to next hop failed");
                 let mut state = peer.state.get();
                 state.on_write_failed(Instant::now());
@@ -619,5 +666,14 @@ async fn writer(shard: Rc<Shard>, peer: Rc<Peer>) {
         shard
             .connections_outbound
             .set(shard.connections_outbound.get() - 1);
+    }
+}
+
+/// A batch with these due times was just written: record each packet's time past due.
+fn record_added_latency(shard: &Shard, dues: &[Instant]) {
+    let now = Instant::now();
+    let mut telemetry = shard.telemetry.borrow_mut();
+    for due in dues {
+        telemetry.record_added_latency(now.saturating_duration_since(*due));
     }
 }

@@ -1,0 +1,385 @@
+//! `/metrics`: the Prometheus text exposition format (version 0.0.4).
+//!
+//! Written by hand rather than with a metrics crate: every figure already lives in the shards'
+//! snapshots and in hdrhistogram histograms, so a registry of live metric objects would only
+//! copy them. Histograms are converted at scrape time into fixed buckets (`le` in seconds);
+//! `_sum` is computed from the histogram, so it is exact to the histogram's precision (1%).
+//! The output passes `promtool check metrics` (tested where promtool is installed).
+
+use std::fmt::Write;
+
+use hdrhistogram::Histogram;
+
+use super::collect::Telemetry;
+use super::server::ServerCounts;
+use crate::accounting::DropReason;
+use crate::shard::stats::ShardSnapshot;
+
+/// Bucket bounds of the Sphinx processing histogram, in seconds.
+pub const PROCESSING_BUCKETS_SECONDS: [f64; 12] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_075, 0.000_1, 0.000_15, 0.000_2, 0.000_3, 0.000_5, 0.001,
+    0.002_5, 0.01,
+];
+/// Bucket bounds of the added-latency histogram, in seconds.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 15] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
+/// Everything `/metrics` shows.
+pub struct MetricsInput<'a> {
+    /// The crate version.
+    pub version: &'a str,
+    /// Seconds since start.
+    pub uptime_seconds: f64,
+    /// Each shard's published figures.
+    pub shards: &'a [ShardSnapshot],
+    /// Merged histograms.
+    pub telemetry: &'a Telemetry,
+    /// The API server's own counters.
+    pub server: &'a ServerCounts,
+}
+
+/// Label pairs of one series.
+type Labels<'a> = &'a [(&'a str, &'a str)];
+
+struct Out {
+    text: String,
+}
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                // Label values here are fixed labels and numbers: nothing to escape.
+                let _ = write!(self.text, "{k}=\"{v}\"");
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+
+    fn per_shard(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        shards: &[ShardSnapshot],
+        f: impl Fn(&ShardSnapshot) -> u64,
+    ) {
+        self.family(name, kind, help);
+        for (i, s) in shards.iter().enumerate() {
+            self.sample(name, &[("shard", &i.to_string())], f(s));
+        }
+    }
+
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: &[(Labels, &Histogram<u64>)],
+        bounds: &[f64],
+    ) {
+        self.family(name, "histogram", help);
+        for (labels, h) in series {
+            let (cumulative, sum_seconds) = buckets(h, bounds);
+            for (bound, count) in bounds.iter().zip(&cumulative) {
+                let le = bound.to_string();
+                let mut l = labels.to_vec();
+                l.push(("le", &le));
+                self.sample(&format!("{name}_bucket"), &l, count);
+            }
+            let mut l = labels.to_vec();
+            l.push(("le", "+Inf"));
+            self.sample(&format!("{name}_bucket"), &l, h.len());
+            self.sample(&format!("{name}_sum"), labels, sum_seconds);
+            self.sample(&format!("{name}_count"), labels, h.len());
+        }
+    }
+}
+
+/// Cumulative counts at each bound (seconds) and the sum in seconds of a nanosecond histogram.
+pub fn buckets(h: &Histogram<u64>, bounds_seconds: &[f64]) -> (Vec<u64>, f64) {
+    let mut counts = vec![0u64; bounds_seconds.len()];
+    let mut sum_nanos = 0f64;
+    for v in h.iter_recorded() {
+        let value = h.median_equivalent(v.value_iterated_to());
+        let count = v.count_at_value();
+        sum_nanos += value as f64 * count as f64;
+        let seconds = value as f64 / 1e9;
+        for (bound, slot) in bounds_seconds.iter().zip(counts.iter_mut()) {
+            if seconds <= *bound {
+                *slot += count;
+            }
+        }
+    }
+    (counts, sum_nanos / 1e9)
+}
+
+/// The `/metrics` body.
+pub fn render(input: &MetricsInput) -> String {
+    let mut o = Out {
+        text: String::with_capacity(16 << 10),
+    };
+    let shards = input.shards;
+    o.family(
+        "nym_mixnode_build_info",
+        "gauge",
+        "Build information; the value is always 1.",
+    );
+    o.sample("nym_mixnode_build_info", &[("version", input.version)], 1);
+    o.family(
+        "nym_mixnode_uptime_seconds",
+        "gauge",
+        "Seconds since the node started.",
+    );
+    o.sample("nym_mixnode_uptime_seconds", &[], input.uptime_seconds);
+    o.family(
+        "nym_mixnode_shards",
+        "gauge",
+        "Packet engine shards (cores) running.",
+    );
+    o.sample("nym_mixnode_shards", &[], shards.len());
+
+    o.per_shard(
+        "nym_mixnode_packets_received_total",
+        "counter",
+        "Packets received on the mix port.",
+        shards,
+        |s| s.counts.packets.received,
+    );
+    o.per_shard(
+        "nym_mixnode_packets_forwarded_total",
+        "counter",
+        "Packets written to their next hop.",
+        shards,
+        |s| s.counts.packets.forwarded,
+    );
+    o.family(
+        "nym_mixnode_packets_dropped_total",
+        "counter",
+        "Packets dropped, by shard and reason.",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        let shard = i.to_string();
+        for reason in DropReason::ALL {
+            o.sample(
+                "nym_mixnode_packets_dropped_total",
+                &[("shard", &shard), ("reason", reason.label())],
+                s.counts.packets.dropped[reason as usize],
+            );
+        }
+    }
+    o.per_shard(
+        "nym_mixnode_packets_handed_off_total",
+        "counter",
+        "Packets passed to another shard.",
+        shards,
+        |s| s.counts.handed_off,
+    );
+    o.per_shard(
+        "nym_mixnode_packets_taken_over_total",
+        "counter",
+        "Packets taken from another shard.",
+        shards,
+        |s| s.counts.taken_over,
+    );
+    o.family(
+        "nym_mixnode_packets_in_flight",
+        "gauge",
+        "Packets in a shard right now: received and taken over, less forwarded, handed off and dropped.",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        o.sample(
+            "nym_mixnode_packets_in_flight",
+            &[("shard", &i.to_string())],
+            s.counts.in_flight(),
+        );
+    }
+    o.per_shard(
+        "nym_mixnode_packets_held",
+        "gauge",
+        "Packets waiting in the delay wheel for their send time.",
+        shards,
+        |s| s.held,
+    );
+    o.per_shard(
+        "nym_mixnode_packets_queued",
+        "gauge",
+        "Packets in next-hop queues (queue depth).",
+        shards,
+        |s| s.queued,
+    );
+    o.family(
+        "nym_mixnode_connections_open",
+        "gauge",
+        "Mix connections open, by direction.",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        let shard = i.to_string();
+        o.sample(
+            "nym_mixnode_connections_open",
+            &[("shard", &shard), ("direction", "inbound")],
+            s.connections_inbound,
+        );
+        o.sample(
+            "nym_mixnode_connections_open",
+            &[("shard", &shard), ("direction", "outbound")],
+            s.connections_outbound,
+        );
+    }
+    o.per_shard(
+        "nym_mixnode_connections_refused_total",
+        "counter",
+        "Inbound connections refused because the connection limit was reached.",
+        shards,
+        |s| s.connections_refused,
+    );
+    o.per_shard(
+        "nym_mixnode_connections_read_timeouts_total",
+        "counter",
+        "Inbound connections closed because they stalled mid-frame.",
+        shards,
+        |s| s.read_timeouts,
+    );
+    o.per_shard(
+        "nym_mixnode_replay_filter_items",
+        "gauge",
+        "Replay tags recorded in the shard's filter.",
+        shards,
+        |s| s.replay_filter_items,
+    );
+    o.per_shard(
+        "nym_mixnode_replay_filter_capacity_items",
+        "gauge",
+        "Replay tags the shard's filter is sized for.",
+        shards,
+        |s| s.replay_filter_capacity,
+    );
+    o.family(
+        "nym_mixnode_replay_filter_fill_ratio",
+        "gauge",
+        "Fraction of the replay filter's bits set.",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        o.sample(
+            "nym_mixnode_replay_filter_fill_ratio",
+            &[("shard", &i.to_string())],
+            s.replay_filter_fill_ppm as f64 / 1e6,
+        );
+    }
+
+    let t = input.telemetry;
+    o.histogram(
+        "nym_mixnode_sphinx_processing_seconds",
+        "Sphinx processing time per packet: stage expand (parse, first scalar multiplication) and unwrap (replay check, MAC, second multiplication).",
+        &[
+            (&[("stage", "expand")], &t.sphinx_expand_nanos),
+            (&[("stage", "unwrap")], &t.sphinx_unwrap_nanos),
+        ],
+        &PROCESSING_BUCKETS_SECONDS,
+    );
+    o.histogram(
+        "nym_mixnode_added_latency_seconds",
+        "Time a forwarded packet spent in the node beyond the delay it asked for.",
+        &[(&[], &t.added_latency_nanos)],
+        &LATENCY_BUCKETS_SECONDS,
+    );
+    o.family(
+        "nym_mixnode_telemetry_reports_skipped_total",
+        "counter",
+        "Shard telemetry reports not sent because the channel to the control thread was full.",
+    );
+    for (i, skipped) in t.reports_skipped.iter().enumerate() {
+        o.sample(
+            "nym_mixnode_telemetry_reports_skipped_total",
+            &[("shard", &i.to_string())],
+            skipped,
+        );
+    }
+
+    let server = input.server;
+    o.family(
+        "nym_mixnode_http_requests_total",
+        "counter",
+        "HTTP API requests answered, by status code.",
+    );
+    for (code, count) in server.answered() {
+        o.sample(
+            "nym_mixnode_http_requests_total",
+            &[("code", &code.to_string())],
+            count,
+        );
+    }
+    o.family(
+        "nym_mixnode_http_connections_busy_total",
+        "counter",
+        "HTTP API connections turned away with 503 because every worker and queue slot was taken.",
+    );
+    o.sample("nym_mixnode_http_connections_busy_total", &[], server.busy);
+    o.text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::telemetry::new_histogram;
+
+    #[test]
+    fn buckets_are_cumulative_and_sum_in_seconds() {
+        let mut h = new_histogram();
+        h.record(20_000).unwrap(); // 20 µs
+        h.record(150_000).unwrap(); // 150 µs
+        h.record(2_000_000).unwrap(); // 2 ms
+        let (counts, sum) = buckets(&h, &[0.000_05, 0.001, 1.0]);
+        assert_eq!(counts, vec![1, 2, 3]);
+        assert!((sum - 0.002_17).abs() < 0.000_05, "sum {sum}");
+    }
+
+    #[test]
+    fn exposition_has_every_family_once() {
+        let telemetry = Telemetry {
+            sphinx_expand_nanos: new_histogram(),
+            sphinx_unwrap_nanos: new_histogram(),
+            added_latency_nanos: new_histogram(),
+            reports_skipped: vec![0, 0],
+        };
+        let mut shard = ShardSnapshot::default();
+        shard.counts.packets.received = 7;
+        shard.counts.packets.dropped[DropReason::Replay as usize] = 2;
+        let text = render(&MetricsInput {
+            version: "1.2.3",
+            uptime_seconds: 1.5,
+            shards: &[shard, ShardSnapshot::default()],
+            telemetry: &telemetry,
+            server: &ServerCounts::default(),
+        });
+        assert!(text.contains("nym_mixnode_packets_received_total{shard=\"0\"} 7\n"));
+        assert!(
+            text.contains("nym_mixnode_packets_dropped_total{shard=\"0\",reason=\"replay\"} 2\n")
+        );
+        assert!(text.contains(
+            "nym_mixnode_sphinx_processing_seconds_bucket{stage=\"unwrap\",le=\"+Inf\"} 0\n"
+        ));
+        assert!(text.contains("nym_mixnode_build_info{version=\"1.2.3\"} 1\n"));
+        let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
+        let mut names: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("# TYPE"))
+            .map(|l| l.split_whitespace().nth(2).unwrap())
+            .collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), types, "no family declared twice");
+    }
+}

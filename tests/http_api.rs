@@ -1,0 +1,396 @@
+//! The HTTP API over real sockets on 127.0.0.1, in-process nodes with packets flowing:
+//! `/stats` on its interval, `/metrics` (checked by promtool where installed), a thousand
+//! concurrent requests, malformed and slow clients, and a screenshot of the page in headless
+//! Chromium (where installed).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::mixnet::*;
+use common::{http_get, wait_for};
+use nym_mixnode::framing::{SizeTag, Version};
+
+/// Frames that make `node` forward to `receiver`, with every fifth repeated (a replay drop).
+fn traffic(node: &TestNode, receiver: &Receiver, count: usize) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for i in 0..count {
+        let route = [node.hop(Duration::from_millis(1)), receiver.hop()];
+        let bytes = packet(&route, SizeTag::Regular, format!("m{i}").as_bytes());
+        let framed = frame(header(Version::V8, SizeTag::Regular), &bytes);
+        wire.extend_from_slice(&framed);
+        if i % 5 == 0 {
+            wire.extend_from_slice(&framed);
+        }
+    }
+    wire
+}
+
+/// Keep sending `wire` to `mix` in a loop (replays then drop every round) until stopped.
+fn keep_sending(mix: SocketAddr, wire: Vec<u8>, stop: Arc<AtomicBool>) -> JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut rounds = 0;
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(mut s) = TcpStream::connect(mix) {
+                let _ = s.write_all(&wire);
+                rounds += 1;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        rounds
+    })
+}
+
+fn api(node: &TestNode) -> SocketAddr {
+    node.node().addresses.http_api
+}
+
+fn json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let (status, body) = http_get(addr, path).expect("answer");
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// Send raw `bytes`, read the answer; the status, or None if the connection failed or reset.
+fn raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.write_all(bytes).ok()?;
+    let mut text = Vec::new();
+    s.read_to_end(&mut text).ok()?;
+    let text = String::from_utf8_lossy(&text);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn tool(name: &str) -> bool {
+    let found = Command::new(name).arg("--version").output().is_ok();
+    if !found {
+        println!("note: {name} is not installed; skipping that check");
+    }
+    found
+}
+
+#[test]
+fn stats_grow_on_their_interval_and_metrics_pass_promtool_while_packets_flow() {
+    let receiver = Receiver::start();
+    let node = TestNode::start(2, |c| c.http.stats_interval = Duration::from_millis(300));
+    let addr = api(&node);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = keep_sending(node.mix, traffic(&node, &receiver, 100), stop.clone());
+
+    let first = wait_for(Duration::from_secs(10), "dropped since startup > 0", || {
+        let v = json(addr, "/stats");
+        (v["packets_explicitly_dropped_since_startup"].as_u64()? > 0).then_some(v)
+    });
+    let later = wait_for(
+        Duration::from_secs(10),
+        "dropped since startup grows",
+        || {
+            let v = json(addr, "/stats");
+            let before = first["packets_explicitly_dropped_since_startup"].as_u64()?;
+            (v["packets_explicitly_dropped_since_startup"].as_u64()? > before).then_some(v)
+        },
+    );
+    assert_ne!(later["update_time"], first["update_time"]);
+    assert!(later["packets_received_since_startup"].as_u64().unwrap() > 0);
+    assert!(later["packets_sent_since_startup"].as_u64().unwrap() > 0);
+    for field in [
+        "packets_received_since_last_update",
+        "packets_sent_since_last_update",
+        "packets_explicitly_dropped_since_last_update",
+    ] {
+        assert!(later[field].is_u64(), "{field}");
+    }
+    let hop = receiver.addr.to_string();
+    let debug = wait_for(
+        Duration::from_secs(10),
+        "debug map has the next hop",
+        || {
+            let v = json(addr, "/stats?debug=true");
+            (v["packets_sent_since_startup"][&hop].as_u64()? > 0).then_some(v)
+        },
+    );
+    assert!(debug["packets_explicitly_dropped_since_startup"].is_object());
+    assert!(debug["packets_received_since_startup"].is_u64());
+
+    let metrics = wait_for(Duration::from_secs(10), "histograms fill", || {
+        let (status, body) = http_get(addr, "/metrics")?;
+        assert_eq!(status, 200);
+        let has = |prefix: &str| {
+            body.lines()
+                .any(|l| l.starts_with(prefix) && !l.ends_with(" 0"))
+        };
+        (has("nym_mixnode_sphinx_processing_seconds_count{stage=\"unwrap\"}")
+            && has("nym_mixnode_added_latency_seconds_count")
+            && (has("nym_mixnode_packets_dropped_total{shard=\"0\",reason=\"replay\"}")
+                || has("nym_mixnode_packets_dropped_total{shard=\"1\",reason=\"replay\"}")))
+        .then_some(body)
+    });
+    stop.store(true, Ordering::Relaxed);
+    assert!(sender.join().unwrap() > 0);
+    if tool("promtool") {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &metrics).unwrap();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "promtool check metrics < {}",
+                file.path().display()
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "promtool check metrics:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let health = json(addr, "/health");
+    assert_eq!(health["status"], "up");
+    assert!(health["uptime_s"].is_u64());
+    let (status, body) = http_get(addr, "/no/such/route").unwrap();
+    assert_eq!(status, 404);
+    assert!(body.starts_with("not found"));
+}
+
+#[test]
+fn a_thousand_concurrent_malformed_and_slow_clients_are_bounded_while_packets_flow() {
+    let receiver = Receiver::start();
+    let node = TestNode::start(2, |c| {
+        c.http.concurrent_requests_max = 16;
+        c.http.request_timeout = Duration::from_millis(800);
+    });
+    let addr = api(&node);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = keep_sending(node.mix, traffic(&node, &receiver, 60), stop.clone());
+
+    // Slow clients: open and dribble a byte every 100 ms; they must get 408 after the timeout.
+    let slow: Vec<_> = (0..6)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                let mut answer = Vec::new();
+                for byte in b"GET /stats HTTP/1.1\r\nX-Slow: "
+                    .iter()
+                    .chain([b'a'; 200].iter())
+                {
+                    if s.write_all(&[*byte]).is_err() {
+                        break;
+                    }
+                    let mut buf = [0u8; 256];
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => answer.extend_from_slice(&buf[..n]),
+                        Err(_) => {}
+                    }
+                    if !answer.is_empty() || start.elapsed() > Duration::from_secs(5) {
+                        break;
+                    }
+                }
+                let _ = s.read_to_end(&mut answer);
+                (
+                    String::from_utf8_lossy(&answer).into_owned(),
+                    start.elapsed(),
+                )
+            })
+        })
+        .collect();
+
+    // Malformed requests, each with the code it must get.
+    let bad: &[(&[u8], u16)] = &[
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET / HTTP/9.9\r\n\r\n", 400),
+        (b"POST /stats HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", 405),
+        (b"GET /stats HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", 413),
+        (b"\x00\x01\x02\x03\r\n\r\n", 400),
+    ];
+    for (bytes, code) in bad {
+        assert_eq!(raw(addr, bytes, Duration::from_secs(3)), Some(*code));
+    }
+    let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(5000));
+    assert_eq!(
+        raw(addr, long.as_bytes(), Duration::from_secs(3)),
+        Some(414)
+    );
+    let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(100));
+    assert_eq!(
+        raw(addr, many.as_bytes(), Duration::from_secs(3)),
+        Some(431)
+    );
+    // Cut off mid-head, and silent: neither holds a worker for long.
+    assert_eq!(raw(addr, b"GET / HTT", Duration::from_secs(3)), Some(408));
+
+    // A thousand requests at once: 20 threads, each opening 50 connections before reading.
+    let start = Instant::now();
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut streams = Vec::new();
+                for _ in 0..50 {
+                    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5));
+                    if let Ok(mut s) = stream {
+                        let _ = s.write_all(b"GET /stats HTTP/1.1\r\nHost: t\r\n\r\n");
+                        streams.push(Some(s));
+                    } else {
+                        streams.push(None);
+                    }
+                }
+                let mut codes = Vec::new();
+                for s in streams {
+                    let Some(mut s) = s else {
+                        codes.push(0);
+                        continue;
+                    };
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let mut text = Vec::new();
+                    let code = match s.read_to_end(&mut text) {
+                        Ok(_) => String::from_utf8_lossy(&text)
+                            .split_whitespace()
+                            .nth(1)
+                            .and_then(|c| c.parse::<u16>().ok())
+                            .unwrap_or(0),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 1, // hung
+                        Err(_) => 0,                                               // reset
+                    };
+                    codes.push(code);
+                }
+                codes
+            })
+        })
+        .collect();
+    let codes: Vec<u16> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let elapsed = start.elapsed();
+    let count = |c: u16| codes.iter().filter(|x| **x == c).count();
+    println!(
+        "1000 concurrent: {} ok, {} busy (503), {} reset, {} hung, in {elapsed:?}",
+        count(200),
+        count(503),
+        count(0),
+        count(1)
+    );
+    assert_eq!(codes.len(), 1000);
+    assert_eq!(count(1), 0, "no request hangs");
+    assert_eq!(count(200) + count(503) + count(0), 1000, "{codes:?}");
+    assert!(count(200) >= 16, "the workers answered some");
+
+    for handle in slow {
+        let (answer, took) = handle.join().unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "slow client got: {answer:?}"
+        );
+        assert!(
+            took < Duration::from_secs(3),
+            "cut off near the timeout: {took:?}"
+        );
+    }
+    // Still answering, and the data plane still forwards.
+    assert_eq!(http_get(addr, "/health").unwrap().0, 200);
+    let metrics = http_get(addr, "/metrics").unwrap().1;
+    assert!(metrics.contains("nym_mixnode_http_requests_total{code=\"408\"}"));
+    // The traffic repeats, so after its first round it is counted as replays: the data plane
+    // still takes in and checks every packet.
+    assert!(node.totals().0.forwarded > 0);
+    let received_before = node.totals().0.received;
+    eventually(Duration::from_secs(10), "packets keep flowing", || {
+        node.totals().0.received > received_before
+    });
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+}
+
+/// Pixels that differ from the top-left (background) pixel, and the total.
+fn non_background_pixels(png_file: &Path) -> (usize, usize) {
+    let decoder = png::Decoder::new(std::fs::File::open(png_file).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let bytes = &buf[..info.buffer_size()];
+    let channels = info.color_type.samples();
+    let pixels: Vec<&[u8]> = bytes.chunks(channels).collect();
+    let background = pixels[0];
+    let differ = pixels
+        .iter()
+        .filter(|p| {
+            p.iter()
+                .zip(background.iter())
+                .any(|(a, b)| a.abs_diff(*b) > 24)
+        })
+        .count();
+    (differ, pixels.len())
+}
+
+#[test]
+fn the_page_renders_in_headless_chromium() {
+    let receiver = Receiver::start();
+    let node = TestNode::start(2, |_| {});
+    let addr = api(&node);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = keep_sending(node.mix, traffic(&node, &receiver, 30), stop.clone());
+    let (status, html) = http_get(addr, "/").unwrap();
+    assert_eq!(status, 200);
+    assert!(html.contains("<canvas"));
+    // Let the history gather a few points for the chart.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok())
+    else {
+        println!("note: chromium is not installed; skipping the screenshot check");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shot = dir.path().join("page.png");
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--virtual-time-budget=3000",
+            "--window-size=1200,900",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("http://{addr}/"))
+        .output()
+        .unwrap();
+    assert!(
+        shot.exists(),
+        "chromium wrote no screenshot:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if let Ok(keep) = std::env::var("HTTP_API_SCREENSHOT") {
+        let _ = std::fs::copy(&shot, keep);
+    }
+    let (differ, total) = non_background_pixels(&shot);
+    println!("screenshot: {differ} of {total} pixels differ from the background");
+    assert!(
+        differ * 100 > total,
+        "the page looks blank: {differ} of {total} pixels differ from the background"
+    );
+}
