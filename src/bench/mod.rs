@@ -421,7 +421,7 @@ fn run_once(
         held_peak,
         rss_idle_bytes: rss_idle,
         rss_peak_bytes: rss_peak,
-        bytes_per_held_packet: (held_peak >= 1000)
+        bytes_per_held_packet: (held_peak >= 10_000)
             .then(|| rss_peak.saturating_sub(rss_idle) as f64 / held as f64),
     })
 }
