@@ -134,8 +134,8 @@ fn print_text(result: &BenchResult) {
             per_shard.join(", ")
         );
         println!(
-            "  ceiling:     {:.0} packets/s (sphinx process(), one thread, this run)",
-            r.ceiling_per_s
+            "  ceiling:     {:.0} packets/s (sphinx process(), one thread; {:.0} before, {:.0} after the run)",
+            r.ceiling_per_s, r.ceiling_before_after_per_s.0, r.ceiling_before_after_per_s.1
         );
         println!(
             "  efficiency:  {:.2} (forwarded / (ceiling x {}))",
