@@ -221,10 +221,15 @@ fn three_nodes_measure_each_other_and_report_sane_figures() {
         let stats = me.node().verloc_stats();
         assert!(stats.topology_entries_skipped >= 1, "{stats:?}");
         assert!(stats.targets_measured >= 2, "{stats:?}");
-        // Two peers, ten echoes each, at least once.
-        assert!(stats.echoes_answered >= 20, "{stats:?}");
         assert_eq!(stats.echoes_rejected(EchoReject::BadSignature), 0);
     }
+    // Each listener answered two peers, ten echoes each (their runs may end after ours).
+    eventually(Duration::from_secs(10), "every echo answered", || {
+        nodes
+            .iter()
+            .all(|n| n.node().verloc_stats().echoes_answered >= 20)
+            .then_some(())
+    });
     // The short interval brings a second run, which reads the file again.
     eventually(Duration::from_secs(10), "a second run", || {
         (nodes[0].node().verloc_stats().runs_finished >= 2).then_some(())
