@@ -12,6 +12,9 @@
 //! - [`forward`]: per-next-hop queues, connection states, backoff and shard ownership (pure).
 //! - [`accounting`]: the drop reasons and packet counters (pure).
 //! - [`shard`]: the runtime: one glommio executor per core that drives the pure parts.
+//! - [`verloc`]: latency measurements between nodes: echo codec, figures and results (pure),
+//!   the VerLoc listener and measurer (threads).
+//! - [`topology`]: the JSON list of nodes that VerLoc measures and the probe reads.
 //! - [`node`]: starts and stops the services in order.
 //! - [`http`]: the HTTP API control thread.
 //! - [`config`]: `config.toml`, `description.toml`, home folders, and upgrades of old files.
@@ -39,6 +42,8 @@ pub mod probe;
 pub mod replay;
 pub mod shard;
 pub mod sphinx;
+pub mod topology;
+pub mod verloc;
 
 #[cfg(test)]
 mod sim;

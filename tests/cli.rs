@@ -555,3 +555,20 @@ fn probe_says_a_running_node_is_mixing_and_a_dead_one_is_not() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
 }
+
+#[test]
+fn run_refuses_an_https_topology_before_starting() {
+    let home = Home::new();
+    home.init_local("n");
+    let out = home.run(&[
+        "run",
+        "--id",
+        "n",
+        "--topology",
+        "https://example.org/topology.json",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("https://example.org/topology.json"), "{err}");
+    assert!(err.contains("http://"), "{err}");
+}

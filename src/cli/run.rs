@@ -12,6 +12,10 @@ pub struct Args {
     /// Shards (cores) to run; overrides `engine.cores` in the config (0 = all cores).
     #[arg(long)]
     pub cores: Option<usize>,
+    /// Topology for VerLoc: a JSON file or an http:// URL listing the nodes to measure;
+    /// overrides `verloc.topology` in the config.
+    #[arg(long)]
+    pub topology: Option<String>,
 }
 
 pub(super) fn execute(args: Args) -> anyhow::Result<()> {
@@ -19,6 +23,11 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
     let mut config = crate::config::Config::load_for_run(&paths, &args.id)?;
     if let Some(cores) = args.cores {
         config.engine.cores = cores;
+    }
+    if let Some(topology) = args.topology {
+        // Checked here so that a bad --topology fails before anything starts.
+        crate::topology::TopologySource::parse(&topology)?;
+        config.verloc.topology = topology;
     }
     let keys = crate::keys::NodeKeys::load(&config.key_paths())?;
     let description = Description::load(&paths.description_file())?;

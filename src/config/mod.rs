@@ -330,8 +330,16 @@ pub struct VerlocSection {
     /// Time before retrying when the node list could not be had.
     #[serde(with = "humantime_serde")]
     pub retry_interval: Duration,
-    /// VerLoc connections served at once.
+    /// VerLoc connections served at once; more are closed at once and counted.
     pub connections_max: usize,
+    /// A VerLoc connection whose next echo does not arrive whole within this is closed.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// A VerLoc connection is closed after this long, whatever it does.
+    #[serde(with = "humantime_serde")]
+    pub connection_lifetime_max: Duration,
+    /// A VerLoc connection is closed after answering this many echoes.
+    pub echoes_per_connection_max: u64,
 }
 
 impl Default for VerlocSection {
@@ -346,6 +354,9 @@ impl Default for VerlocSection {
             run_interval: Duration::from_secs(12 * 3600),
             retry_interval: Duration::from_secs(30 * 60),
             connections_max: 256,
+            read_timeout: Duration::from_secs(10),
+            connection_lifetime_max: Duration::from_secs(600),
+            echoes_per_connection_max: 1000,
         }
     }
 }
@@ -591,7 +602,32 @@ impl Config {
                 "set 0 < backoff_initial <= backoff_max (defaults \"10s\" and \"5m\")",
             ));
         }
+        let v = &self.verloc;
+        for (field, value, max) in [
+            ("verloc.packets_per_node", v.packets_per_node as u64, 10_000),
+            ("verloc.batch_size", v.batch_size as u64, 1_000),
+            ("verloc.connections_max", v.connections_max as u64, 4_096),
+            (
+                "verloc.echoes_per_connection_max",
+                v.echoes_per_connection_max,
+                1_000_000,
+            ),
+        ] {
+            if value == 0 || value > max {
+                return Err(invalid(
+                    field,
+                    format!("is {value}"),
+                    &format!("set a value from 1 to {max}, or delete the line to use the default"),
+                ));
+            }
+        }
         for (field, d) in [
+            ("verloc.packet_timeout", v.packet_timeout),
+            ("verloc.connect_timeout", v.connect_timeout),
+            ("verloc.run_interval", v.run_interval),
+            ("verloc.retry_interval", v.retry_interval),
+            ("verloc.read_timeout", v.read_timeout),
+            ("verloc.connection_lifetime_max", v.connection_lifetime_max),
             ("engine.read_timeout", e.read_timeout),
             ("engine.connect_timeout", e.connect_timeout),
             ("http.stats_interval", self.http.stats_interval),

@@ -20,12 +20,11 @@ pub mod hardware;
 pub mod metrics;
 pub mod page;
 pub mod server;
-pub mod verloc;
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -35,9 +34,9 @@ use crate::config::description::Description;
 use crate::config::HttpSection;
 use crate::shard::stats::{ShardSnapshot, ShardStats};
 use crate::shard::telemetry::TelemetryReport;
+use crate::verloc::VerlocResults;
 use collect::Collector;
 use server::{Response, ServerCounters, ServerCounts};
-use verloc::VerlocReport;
 
 /// How long the control thread waits for a connection before it ticks the collector.
 pub const CONTROL_POLL: Duration = Duration::from_millis(100);
@@ -75,7 +74,7 @@ pub struct ApiState {
     /// `[http]` from the config.
     pub http: HttpSection,
     /// The latest VerLoc run; the VerLoc measurer writes it.
-    pub verloc: Arc<RwLock<VerlocReport>>,
+    pub verloc: Arc<VerlocResults>,
     /// This machine's hardware, read once.
     pub hardware: hardware::Hardware,
 }
@@ -88,6 +87,7 @@ impl ApiState {
         description: Description,
         shards: Arc<Vec<ShardStats>>,
         http: HttpSection,
+        verloc: Arc<VerlocResults>,
     ) -> ApiState {
         let started_wall = SystemTime::now() - started.elapsed();
         ApiState {
@@ -97,7 +97,7 @@ impl ApiState {
             description,
             shards,
             http,
-            verloc: Arc::new(RwLock::new(VerlocReport::empty(started_wall))),
+            verloc,
             hardware: hardware::read(),
         }
     }
@@ -115,8 +115,8 @@ pub struct RouteContext<'a> {
     pub collector: &'a Collector,
     /// The API server's own counters.
     pub server: &'a ServerCounts,
-    /// The latest VerLoc run.
-    pub verloc: &'a VerlocReport,
+    /// The latest VerLoc run, as `/verloc` shows it.
+    pub verloc: &'a serde_json::Value,
 }
 
 fn json(status: u16, value: &serde_json::Value) -> Response {
@@ -161,7 +161,7 @@ pub fn route(target: &str, cx: &RouteContext) -> Response {
             let debug = query.split('&').any(|kv| kv == "debug=true");
             json(200, &cx.collector.stats.render(debug))
         }
-        "/verloc" => json(200, &cx.verloc.render()),
+        "/verloc" => json(200, cx.verloc),
         "/hardware" => json(
             200,
             &serde_json::to_value(&state.hardware).unwrap_or_default(),
@@ -288,11 +288,6 @@ impl ApiServer {
         self.local_addr
     }
 
-    /// The latest VerLoc run, for the VerLoc measurer to replace.
-    pub fn verloc(&self) -> Arc<RwLock<VerlocReport>> {
-        Arc::clone(&self.shared.state.verloc)
-    }
-
     /// Stop serving and join the threads (at most one read poll per worker).
     pub fn stop(mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
@@ -317,10 +312,7 @@ fn handle(shared: &Shared, stream: std::net::TcpStream) {
                 Ok(c) => Arc::clone(&c),
                 Err(poisoned) => Arc::clone(&poisoned.into_inner()),
             };
-            let verloc = match state.verloc.read() {
-                Ok(v) => v.clone(),
-                Err(poisoned) => poisoned.into_inner().clone(),
-            };
+            let verloc = state.verloc.to_json();
             let shards: Vec<ShardSnapshot> =
                 state.shards.iter().map(ShardStats::snapshot).collect();
             route(
@@ -427,13 +419,14 @@ mod tests {
             },
             Arc::new(vec![ShardStats::default(), ShardStats::default()]),
             HttpSection::default(),
+            Arc::new(VerlocResults::new()),
         )
     }
 
     fn get(target: &str, state: &ApiState) -> Response {
         let collector = Collector::new(Duration::from_secs(30), state.started, state.started_wall);
         let shards: Vec<_> = state.shards.iter().map(ShardStats::snapshot).collect();
-        let verloc = state.verloc.read().unwrap().clone();
+        let verloc = state.verloc.to_json();
         route(
             target,
             &RouteContext {

@@ -5,6 +5,7 @@
 //! fails here, before the node reports itself started, with a message that says what to do.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::description::Description;
@@ -13,6 +14,7 @@ use crate::http::{ApiServer, ApiState};
 use crate::keys::NodeKeys;
 use crate::shard::stats::{ShardCounts, ShardSnapshot};
 use crate::shard::{Engine, EngineSettings};
+use crate::verloc::{Verloc, VerlocResults, VerlocStats};
 
 /// Options that tests and the benchmark set; operators use the config.
 #[derive(Clone, Debug)]
@@ -48,12 +50,15 @@ pub enum StartError {
     /// The HTTP API could not start.
     #[error(transparent)]
     Api(#[from] crate::http::ApiError),
+    /// VerLoc could not start.
+    #[error(transparent)]
+    Verloc(#[from] crate::verloc::VerlocError),
 }
 
 /// A started node.
 pub struct RunningNode {
     engine: Engine,
-    _verloc_listener: TcpListener,
+    verloc: Verloc,
     api: ApiServer,
     drain_timeout: Duration,
     /// Where each service actually listens.
@@ -109,7 +114,7 @@ pub fn start(
     let m = &config.mixnode;
     let started = Instant::now();
     let identity = keys.identity_base58();
-    let verloc_listener = bind(
+    let verloc_socket = bind(
         "VerLoc port",
         SocketAddr::new(m.listening_address, m.verloc_port),
     )?;
@@ -124,6 +129,7 @@ pub fn start(
         },
         &keys.sphinx,
     )?;
+    let verloc = Verloc::start(verloc_socket, keys.identity.clone(), &config.verloc)?;
     let api = ApiServer::start(
         api_addr,
         ApiState::new(
@@ -132,25 +138,19 @@ pub fn start(
             description,
             engine.stats(),
             config.http.clone(),
+            verloc.results(),
         ),
         engine.telemetry(),
     )?;
     let addresses = NodeAddresses {
         mix: engine.local_addr(),
-        verloc: verloc_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                what: "VerLoc port",
-                addr: api_addr,
-                source,
-                hint: String::new(),
-            })?,
+        verloc: verloc.local_addr(),
         http_api: api.local_addr(),
     };
     tracing::info!(mix = %addresses.mix, verloc = %addresses.verloc, http_api = %addresses.http_api, shards = engine.shard_count(), "node started");
     Ok(RunningNode {
         engine,
-        _verloc_listener: verloc_listener,
+        verloc,
         api,
         drain_timeout: config.engine.drain_timeout,
         addresses,
@@ -163,9 +163,22 @@ impl RunningNode {
         self.engine.snapshots()
     }
 
-    /// Stop every service: stop accepting, drain for the configured time, and wait. The final
-    /// counts of each shard.
+    /// The latest VerLoc results. The HTTP API's `GET /verloc` answers
+    /// `node.verloc().to_json().to_string()` as `application/json` (Nym's shape; see
+    /// [`crate::verloc::results`]).
+    pub fn verloc(&self) -> Arc<VerlocResults> {
+        self.verloc.results()
+    }
+
+    /// The VerLoc listener's and measurer's counters.
+    pub fn verloc_stats(&self) -> VerlocStats {
+        self.verloc.stats()
+    }
+
+    /// Stop every service: stop VerLoc, stop accepting packets, drain for the configured time,
+    /// and wait. The final counts of each shard.
     pub fn shutdown(self) -> Vec<ShardCounts> {
+        self.verloc.stop();
         let finals = self.engine.shutdown(self.drain_timeout);
         self.api.stop();
         tracing::info!("node stopped");
