@@ -233,7 +233,13 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult, BenchError> {
     })
 }
 
-fn node_config(cores: usize, held_max: usize, packets: usize, home: &std::path::Path) -> Config {
+fn node_config(
+    cores: usize,
+    held_max: usize,
+    packets: usize,
+    delay: Duration,
+    home: &std::path::Path,
+) -> Config {
     let settings = InitSettings {
         id: "bench".into(),
         host: "127.0.0.1"
@@ -250,6 +256,7 @@ fn node_config(cores: usize, held_max: usize, packets: usize, home: &std::path::
     config.engine.replay_filter_packets_max = (packets as u64).max(100_000);
     config.engine.drain_timeout = Duration::from_millis(200);
     config.engine.peer_queue_packets_max = 20_000;
+    config.engine.delay_max = config.engine.delay_max.max(delay + Duration::from_secs(1));
     config
 }
 
@@ -269,6 +276,7 @@ fn run_once(
         cores,
         (expected_held * 1.5) as usize + 10_000,
         frames.len(),
+        options.delay,
         &home.0,
     );
     let node_keys = NodeKeys {
@@ -510,7 +518,8 @@ fn generate(
     sent_total: &AtomicUsize,
     shared: &SinkShared,
 ) {
-    let batch = if rate.is_some() { 4 } else { 16 };
+    // Open loop: one packet per write, so that each send time is its own.
+    let batch = if rate.is_some() { 1 } else { 16 };
     let mut buffer = Vec::with_capacity(batch * frames.first().map_or(0, Vec::len));
     let mut turn = 0usize;
     let end_ns = t0 + duration.as_nanos() as u64;
@@ -528,8 +537,8 @@ fn generate(
                     break;
                 }
                 let wait = due_ns - now;
-                if wait > 200_000 {
-                    std::thread::sleep(Duration::from_nanos(wait - 100_000));
+                if wait > 80_000 {
+                    std::thread::sleep(Duration::from_nanos(wait - 60_000));
                 } else {
                     std::hint::spin_loop();
                 }
@@ -551,5 +560,9 @@ fn generate(
             break;
         }
         sent_total.fetch_add(last - first, Ordering::Relaxed);
+    }
+    // Stay alive until the window closes, so that this thread's CPU time is still counted.
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }

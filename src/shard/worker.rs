@@ -208,7 +208,7 @@ impl Shard {
     }
 
     /// A whole frame arrived on one of this shard's connections.
-    fn on_frame(&self, header: FrameHeader, bytes: &[u8], now: Instant) {
+    fn on_frame(self: &Rc<Self>, header: FrameHeader, bytes: &[u8], now: Instant) {
         self.counts.borrow_mut().packets.received += 1;
         if let Err(reason) = header.check_mixable() {
             self.drop_packet(reason);
@@ -237,7 +237,12 @@ impl Shard {
     }
 
     /// Replay check, MAC, unwrap; then route to the next hop's owner.
-    fn unwrap_packet(&self, packet: ExpandedPacket, header: FrameHeader, received_at: Instant) {
+    fn unwrap_packet(
+        self: &Rc<Self>,
+        packet: ExpandedPacket,
+        header: FrameHeader,
+        received_at: Instant,
+    ) {
         let started = Instant::now();
         let result = self
             .processor
@@ -264,9 +269,14 @@ impl Shard {
         }
     }
 
-    fn hold(&self, due: Instant, held: Held) {
+    fn hold(self: &Rc<Self>, due: Instant, held: Held) {
         if self.phase.get() == Phase::Closed {
             self.drop_packet(DropReason::Shutdown);
+            return;
+        }
+        // Already due (a zero delay): straight to the next hop's queue, not a wheel round.
+        if due <= Instant::now() {
+            self.enqueue(held);
             return;
         }
         if self.wheel.borrow_mut().insert(due, held).is_err() {
@@ -286,7 +296,7 @@ impl Shard {
         }
     }
 
-    fn on_handoff(&self, handoff: Handoff) {
+    fn on_handoff(self: &Rc<Self>, handoff: Handoff) {
         self.counts.borrow_mut().taken_over += 1;
         if self.phase.get() == Phase::Closed {
             self.drop_packet(DropReason::Shutdown);
