@@ -34,11 +34,6 @@ use telemetry::TelemetryReport;
 /// them, so this stays small: the node must start under an 8 MiB memlock limit.
 pub const IO_MEMORY_BYTES: usize = 128 << 10;
 
-/// How long a task may run before `yield_if_needed` lets the others (readers, the pump, the
-/// writers) have a turn. glommio's default (100 ms) lets a busy reader hold due packets back
-/// for that long.
-pub const PREEMPT_INTERVAL: Duration = Duration::from_millis(1);
-
 /// Accept backlog of each shard's listening socket.
 pub const LISTEN_BACKLOG: i32 = 1024;
 
@@ -219,7 +214,6 @@ impl Engine {
             let spawned = glommio::LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{index}"))
                 .io_memory(IO_MEMORY_BYTES)
-                .preempt_timer(PREEMPT_INTERVAL)
                 .spawn(move || worker::run(shard));
             match spawned {
                 Ok(handle) => handles.push(handle),
