@@ -12,7 +12,7 @@
 //! - [`forward`]: per-next-hop queues, connection states, backoff and shard ownership (pure).
 //! - [`accounting`]: the drop reasons and packet counters (pure).
 //! - [`shard`]: the runtime: one glommio executor per core that drives the pure parts.
-//! - [`node`]: starts and stops the services in order.
+//! - [`node`]: starts and stops the services in order; the open-files limit and the summary log line.
 //! - [`http`]: the HTTP API control thread.
 //! - [`config`]: `config.toml`, `description.toml`, home folders, and upgrades of old files.
 //! - [`keys`]: the identity (Ed25519) and Sphinx (X25519) key files.

@@ -10,7 +10,11 @@ use std::process::{Command, Output};
 use common::{assert_success, stderr, stdout};
 
 fn script(name: &str) -> Command {
-    let mut cmd = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name));
+    let mut cmd = Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts")
+            .join(name),
+    );
     cmd.env_remove("DESTDIR").env_remove("RUST_LOG");
     cmd
 }
@@ -57,7 +61,11 @@ fn every_script_has_help() {
     for name in ["install", "localnet", "bench"] {
         let out = run(script(name).arg("--help"));
         assert_success(&out);
-        assert!(stdout(&out).starts_with("Usage:"), "{name}: {}", stdout(&out));
+        assert!(
+            stdout(&out).starts_with("Usage:"),
+            "{name}: {}",
+            stdout(&out)
+        );
         let out = run(script(name).arg("--no-such-flag-xyz"));
         assert!(!out.status.success(), "{name} accepts a bad flag");
         assert!(stderr(&out).contains("error"), "{name}: {}", stderr(&out));
@@ -72,9 +80,12 @@ fn install_into_a_temporary_root_is_idempotent() {
     }
     let root = tempfile::tempdir().unwrap();
     let install = || {
-        run(script("install")
-            .env("DESTDIR", root.path())
-            .args(["--binary", env!("CARGO_BIN_EXE_nym-mixnode"), "--id", "n1"]))
+        run(script("install").env("DESTDIR", root.path()).args([
+            "--binary",
+            env!("CARGO_BIN_EXE_nym-mixnode"),
+            "--id",
+            "n1",
+        ]))
     };
     let out = install();
     assert_success(&out);
@@ -90,7 +101,10 @@ fn install_into_a_temporary_root_is_idempotent() {
         "etc/default/nym-mixnode",
         "var/lib/nym-mixnode",
     ] {
-        assert!(names.iter().any(|n| n == expected), "{expected} missing: {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing: {names:?}"
+        );
     }
     let out = install();
     assert_success(&out);
@@ -104,7 +118,11 @@ fn install_refuses_without_root() {
     if !is_root() {
         let out = run(&mut script("install"));
         assert!(!out.status.success());
-        assert!(stderr(&out).contains("must run as root"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("must run as root"),
+            "{}",
+            stderr(&out)
+        );
         return;
     }
     // As root, drop to nobody for the script.
@@ -115,7 +133,11 @@ fn install_refuses_without_root() {
         .arg(&path)
         .env("DESTDIR", root.path()));
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("must run as root"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("must run as root"),
+        "{}",
+        stderr(&out)
+    );
     assert!(tree(root.path()).is_empty(), "nothing was written");
 }
 
@@ -178,7 +200,10 @@ fn the_unit_passes_systemd_analyze_verify() {
     let path = dir.path().join("nym-mixnode.service");
     std::fs::write(
         &path,
-        unit.replace("/usr/local/bin/nym-mixnode", env!("CARGO_BIN_EXE_nym-mixnode")),
+        unit.replace(
+            "/usr/local/bin/nym-mixnode",
+            env!("CARGO_BIN_EXE_nym-mixnode"),
+        ),
     )
     .unwrap();
     let out = Command::new("systemd-analyze")
