@@ -14,8 +14,9 @@
 //! - [`shard`]: the runtime: one glommio executor per core that drives the pure parts.
 //! - [`verloc`]: latency measurements between nodes: echo codec, figures and results (pure),
 //!   the VerLoc listener and measurer (threads).
-//! - [`topology`]: the JSON list of nodes that VerLoc measures and the probe reads.
-//! - [`node`]: starts and stops the services in order.
+//! - [`topology`]: the JSON list of nodes that VerLoc measures and the localnet script writes.
+//! - [`node`]: starts and stops the services in order; the open-files limit and the summary
+//!   log line.
 //! - [`http`]: the HTTP API control thread.
 //! - [`config`]: `config.toml`, `description.toml`, home folders, and upgrades of old files.
 //! - [`keys`]: the identity (Ed25519) and Sphinx (X25519) key files.

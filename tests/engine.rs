@@ -465,3 +465,37 @@ fn shutdown_forwards_what_falls_due_within_the_drain_and_drops_the_rest() {
         "no longer accepting"
     );
 }
+
+#[test]
+fn ipv6_nodes_bind_and_forward_to_ipv6_next_hops() {
+    let receiver = Receiver::start_on("[::1]:0");
+    let host: std::net::IpAddr = "::1".parse().unwrap();
+    let nodes: Vec<TestNode> = (0..2)
+        .map(|_| TestNode::start_on(host, 2, |_| {}))
+        .collect();
+    for n in &nodes {
+        assert!(n.mix.is_ipv6(), "bound {}", n.mix);
+    }
+    let count = 20usize;
+    let mut wire = Vec::new();
+    for i in 0..count {
+        let route: Vec<RouteHop> = nodes
+            .iter()
+            .map(|n| n.hop(Duration::from_millis(2)))
+            .chain([receiver.hop()])
+            .collect();
+        let message = format!("v6 {i}").into_bytes();
+        let size = SizeTag::Regular;
+        wire.extend_from_slice(&frame(
+            header(Version::V8, size),
+            &packet(&route, size, &message),
+        ));
+    }
+    let _conn = send(nodes[0].mix, &wire);
+    let arrivals = receiver.wait_for(count, Duration::from_secs(20));
+    assert_eq!(arrivals.len(), count, "every packet arrives over IPv6");
+    assert_eq!(*receiver.bad.lock().unwrap(), 0);
+    for n in &nodes {
+        assert_eq!(n.totals().0.forwarded, count as u64);
+    }
+}

@@ -47,8 +47,13 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
     println!("    Version: {}", m.version);
     println!();
 
+    let shards = crate::shard::shard_count(config.engine.cores);
+    node::limits::raise_open_files_limit(node::limits::descriptors_needed(&config, shards))?;
     let running = node::start(&config, keys, description, NodeOptions::default())?;
-    let signal = node::wait_for_shutdown_signal()?;
+    let mut summary = node::summary::Summarizer::default();
+    let signal = node::wait_for_shutdown_signal_every(config.logging.summary_interval, || {
+        summary.log(&running.snapshots());
+    })?;
     tracing::info!(signal, "shutting down");
     running.shutdown();
     Ok(())

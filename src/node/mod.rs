@@ -4,6 +4,9 @@
 //! Everything that can fail at start (a port in use, an address this machine does not have)
 //! fails here, before the node reports itself started, with a message that says what to do.
 
+pub mod limits;
+pub mod summary;
+
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -197,3 +200,38 @@ pub fn wait_for_shutdown_signal() -> std::io::Result<&'static str> {
     };
     Ok(name)
 }
+
+/// Block until SIGINT or SIGTERM, calling `tick` every `interval` meanwhile (the summary line);
+/// the signal's name.
+pub fn wait_for_shutdown_signal_every(
+    interval: Duration,
+    mut tick: impl FnMut(),
+) -> std::io::Result<&'static str> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    // A zero interval would spin; one second is the shortest that makes sense for a log line.
+    let interval = interval.max(Duration::from_secs(1));
+    let mut next_tick = Instant::now() + interval;
+    loop {
+        if let Some(signal) = signals.pending().next() {
+            return Ok(match signal {
+                SIGINT => "SIGINT",
+                SIGTERM => "SIGTERM",
+                _ => "signal",
+            });
+        }
+        let now = Instant::now();
+        if now >= next_tick {
+            tick();
+            next_tick += interval;
+            if next_tick <= now {
+                next_tick = now + interval;
+            }
+        }
+        // Signals are checked this often; a stop request waits at most this long.
+        std::thread::sleep(SIGNAL_POLL.min(next_tick.saturating_duration_since(now)));
+    }
+}
+
+/// How often [`wait_for_shutdown_signal_every`] looks for a pending signal.
+const SIGNAL_POLL: Duration = Duration::from_millis(100);

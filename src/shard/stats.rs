@@ -21,6 +21,7 @@ pub struct ShardStats {
     connections_inbound: AtomicU64,
     connections_outbound: AtomicU64,
     connections_refused: AtomicU64,
+    accept_errors: AtomicU64,
     read_timeouts: AtomicU64,
     replay_filter_items: AtomicU64,
     replay_filter_capacity: AtomicU64,
@@ -42,6 +43,8 @@ pub struct ShardSnapshot {
     pub connections_outbound: u64,
     /// Inbound connections refused because the limit was reached.
     pub connections_refused: u64,
+    /// Accepts that failed (out of descriptors, most often); the loop backs off and goes on.
+    pub accept_errors: u64,
     /// Inbound connections closed because they stalled mid-frame.
     pub read_timeouts: u64,
     /// Tags recorded in this shard's replay filter.
@@ -92,6 +95,7 @@ impl ShardStats {
         self.connections_inbound.store(s.connections_inbound, r);
         self.connections_outbound.store(s.connections_outbound, r);
         self.connections_refused.store(s.connections_refused, r);
+        self.accept_errors.store(s.accept_errors, r);
         self.read_timeouts.store(s.read_timeouts, r);
         self.replay_filter_items.store(s.replay_filter_items, r);
         self.replay_filter_capacity
@@ -122,6 +126,7 @@ impl ShardStats {
             connections_inbound: self.connections_inbound.load(r),
             connections_outbound: self.connections_outbound.load(r),
             connections_refused: self.connections_refused.load(r),
+            accept_errors: self.accept_errors.load(r),
             read_timeouts: self.read_timeouts.load(r),
             replay_filter_items: self.replay_filter_items.load(r),
             replay_filter_capacity: self.replay_filter_capacity.load(r),

@@ -121,6 +121,7 @@ struct Shard {
     connections_inbound: Cell<u64>,
     connections_outbound: Cell<u64>,
     connections_refused: Cell<u64>,
+    accept_errors: Cell<u64>,
     read_timeouts: Cell<u64>,
     phase: Cell<Phase>,
     readers: RefCell<HashMap<u64, JoinHandle<()>>>,
@@ -171,6 +172,7 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
         connections_inbound: Cell::new(0),
         connections_outbound: Cell::new(0),
         connections_refused: Cell::new(0),
+        accept_errors: Cell::new(0),
         read_timeouts: Cell::new(0),
         phase: Cell::new(Phase::Running),
         readers: RefCell::new(HashMap::new()),
@@ -365,6 +367,7 @@ impl Shard {
             connections_inbound: self.connections_inbound.get(),
             connections_outbound: self.connections_outbound.get(),
             connections_refused: self.connections_refused.get(),
+            accept_errors: self.accept_errors.get(),
             read_timeouts: self.read_timeouts.get(),
             replay_filter_items: filter.items_inserted(),
             replay_filter_capacity: filter.capacity(),
@@ -423,15 +426,38 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 shard.readers.borrow_mut().insert(id, task);
             }
             Err(e) => {
-                // Out of descriptors or a transient error: back off, log once a minute.
+                // Out of descriptors or a transient error: count, back off, log once a minute.
+                shard.accept_errors.set(shard.accept_errors.get() + 1);
                 let now = Instant::now();
                 if last_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60)) {
-                    tracing::warn!(shard = shard.index, error = %e, "accept failed; backing off");
+                    log_accept_error(shard.index, shard.accept_errors.get(), &e);
                     last_error_log = Some(now);
                 }
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// The once-a-minute line for failed accepts; out of descriptors names the fix.
+fn log_accept_error(shard: usize, accept_errors: u64, error: &glommio::GlommioError<()>) {
+    let os_error = match error {
+        glommio::GlommioError::IoError(e) => e.raw_os_error(),
+        glommio::GlommioError::EnhancedIoError { source, .. } => source.raw_os_error(),
+        _ => None,
+    };
+    let out_of_descriptors = matches!(os_error, Some(libc::EMFILE | libc::ENFILE));
+    if out_of_descriptors {
+        tracing::warn!(
+            shard,
+            accept_errors,
+            %error,
+            "accept failed: out of file descriptors; backing off. Fix: raise the open-files limit ({} in the systemd unit, or {})",
+            crate::node::limits::UNIT_FIX,
+            crate::node::limits::SHELL_FIX
+        );
+    } else {
+        tracing::warn!(shard, accept_errors, %error, "accept failed; backing off");
     }
 }
 

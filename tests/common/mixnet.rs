@@ -30,10 +30,19 @@ pub struct TestNode {
 impl TestNode {
     /// Start a node with `shards` shards; `tune` edits its config first.
     pub fn start(shards: usize, tune: impl FnOnce(&mut Config)) -> TestNode {
+        TestNode::start_on("127.0.0.1".parse().unwrap(), shards, tune)
+    }
+
+    /// Start a node bound to `host` (e.g. `::1`).
+    pub fn start_on(
+        host: std::net::IpAddr,
+        shards: usize,
+        tune: impl FnOnce(&mut Config),
+    ) -> TestNode {
         let home = tempfile::tempdir().unwrap();
         let settings = InitSettings {
             id: "test".into(),
-            host: "127.0.0.1".parse().unwrap(),
+            host,
             announce_host: None,
             mix_port: 0,
             verloc_port: 0,
@@ -129,7 +138,12 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Receiver::start_on("127.0.0.1:0")
+    }
+
+    /// A receiver listening on `bind` (e.g. `[::1]:0`).
+    pub fn start_on(bind: &str) -> Receiver {
+        let listener = TcpListener::bind(bind).unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let secret = StaticSecret::random();
