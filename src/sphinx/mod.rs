@@ -15,6 +15,8 @@
 //! indistinguishable from the genuine packet here, and whichever arrives first is mixed.
 
 mod address;
+pub mod crosscheck;
+pub mod fast;
 
 use std::net::SocketAddr;
 use std::time::Duration;
