@@ -16,20 +16,14 @@
 
 use std::collections::BTreeMap;
 
-use aes::cipher::{KeyIvInit, StreamCipher};
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::{Identity, IsIdentity};
-use hmac::{Hmac, KeyInit, Mac};
 use nym_mixnode::framing::SizeTag;
-use nym_mixnode::sphinx::crosscheck::{compare, Agreement};
+use nym_mixnode::sphinx::crosscheck::{compare, craft_packet, Agreement};
 use nym_mixnode::sphinx::fast;
-use sha2::Sha256;
-use sphinx_packet::constants::{
-    EXPANDED_SHARED_SECRET_HKDF_INFO, EXPANDED_SHARED_SECRET_HKDF_SALT,
-    EXPANDED_SHARED_SECRET_LENGTH, MAX_PATH_LENGTH, STREAM_CIPHER_OUTPUT_LENGTH,
-};
+use sphinx_packet::constants::MAX_PATH_LENGTH;
 use sphinx_packet::header::delays::Delay;
 use sphinx_packet::header::routing::ENCRYPTED_ROUTING_INFO_SIZE;
 use sphinx_packet::header::HEADER_SIZE;
@@ -321,22 +315,16 @@ fn genuine_packets(hops_min: u64) -> Tally {
     tally
 }
 
-/// A header for an arbitrary group element with a valid MAC under `secret`, built the way a
-/// sender would (with the crate's own ladder for the shared secret), so that the crate accepts
-/// it whatever `alpha` is.
+/// A header for an arbitrary group element with a valid MAC under `secret`, with random
+/// routing information (mostly forward and final flags, sometimes any flag; any version).
 fn crafted_packet(
     rng: &mut Rng,
     secret: &StaticSecret,
     alpha: [u8; 32],
     payload_len: usize,
 ) -> Vec<u8> {
-    let shared = secret.diffie_hellman(&PublicKey::from(alpha));
-    let hkdf = hkdf::Hkdf::<Sha256>::new(Some(EXPANDED_SHARED_SECRET_HKDF_SALT), shared.as_bytes());
-    let mut keys = [0u8; EXPANDED_SHARED_SECRET_LENGTH];
-    hkdf.expand(EXPANDED_SHARED_SECRET_HKDF_INFO, &mut keys)
-        .expect("valid length");
-    let mut routing = [0u8; STREAM_CIPHER_OUTPUT_LENGTH];
-    rng.fill(&mut routing[..ENCRYPTED_ROUTING_INFO_SIZE]);
+    let mut routing = [0u8; ENCRYPTED_ROUTING_INFO_SIZE];
+    rng.fill(&mut routing);
     routing[0] = match rng.below(8) {
         0 => rng.below(256) as u8,
         1..=2 => 2,
@@ -348,18 +336,9 @@ fn crafted_packet(
         let version = KNOWN_VERSIONS[rng.below(KNOWN_VERSIONS.len())];
         routing[2..4].copy_from_slice(&version.value().to_be_bytes());
     }
-    let stream_key: [u8; 16] = keys[..16].try_into().expect("16 bytes");
-    let mut cipher = ctr::Ctr64BE::<aes::Aes128>::new((&stream_key).into(), (&[0u8; 16]).into());
-    cipher.apply_keystream(&mut routing);
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&keys[16..32]).expect("any length");
-    mac.update(&routing[..ENCRYPTED_ROUTING_INFO_SIZE]);
-    let tag = mac.finalize().into_bytes();
-    let mut packet = vec![0u8; HEADER_SIZE + payload_len];
-    packet[..32].copy_from_slice(&alpha);
-    packet[32..48].copy_from_slice(&tag[..16]);
-    packet[48..HEADER_SIZE].copy_from_slice(&routing[..ENCRYPTED_ROUTING_INFO_SIZE]);
-    rng.fill(&mut packet[HEADER_SIZE..]);
-    packet
+    let mut payload = vec![0u8; payload_len];
+    rng.fill(&mut payload);
+    craft_packet(secret, alpha, &routing, &payload)
 }
 
 fn crafted_packets(count: usize) -> Tally {

@@ -5,9 +5,18 @@
 //! For the differential test, the fuzz target and the module tests; the node never calls it.
 //! It allocates freely and costs three crate multiplications per packet.
 
+use aes::cipher::{KeyIvInit, StreamCipher};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use sphinx_packet::constants::{
+    EXPANDED_SHARED_SECRET_HKDF_INFO, EXPANDED_SHARED_SECRET_HKDF_SALT,
+    EXPANDED_SHARED_SECRET_LENGTH, HEADER_INTEGRITY_MAC_SIZE, STREAM_CIPHER_OUTPUT_LENGTH,
+};
+use sphinx_packet::crypto::STREAM_CIPHER_KEY_SIZE;
+use sphinx_packet::header::routing::ENCRYPTED_ROUTING_INFO_SIZE;
 use sphinx_packet::header::HEADER_SIZE;
 use sphinx_packet::{ProcessedPacketData, SphinxPacket};
-use x25519_dalek::StaticSecret;
+use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::fast::{self, Expanded, Hop};
 
@@ -110,4 +119,45 @@ pub fn compare(secret: &StaticSecret, packet: &[u8]) -> Result<(Agreement, Vec<u
             (_, hop) => Err(format!("hop kinds differ: fast says {hop:?}")),
         },
     }
+}
+
+/// Builds a packet as a hostile sender could: any group element `alpha` (twist points,
+/// small-order points, non-canonical encodings), the routing information `routing_plain` in
+/// the clear (flag, version, address, delay, next MAC, next routing), a header MAC that
+/// verifies under `secret`, and `payload` as is. The shared secret comes from the crate's own
+/// ladder (`StaticSecret::diffie_hellman`), so the crate accepts the header whatever `alpha`
+/// is, and the two implementations can be compared past the MAC.
+///
+/// Keep `routing_plain[1]` zero: the crate debug-asserts that the first version byte is zero.
+pub fn craft_packet(
+    secret: &StaticSecret,
+    alpha: [u8; 32],
+    routing_plain: &[u8; ENCRYPTED_ROUTING_INFO_SIZE],
+    payload: &[u8],
+) -> Vec<u8> {
+    let shared = secret.diffie_hellman(&PublicKey::from(alpha));
+    let hkdf = hkdf::Hkdf::<Sha256>::new(Some(EXPANDED_SHARED_SECRET_HKDF_SALT), shared.as_bytes());
+    let mut keys = [0u8; EXPANDED_SHARED_SECRET_LENGTH];
+    // A constant length well within HKDF's limit.
+    assert!(hkdf
+        .expand(EXPANDED_SHARED_SECRET_HKDF_INFO, &mut keys)
+        .is_ok());
+    let mut routing = [0u8; STREAM_CIPHER_OUTPUT_LENGTH];
+    routing[..ENCRYPTED_ROUTING_INFO_SIZE].copy_from_slice(routing_plain);
+    let mut stream_key = [0u8; STREAM_CIPHER_KEY_SIZE];
+    stream_key.copy_from_slice(&keys[..STREAM_CIPHER_KEY_SIZE]);
+    let mut cipher = ctr::Ctr64BE::<aes::Aes128>::new((&stream_key).into(), (&[0u8; 16]).into());
+    cipher.apply_keystream(&mut routing);
+    let mac_key = &keys[STREAM_CIPHER_KEY_SIZE..][..HEADER_INTEGRITY_MAC_SIZE];
+    let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(mac_key) else {
+        unreachable!("HMAC takes keys of any length");
+    };
+    mac.update(&routing[..ENCRYPTED_ROUTING_INFO_SIZE]);
+    let tag = mac.finalize().into_bytes();
+    let mut packet = Vec::with_capacity(HEADER_SIZE + payload.len());
+    packet.extend_from_slice(&alpha);
+    packet.extend_from_slice(&tag[..HEADER_INTEGRITY_MAC_SIZE]);
+    packet.extend_from_slice(&routing[..ENCRYPTED_ROUTING_INFO_SIZE]);
+    packet.extend_from_slice(payload);
+    packet
 }
