@@ -1,9 +1,10 @@
 //! Allocations per packet on the hot path, counted with a wrapping global allocator.
 //!
 //! Framing, the replay filter, the delay wheel and peer queues must not allocate per packet
-//! once warm. The Sphinx step does allocate inside the `sphinx-packet` crate (it copies the
-//! packet into owned parts and builds the next header as a `Vec`); the figure is pinned here
-//! so that a change shows up.
+//! once warm. The fast Sphinx step (the default) allocates nothing in `process_into` and only
+//! the next hop's packet buffer in `expand`/`finish`; the crate's step allocates inside
+//! `sphinx-packet` (it copies the packet into owned parts and builds the next header as a
+//! `Vec`). Both figures are pinned here so that a change shows up.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -14,7 +15,9 @@ use nym_mixnode::delay::{DelayWheel, WheelConfig};
 use nym_mixnode::forward::PeerQueue;
 use nym_mixnode::framing::{FrameDecoder, FrameHeader, KeyRotation, PacketType, SizeTag, Version};
 use nym_mixnode::replay::ReplayFilter;
-use nym_mixnode::sphinx::{build_packet, HopProcessor, RouteHop, DELAY_MAX_DEFAULT};
+use nym_mixnode::sphinx::{
+    build_packet, HopProcessor, HopProcessorKind, RouteHop, DELAY_MAX_DEFAULT,
+};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 struct CountingAllocator;
@@ -123,7 +126,8 @@ fn sphinx_step_allocations_per_packet_are_pinned() {
         })
         .collect();
     let filter = ReplayFilter::with_default_rate(100).expect("valid size");
-    let mut processor = HopProcessor::new(secrets[0].clone(), filter);
+    let mut processor =
+        HopProcessor::with_kind(secrets[0].clone(), filter, HopProcessorKind::Crate);
     let mut out = vec![0u8; packets[0].len()];
     // Warm up once, then count.
     processor
@@ -145,4 +149,65 @@ fn sphinx_step_allocations_per_packet_are_pinned() {
             .is_err());
     });
     eprintln!("sphinx replay: {replays} allocations");
+}
+
+#[test]
+fn fast_sphinx_step_does_not_allocate_per_packet() {
+    let secrets: Vec<StaticSecret> = (1..=3u8).map(|i| StaticSecret::from([i; 32])).collect();
+    let route: Vec<RouteHop> = secrets
+        .iter()
+        .enumerate()
+        .map(|(i, secret)| RouteHop {
+            address: SocketAddr::from(([10, 0, 0, i as u8 + 1], 1789)),
+            public_key: PublicKey::from(secret),
+            delay: Duration::from_millis(10),
+        })
+        .collect();
+    for size_tag in [SizeTag::Ack, SizeTag::Regular, SizeTag::Extended32] {
+        let packets: Vec<Vec<u8>> = (0..5u8)
+            .map(|i| {
+                let initial = StaticSecret::from([100 + i; 32]);
+                build_packet(&route, [0u8; 32], size_tag, b"x", &initial).expect("valid")
+            })
+            .collect();
+        let filter = ReplayFilter::with_default_rate(100).expect("valid size");
+        let mut processor =
+            HopProcessor::with_kind(secrets[0].clone(), filter, HopProcessorKind::Fast);
+        let mut out = vec![0u8; packets[0].len()];
+        processor
+            .process_into(&packets[0], DELAY_MAX_DEFAULT, &mut out)
+            .expect("forwards");
+        let count = allocations_during(|| {
+            for packet in &packets[1..3] {
+                processor
+                    .process_into(packet, DELAY_MAX_DEFAULT, &mut out)
+                    .expect("forwards");
+            }
+            // Replays and forgeries are refused without allocating too.
+            assert!(processor
+                .process_into(&packets[1], DELAY_MAX_DEFAULT, &mut out)
+                .is_err());
+            let mut forged = packets[3].clone();
+            forged[40] ^= 1;
+            let forged_count = allocations_during(|| {
+                assert!(processor
+                    .process_into(&forged, DELAY_MAX_DEFAULT, &mut out)
+                    .is_err());
+            });
+            assert_eq!(forged_count, 0);
+        });
+        // The forged copy above is made inside the counted closure: one allocation.
+        assert_eq!(count, 1, "{size_tag:?}: allocations in process_into");
+
+        // expand + finish: the one buffer that becomes the next hop's packet.
+        let split = allocations_during(|| {
+            let expanded = processor.expand(&packets[4]).expect("parses");
+            let forward = processor
+                .finish(expanded, DELAY_MAX_DEFAULT)
+                .expect("forwards");
+            assert_eq!(forward.packet.len(), packets[4].len());
+        });
+        eprintln!("fast sphinx step, {size_tag:?}: 0 allocations in process_into, {split} in expand+finish");
+        assert_eq!(split, 1, "{size_tag:?}: allocations in expand+finish");
+    }
 }

@@ -27,6 +27,7 @@ use crate::config::{Config, InitSettings, NodePaths};
 use crate::framing::SizeTag;
 use crate::keys::NodeKeys;
 use crate::node::{self, NodeOptions};
+use crate::sphinx::HopProcessorKind;
 use prepare::Prepared;
 use sink::SinkShared;
 
@@ -43,6 +44,8 @@ pub struct BenchOptions {
     pub delay: Duration,
     /// Packet size.
     pub size: SizeTag,
+    /// Hop processors to run each shard count with, in order (`engine.hop_processor`).
+    pub hop_processors: Vec<HopProcessorKind>,
     /// Show progress on the terminal.
     pub progress: bool,
 }
@@ -80,6 +83,8 @@ pub struct CpuUse {
 pub struct RunResult {
     /// Shards.
     pub cores: usize,
+    /// The node's `engine.hop_processor` in this run.
+    pub hop_processor: HopProcessorKind,
     /// Measured window, s.
     pub window_s: f64,
     /// Open-loop rate asked for, if any.
@@ -95,7 +100,7 @@ pub struct RunResult {
     pub ceiling_before_after_per_s: (f64, f64),
     /// forwarded/s / (ceiling x cores).
     pub efficiency: f64,
-    /// The node's own hop step on one thread (no I/O), this run, for comparison.
+    /// The node's own hop step on one thread (no I/O) with this run's hop processor.
     pub hop_step_per_s: f64,
     /// CPU use in the window.
     pub cpu: CpuUse,
@@ -128,8 +133,25 @@ pub struct BenchResult {
     pub delay_ms: u64,
     /// Runs, one per core count.
     pub runs: Vec<RunResult>,
-    /// forwarded/s of the largest core count over the smallest, when more than one ran.
+    /// forwarded/s of the largest core count over the smallest, when more than one ran
+    /// (with the first hop processor listed).
     pub scaling: Option<f64>,
+    /// Fast over crate hop processor, per shard count, when both ran.
+    pub hop_processor_ratios: Vec<HopProcessorRatio>,
+}
+
+/// The fast hop processor's figures over the crate's, for one shard count, from one
+/// invocation.
+#[derive(Clone, Debug, Serialize)]
+pub struct HopProcessorRatio {
+    /// Shards.
+    pub cores: usize,
+    /// forwarded/s with "fast" over forwarded/s with "crate".
+    pub forwarded: f64,
+    /// forwarded/s per core busy in the node (CPU time), fast over crate.
+    pub forwarded_per_node_core: f64,
+    /// The one-thread hop step, fast over crate.
+    pub hop_step: f64,
 }
 
 /// Why the benchmark could not run.
@@ -171,10 +193,17 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult, BenchError> {
         &node_secret,
         Duration::from_secs(1),
     );
+    // The fast hop processor can outrun the crate's ceiling; give the generator enough.
+    let headroom = if options.hop_processors.contains(&HopProcessorKind::Fast) {
+        2.6
+    } else {
+        1.6
+    };
     let count = match options.rate {
         Some(rate) => (rate * options.duration.as_secs_f64() * 1.05) as usize + 64,
         None => {
-            (ceiling * max_cores as f64 * 1.6 * (options.duration.as_secs_f64() + 1.0)) as usize
+            (ceiling * max_cores as f64 * headroom * (options.duration.as_secs_f64() + 1.0))
+                as usize
         }
     }
     .max(1000);
@@ -203,34 +232,81 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult, BenchError> {
 
     let mut runs = Vec::new();
     for &cores in &options.cores {
-        if options.progress {
-            eprintln!("running {cores} shard(s) for {:?}...", options.duration);
+        for &hop_processor in &options.hop_processors {
+            if options.progress {
+                eprintln!(
+                    "running {cores} shard(s), hop processor {hop_processor}, for {:?}...",
+                    options.duration
+                );
+            }
+            // The ceiling right before and right after this run; the machine's speed drifts,
+            // so the run is compared with the mean of both.
+            let burst = Duration::from_millis(700);
+            let before = prepare::ceiling(&frames, header_len, &node_secret, burst);
+            let hop_step =
+                prepare::hop_step_rate(&frames, header_len, &node_secret, hop_processor, burst);
+            let mut run = run_once(
+                options,
+                cores,
+                hop_processor,
+                &keys,
+                &frames,
+                &sink.shared,
+                before,
+            )?;
+            let after = prepare::ceiling(&frames, header_len, &node_secret, burst);
+            run.ceiling_per_s = (before + after) / 2.0;
+            run.ceiling_before_after_per_s = (before, after);
+            run.efficiency = run.forwarded_per_s / (run.ceiling_per_s * cores as f64);
+            run.hop_step_per_s = hop_step;
+            runs.push(run);
         }
-        // The ceiling right before and right after this run; the machine's speed drifts, so
-        // the run is compared with the mean of both.
-        let burst = Duration::from_millis(700);
-        let before = prepare::ceiling(&frames, header_len, &node_secret, burst);
-        let hop_step = prepare::hop_step_rate(&frames, header_len, &node_secret, burst);
-        let mut run = run_once(options, cores, &keys, &frames, &sink.shared, before)?;
-        let after = prepare::ceiling(&frames, header_len, &node_secret, burst);
-        run.ceiling_per_s = (before + after) / 2.0;
-        run.ceiling_before_after_per_s = (before, after);
-        run.efficiency = run.forwarded_per_s / (run.ceiling_per_s * cores as f64);
-        run.hop_step_per_s = hop_step;
-        runs.push(run);
     }
-    let scaling = match (runs.first(), runs.last()) {
-        (Some(a), Some(b)) if runs.len() > 1 && a.forwarded_per_s > 0.0 => {
+    let first_kind = options.hop_processors.first().copied();
+    let first_kind_runs: Vec<&RunResult> = runs
+        .iter()
+        .filter(|run| Some(run.hop_processor) == first_kind)
+        .collect();
+    let scaling = match (first_kind_runs.first(), first_kind_runs.last()) {
+        (Some(a), Some(b)) if first_kind_runs.len() > 1 && a.forwarded_per_s > 0.0 => {
             Some(b.forwarded_per_s / a.forwarded_per_s)
         }
         _ => None,
     };
+    let hop_processor_ratios = hop_processor_ratios(&runs);
     Ok(BenchResult {
         size: format!("{:?}", options.size),
         delay_ms: options.delay.as_millis() as u64,
         runs,
         scaling,
+        hop_processor_ratios,
     })
+}
+
+/// Fast over crate for every shard count that ran with both (the first run of each kind).
+fn hop_processor_ratios(runs: &[RunResult]) -> Vec<HopProcessorRatio> {
+    let mut ratios = Vec::new();
+    let mut shard_counts: Vec<usize> = runs.iter().map(|run| run.cores).collect();
+    shard_counts.dedup();
+    for cores in shard_counts {
+        let find = |kind| {
+            runs.iter()
+                .find(|run| run.cores == cores && run.hop_processor == kind)
+        };
+        let (Some(fast), Some(reference)) =
+            (find(HopProcessorKind::Fast), find(HopProcessorKind::Crate))
+        else {
+            continue;
+        };
+        let per_core = |run: &RunResult| run.forwarded_per_s / run.cpu.node.max(1e-9);
+        ratios.push(HopProcessorRatio {
+            cores,
+            forwarded: fast.forwarded_per_s / reference.forwarded_per_s.max(1e-9),
+            forwarded_per_node_core: per_core(fast) / per_core(reference).max(1e-9),
+            hop_step: fast.hop_step_per_s / reference.hop_step_per_s.max(1e-9),
+        });
+    }
+    ratios
 }
 
 fn node_config(
@@ -263,6 +339,7 @@ fn node_config(
 fn run_once(
     options: &BenchOptions,
     cores: usize,
+    hop_processor: HopProcessorKind,
     keys: &NodeKeys,
     frames: &[Vec<u8>],
     shared: &Arc<SinkShared>,
@@ -272,13 +349,14 @@ fn run_once(
     let home = tempfile_dir()?;
     let expected_held =
         options.rate.unwrap_or(ceiling * cores as f64) * options.delay.as_secs_f64();
-    let config = node_config(
+    let mut config = node_config(
         cores,
         (expected_held * 1.5) as usize + 10_000,
         frames.len(),
         options.delay,
         &home.0,
     );
+    config.engine.hop_processor = hop_processor;
     let node_keys = NodeKeys {
         identity: keys.identity.clone(),
         sphinx: keys.sphinx.clone(),
@@ -407,6 +485,7 @@ fn run_once(
     let held = held_peak.max(1);
     Ok(RunResult {
         cores,
+        hop_processor,
         window_s,
         rate_asked: options.rate,
         forwarded_per_s,

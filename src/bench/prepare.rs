@@ -191,13 +191,14 @@ pub fn hop_step_rate(
     frames: &[Vec<u8>],
     header_len: usize,
     node_secret: &StaticSecret,
+    kind: crate::sphinx::HopProcessorKind,
     min_time: Duration,
 ) -> f64 {
     let filter = match crate::replay::ReplayFilter::new(frames.len() as u64 + 1, 1e-5) {
         Ok(f) => f,
         Err(_) => return 0.0,
     };
-    let mut processor = crate::sphinx::HopProcessor::new(node_secret.clone(), filter);
+    let mut processor = crate::sphinx::HopProcessor::with_kind(node_secret.clone(), filter, kind);
     let start = Instant::now();
     let mut processed = 0usize;
     while (start.elapsed() < min_time || processed < 200) && processed < frames.len() {

@@ -121,7 +121,7 @@ fn latency<DB: DrawingBackend>(
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(|e| e.to_string())?
-            .label(format!("{} shard(s)", run.cores))
+            .label(format!("{} shard(s), {}", run.cores, run.hop_processor))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
         chart
             .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
@@ -143,8 +143,9 @@ pub fn html(result: &BenchResult) -> Result<String, String> {
     let mut rows = String::new();
     for r in &result.runs {
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             r.cores,
+            r.hop_processor,
             r.forwarded_per_s,
             r.ceiling_per_s,
             r.efficiency,
@@ -161,11 +162,21 @@ pub fn html(result: &BenchResult) -> Result<String, String> {
     let scaling = result.scaling.map_or(String::new(), |s| {
         format!("<p>Scaling, largest over smallest shard count: {s:.2}x</p>")
     });
+    let scaling = result
+        .hop_processor_ratios
+        .iter()
+        .fold(scaling, |mut text, ratio| {
+            text.push_str(&format!(
+                "<p>Fast over crate hop processor, {} shard(s): forwarded/s {:.2}x, per node core {:.2}x, hop step {:.2}x</p>",
+                ratio.cores, ratio.forwarded, ratio.forwarded_per_node_core, ratio.hop_step
+            ));
+            text
+        });
     Ok(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>bench-mix report</title>\
          <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:4px 8px;text-align:right}}</style></head><body>\
          <h1>bench-mix</h1><p>Packet size {}, requested delay {} ms.</p>{}\
-         <table><tr><th>shards</th><th>forwarded/s</th><th>ceiling/s (1 thread)</th><th>efficiency</th><th>node CPU</th><th>generator CPU</th><th>sink CPU</th><th>p50 µs</th><th>p99 µs</th><th>p99.9 µs</th><th>max µs</th><th>bytes/held packet</th></tr>\n{}</table>\
+         <table><tr><th>shards</th><th>hop processor</th><th>forwarded/s</th><th>ceiling/s (1 thread)</th><th>efficiency</th><th>node CPU</th><th>generator CPU</th><th>sink CPU</th><th>p50 µs</th><th>p99 µs</th><th>p99.9 µs</th><th>max µs</th><th>bytes/held packet</th></tr>\n{}</table>\
          <div>{}</div></body></html>\n",
         result.size, result.delay_ms, scaling, rows, plot
     ))

@@ -8,6 +8,7 @@ use clap::{Parser, ValueEnum};
 use mimalloc::MiMalloc;
 use nym_mixnode::bench::{self, BenchOptions, BenchResult};
 use nym_mixnode::framing::SizeTag;
+use nym_mixnode::sphinx::HopProcessorKind;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -31,6 +32,10 @@ struct Args {
     /// Packet size.
     #[arg(long, value_enum, default_value_t = Size::Regular)]
     size: Size,
+    /// Hop processor(s) (`engine.hop_processor`): "fast", "crate", or a list such as
+    /// crate,fast that runs every shard count with each in turn and reports fast over crate.
+    #[arg(long, value_delimiter = ',', default_value = "fast")]
+    hop_processor: Vec<HopProcessorKind>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -67,6 +72,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let duration_ok = args.duration.is_finite() && args.duration > 0.5;
     let rate_ok = args.rate.is_none_or(|r| r.is_finite() && r > 0.0);
+    if args.hop_processor.is_empty() {
+        eprintln!("error: --hop-processor needs \"fast\", \"crate\" or both");
+        return ExitCode::FAILURE;
+    }
     if args.cores.contains(&0) || !duration_ok || !rate_ok {
         eprintln!("error: --cores must be at least 1, --duration above 0.5 s, and --rate positive");
         return ExitCode::FAILURE;
@@ -77,6 +86,7 @@ fn main() -> ExitCode {
         rate: args.rate,
         delay: Duration::from_millis(args.delay_ms),
         size: args.size.into(),
+        hop_processors: args.hop_processor.clone(),
         progress: !args.json,
     };
     let result = match bench::run(&options) {
@@ -117,8 +127,9 @@ fn print_text(result: &BenchResult) {
     for r in &result.runs {
         println!();
         println!(
-            "shards: {}   window: {:.1} s{}",
+            "shards: {}   hop processor: {}   window: {:.1} s{}",
             r.cores,
+            r.hop_processor,
             r.window_s,
             r.rate_asked
                 .map_or(String::new(), |x| format!("   open-loop rate: {x:.0}/s"))
@@ -182,5 +193,12 @@ fn print_text(result: &BenchResult) {
     if let Some(s) = result.scaling {
         println!();
         println!("scaling: {s:.2}x forwarded/s, largest over smallest shard count");
+    }
+    for ratio in &result.hop_processor_ratios {
+        println!();
+        println!(
+            "fast over crate, {} shard(s): forwarded/s {:.2}x, forwarded per node core {:.2}x, hop step {:.2}x",
+            ratio.cores, ratio.forwarded, ratio.forwarded_per_node_core, ratio.hop_step
+        );
     }
 }

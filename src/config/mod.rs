@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::keys::KeyPaths;
+use crate::sphinx::HopProcessorKind;
 
 /// The version this binary writes and runs.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -226,6 +227,9 @@ pub struct MixnodeSection {
 pub struct EngineSection {
     /// Shards (cores) to run; 0 means one per available core.
     pub cores: usize,
+    /// Which Sphinx implementation unwraps packets: "fast" (the default; the same bytes as
+    /// the sphinx-packet crate, faster) or "crate" (the crate's own `process()`).
+    pub hop_processor: HopProcessorKind,
     /// The longest delay a packet may ask for; longer ones are dropped.
     #[serde(with = "humantime_serde")]
     pub delay_max: Duration,
@@ -264,6 +268,7 @@ impl Default for EngineSection {
     fn default() -> Self {
         EngineSection {
             cores: 0,
+            hop_processor: HopProcessorKind::Fast,
             delay_max: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(2),
             connections_inbound_max: 4096,
@@ -679,6 +684,8 @@ fn deserialize(path: &Path, text: &str) -> Result<Config, ConfigError> {
             "remove or rename that key; `nym-mixnode init --help` and the README list the valid keys".to_string()
         } else if detail.contains("missing field") {
             "add the missing field, or run `nym-mixnode upgrade` if the file is from an older version".to_string()
+        } else if detail.contains("hop processor") {
+            "set engine.hop_processor to \"fast\" or \"crate\", or remove it for the default".to_string()
         } else if detail.contains("u16") {
             "ports are whole numbers from 1 to 65535".to_string()
         } else {
@@ -836,6 +843,20 @@ mod tests {
         let text = config.to_toml();
         assert!(text.contains("delay_max = \"10s\""), "{text}");
         assert!(text.contains("connect_timeout = \"1s 500ms\""), "{text}");
+        assert!(text.contains("hop_processor = \"fast\""), "{text}");
         assert_eq!(deserialize(Path::new("c.toml"), &text).unwrap(), config);
+
+        let crate_text = text.replace("hop_processor = \"fast\"", "hop_processor = \"crate\"");
+        let parsed = deserialize(Path::new("c.toml"), &crate_text).unwrap();
+        assert_eq!(parsed.engine.hop_processor, HopProcessorKind::Crate);
+
+        let bad_text = text.replace("hop_processor = \"fast\"", "hop_processor = \"quick\"");
+        let message = deserialize(Path::new("c.toml"), &bad_text)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("c.toml"), "{message}");
+        assert!(message.contains("hop_processor"), "{message}");
+        assert!(message.contains("\"quick\""), "{message}");
+        assert!(message.contains("\"fast\" or \"crate\""), "{message}");
     }
 }

@@ -164,7 +164,11 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
         stats: init.stats,
         senders: init.senders,
         inbox: init.inbox,
-        processor: RefCell::new(HopProcessor::new(init.secret, init.filter)),
+        processor: RefCell::new(HopProcessor::with_kind(
+            init.secret,
+            init.filter,
+            init.engine.hop_processor,
+        )),
         wheel: RefCell::new(wheel),
         peers: RefCell::new(HashMap::new()),
         counts: RefCell::new(ShardCounts::default()),
