@@ -36,14 +36,14 @@ impl Default for NodeOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A port could not be bound.
-    #[error("cannot bind the {what} on {addr}: {source}{hint}")]
+    #[error("cannot bind the {what} on {addr}: {cause}{hint}")]
     Bind {
         /// Which service.
         what: &'static str,
         /// The address.
         addr: SocketAddr,
         /// The error.
-        source: std::io::Error,
+        cause: std::io::Error,
         /// What to do.
         hint: String,
     },
@@ -99,11 +99,13 @@ pub fn bind_hint(addr: SocketAddr, error: &std::io::Error) -> String {
 }
 
 fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).map_err(|source| StartError::Bind {
+    // `cause` is printed in the message; it is not a `source`, so that the CLI's error chain
+    // does not print it a second time.
+    TcpListener::bind(addr).map_err(|cause| StartError::Bind {
         what,
         addr,
-        hint: bind_hint(addr, &source),
-        source,
+        hint: bind_hint(addr, &cause),
+        cause,
     })
 }
 

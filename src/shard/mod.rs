@@ -48,12 +48,12 @@ pub fn tag_owner(tag: &[u8; 32], shard_count: usize) -> usize {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The mix port could not be bound.
-    #[error("cannot bind the mix port on {addr}: {source}{hint}")]
+    #[error("cannot bind the mix port on {addr}: {cause}{hint}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// The error.
-        source: std::io::Error,
+        cause: std::io::Error,
         /// What to do.
         hint: String,
     },
@@ -147,10 +147,10 @@ impl Engine {
     pub fn start(settings: EngineSettings, secret: &StaticSecret) -> Result<Engine, EngineError> {
         let e = &settings.engine;
         let shards = shard_count(e.cores);
-        let first = listener(settings.listen).map_err(|source| EngineError::Bind {
+        let first = listener(settings.listen).map_err(|cause| EngineError::Bind {
             addr: settings.listen,
-            hint: crate::node::bind_hint(settings.listen, &source),
-            source,
+            hint: crate::node::bind_hint(settings.listen, &cause),
+            cause,
         })?;
         let local_addr = first
             .local_addr()
@@ -159,10 +159,10 @@ impl Engine {
             .unwrap_or(settings.listen);
         let mut sockets = vec![first];
         for _ in 1..shards {
-            sockets.push(listener(local_addr).map_err(|source| EngineError::Bind {
+            sockets.push(listener(local_addr).map_err(|cause| EngineError::Bind {
                 addr: local_addr,
                 hint: String::new(),
-                source,
+                cause,
             })?);
         }
 
