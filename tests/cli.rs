@@ -5,7 +5,6 @@ mod common;
 use std::fs;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -429,14 +428,7 @@ fn run_serves_health_and_stops_cleanly_on_sigint_and_sigterm() {
         let home = Home::new();
         let (mix, _verloc, http) = home.init_local("n");
         assert_success(&home.run(&["describe", "--id", "n", "--name", "tester"]));
-        let child = home
-            .cmd()
-            .args(["run", "--id", "n", "--cores", "1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let node = Running(Some(child));
+        let node = home.spawn_run("n", 1);
         let api: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
         let (status, body) = wait_for(Duration::from_secs(20), "/health", || {
             http_get(api, "/health")
@@ -483,14 +475,7 @@ fn help_covers_every_command() {
 fn probe_says_a_running_node_is_mixing_and_a_dead_one_is_not() {
     let home = Home::new();
     let (mix, _verloc, http) = home.init_local("n");
-    let child = home
-        .cmd()
-        .args(["run", "--id", "n", "--cores", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let node = Running(Some(child));
+    let node = home.spawn_run("n", 2);
     let api: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
     wait_for(Duration::from_secs(20), "/health", || {
         http_get(api, "/health")

@@ -44,14 +44,7 @@ fn init_on_ipv6_loopback_runs_and_serves_health_on_it() {
         &http.to_string(),
     ]);
     assert_success(&out);
-    let child = home
-        .cmd()
-        .args(["run", "--id", "v6", "--cores", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let node = Running(Some(child));
+    let node = home.spawn_run("v6", 1);
     let api: SocketAddr = format!("[::1]:{http}").parse().unwrap();
     let (status, body) = wait_for(Duration::from_secs(20), "/health on [::1]", || {
         http_get(api, "/health")

@@ -41,6 +41,18 @@ impl Home {
         self.cmd().args(args).output().expect("spawn nym-mixnode")
     }
 
+    /// Start `run --id ID --cores N` with its output piped; killed on drop.
+    pub fn spawn_run(&self, id: &str, cores: u32) -> Running {
+        let child = self
+            .cmd()
+            .args(["run", "--id", id, "--cores", &cores.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nym-mixnode run");
+        Running(Some(child))
+    }
+
     pub fn node_dir(&self, id: &str) -> PathBuf {
         self.path().join("mixnodes").join(id)
     }
