@@ -4,8 +4,9 @@
 //!
 //! Why: per packet the crate's cost is two X25519 ladders on the same group element alpha
 //! (the shared secret, then the blinded alpha for the next hop). curve25519-dalek runs the
-//! Montgomery ladder in plain 64-bit arithmetic but its Edwards scalar multiplication uses AVX2
-//! where the CPU has it. X25519's output is the u-coordinate of `[clamp(k)]P` for any point P
+//! Montgomery ladder in plain 64-bit arithmetic but its Edwards scalar multiplication uses
+//! AVX-512 IFMA or AVX2 where the CPU has them (the IFMA backend is built in on x86_64 by
+//! `.cargo/config.toml`; the choice is made at run time). X25519's output is the u-coordinate of `[clamp(k)]P` for any point P
 //! with alpha's u-coordinate (the sign of P's Edwards x does not change u), so alpha is
 //! decompressed to Edwards once and both products are taken there with
 //! `EdwardsPoint::mul_clamped`, which is constant-time. A clamped scalar is a multiple of 8,
