@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::accounting::DropReason;
@@ -104,8 +105,12 @@ pub struct RunResult {
     pub hop_step_per_s: f64,
     /// CPU use in the window.
     pub cpu: CpuUse,
-    /// Added latency (time in node beyond the requested delay).
+    /// Added latency (time in node beyond the requested delay), measured end to end: from the
+    /// generator's write to the sink's read, so it includes both loopback hops.
     pub latency: Latency,
+    /// The same, as the node measures it itself: from reading the frame to writing it to the
+    /// next hop (packets written in about the measured window).
+    pub latency_in_node: Latency,
     /// Drops by reason over the whole run (shutdown included).
     pub drops: BTreeMap<String, u64>,
     /// Packets sent / recognised at the sink / unrecognised or duplicated.
@@ -195,7 +200,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult, BenchError> {
     );
     // The fast hop processor can outrun the crate's ceiling; give the generator enough.
     let headroom = if options.hop_processors.contains(&HopProcessorKind::Fast) {
-        2.6
+        3.0
     } else {
         1.6
     };
@@ -387,6 +392,9 @@ fn run_once(
     let free_core = core_ids
         .get(cores.min(core_ids.len().saturating_sub(1)))
         .copied();
+    // The sink keeps off the shards' cores when one is left free; otherwise it runs anywhere
+    // rather than all on one shard's core.
+    shared.pin_to(free_core.filter(|_| cores < core_ids.len()).map(|c| c.id));
     let mut streams: Vec<Vec<TcpStream>> = Vec::new();
     for _ in 0..generators {
         let mut group = Vec::new();
@@ -418,7 +426,7 @@ fn run_once(
         measure(options, &running, shared, warmup, rss_idle, &stop)
     });
     let Measured {
-        window_start: (w_time, w_arrived, w_forwarded, w_cpu),
+        window_start: (w_time, w_arrived, w_forwarded, w_cpu, w_in_node),
         end_time,
         end_arrived,
         end_snaps,
@@ -440,7 +448,16 @@ fn run_once(
         held_peak = held_peak.max(snaps.iter().map(|s| s.held + s.queued).sum());
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(250));
+    // The shards report their histograms about once a second: wait for a report that covers
+    // the end of the run.
+    std::thread::sleep(Duration::from_millis(1250));
+    let latency_in_node = {
+        let mut h = running.added_latency();
+        // Both come from the same histogram configuration: subtracting an earlier state of a
+        // cumulative histogram cannot fail.
+        let _ = h.subtract(&w_in_node);
+        latency_of(&h, 1000)
+    };
     let finals = running.shutdown();
     let mut drops = BTreeMap::new();
     for reason in DropReason::ALL {
@@ -467,20 +484,7 @@ fn run_once(
             .latency_us
             .lock()
             .map_err(|_| BenchError::Setup("latency histogram".into()))?;
-        let curve = [
-            0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99, 100.0,
-        ]
-        .iter()
-        .map(|&q| (q, h.value_at_quantile(q / 100.0)))
-        .collect();
-        Latency {
-            count: h.len(),
-            p50_us: h.value_at_quantile(0.5),
-            p99_us: h.value_at_quantile(0.99),
-            p999_us: h.value_at_quantile(0.999),
-            max_us: h.max(),
-            curve,
-        }
+        latency_of(&h, 1)
     };
     let held = held_peak.max(1);
     Ok(RunResult {
@@ -500,6 +504,7 @@ fn run_once(
             receiver: used("sink-"),
         },
         latency,
+        latency_in_node,
         drops,
         sent: sent_total.load(Ordering::Relaxed) as u64,
         arrived: shared.arrived.load(Ordering::Relaxed),
@@ -514,8 +519,27 @@ fn run_once(
 
 type CpuByThread = std::collections::HashMap<String, f64>;
 
+/// Percentiles of a histogram whose unit is `per_us` of a microsecond.
+fn latency_of(h: &Histogram<u64>, per_us: u64) -> Latency {
+    let us = |v: u64| v / per_us.max(1);
+    let curve = [
+        0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99, 100.0,
+    ]
+    .iter()
+    .map(|&q| (q, us(h.value_at_quantile(q / 100.0))))
+    .collect();
+    Latency {
+        count: h.len(),
+        p50_us: us(h.value_at_quantile(0.5)),
+        p99_us: us(h.value_at_quantile(0.99)),
+        p999_us: us(h.value_at_quantile(0.999)),
+        max_us: us(h.max()),
+        curve,
+    }
+}
+
 struct Measured {
-    window_start: (Instant, u64, Vec<u64>, CpuByThread),
+    window_start: (Instant, u64, Vec<u64>, CpuByThread, Histogram<u64>),
     end_time: Instant,
     end_arrived: u64,
     end_snaps: Vec<crate::shard::stats::ShardSnapshot>,
@@ -550,6 +574,7 @@ fn measure(
                 shared.arrived.load(Ordering::Relaxed),
                 snaps.iter().map(|s| s.counts.packets.forwarded).collect(),
                 cpu::cpu_seconds_by_prefix(&THREAD_PREFIXES),
+                running.added_latency(),
             ));
         }
     }
@@ -585,6 +610,9 @@ fn tempfile_dir() -> Result<TempHome, BenchError> {
     Ok(TempHome(dir))
 }
 
+/// How close to a packet's send time the open-loop generator stops sleeping and spins.
+const GENERATOR_SPIN_NS: u64 = 20_000;
+
 #[allow(clippy::too_many_arguments)]
 fn generate(
     frames: &[Vec<u8>],
@@ -597,6 +625,12 @@ fn generate(
     sent_total: &AtomicUsize,
     shared: &SinkShared,
 ) {
+    if rate.is_some() {
+        // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only this thread.
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, 1u64);
+        }
+    }
     // Open loop: one packet per write, so that each send time is its own.
     let batch = if rate.is_some() { 1 } else { 16 };
     let mut buffer = Vec::with_capacity(batch * frames.first().map_or(0, Vec::len));
@@ -615,9 +649,11 @@ fn generate(
                 if now >= due_ns {
                     break;
                 }
+                // Sleep (with 1 µs timer slack, set below) to near the due time, then spin:
+                // a long spin would take the core from the sink sharing it.
                 let wait = due_ns - now;
-                if wait > 80_000 {
-                    std::thread::sleep(Duration::from_nanos(wait - 60_000));
+                if wait > GENERATOR_SPIN_NS {
+                    std::thread::sleep(Duration::from_nanos(wait - GENERATOR_SPIN_NS));
                 } else {
                     std::hint::spin_loop();
                 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -38,9 +38,36 @@ pub struct SinkShared {
     pub latency_us: Mutex<Histogram<u64>>,
     seen: Vec<AtomicBool>,
     stop: AtomicBool,
+    /// The core the sink's threads keep to during this run (`usize::MAX`: any).
+    pin_core: AtomicUsize,
+    /// The cores this process could use when the sink started.
+    all_cores: Vec<usize>,
 }
 
 impl SinkShared {
+    /// Keep the sink's threads on `core` (None: anywhere) from now on: a run with a core the
+    /// shards leave free keeps the sink off the shards' cores. Threads started later pin
+    /// themselves; the accept threads re-pin on their next turn.
+    pub fn pin_to(&self, core: Option<usize>) {
+        self.pin_core
+            .store(core.unwrap_or(usize::MAX), Ordering::Relaxed);
+    }
+
+    /// Apply [`Self::pin_to`] to the calling thread if it changed since `current`.
+    fn keep_pinned(&self, current: &mut usize) {
+        let wanted = self.pin_core.load(Ordering::Relaxed);
+        if wanted == *current {
+            return;
+        }
+        *current = wanted;
+        let core = if wanted == usize::MAX {
+            None
+        } else {
+            Some(wanted)
+        };
+        pin_current_thread(core, &self.all_cores);
+    }
+
     /// Forget the previous run.
     pub fn reset(&self) {
         for s in &self.send_ns {
@@ -106,6 +133,12 @@ impl Sink {
             latency_us: Mutex::new(latency_histogram()),
             seen: (0..count).map(|_| AtomicBool::new(false)).collect(),
             stop: AtomicBool::new(false),
+            pin_core: AtomicUsize::new(usize::MAX),
+            all_cores: core_affinity::get_core_ids()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| c.id)
+                .collect(),
         });
         let mut sink = Sink {
             hops,
@@ -132,9 +165,28 @@ impl Drop for Sink {
     }
 }
 
+/// Pin the calling thread to `core`, or (None) let it run on any of `all`.
+fn pin_current_thread(core: Option<usize>, all: &[usize]) {
+    let cores: &[usize] = match &core {
+        Some(id) => std::slice::from_ref(id),
+        None => all,
+    };
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it for ids below
+    // CPU_SETSIZE, which the filter keeps to.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &id in cores.iter().filter(|&&id| id < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(id, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 fn accept(listener: TcpListener, shared: &Arc<SinkShared>) {
     let mut readers = Vec::new();
+    let mut pinned = usize::MAX;
     while !shared.stop.load(Ordering::Relaxed) {
+        shared.keep_pinned(&mut pinned);
         match listener.accept() {
             Ok((stream, _)) => {
                 let shared = Arc::clone(shared);
@@ -154,6 +206,8 @@ fn accept(listener: TcpListener, shared: &Arc<SinkShared>) {
 }
 
 fn read(mut stream: TcpStream, shared: &SinkShared) {
+    let mut pinned = usize::MAX;
+    shared.keep_pinned(&mut pinned);
     let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
     let mut decoder = FrameDecoder::new();
     let mut local = Some(latency_histogram());

@@ -161,12 +161,20 @@ fn print_text(result: &BenchResult) {
             r.cpu.node, r.cpu.generator, r.cpu.receiver
         );
         println!(
-            "  added latency: p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs ({} packets)",
+            "  added latency: p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs ({} packets; generator write to sink read)",
             r.latency.p50_us,
             r.latency.p99_us,
             r.latency.p999_us,
             r.latency.max_us,
             r.latency.count
+        );
+        println!(
+            "  in node:       p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs ({} packets; the node's own measure, frame read to written)",
+            r.latency_in_node.p50_us,
+            r.latency_in_node.p99_us,
+            r.latency_in_node.p999_us,
+            r.latency_in_node.max_us,
+            r.latency_in_node.count
         );
         println!(
             "  sent {}, arrived {}, unrecognised {}",

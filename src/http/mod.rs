@@ -288,6 +288,15 @@ impl ApiServer {
         self.local_addr
     }
 
+    /// The shards' added-latency histogram (ns) as of their latest reports (about once a
+    /// second), cumulative since start.
+    pub fn added_latency(&self) -> hdrhistogram::Histogram<u64> {
+        match self.shared.collector.lock() {
+            Ok(c) => c.telemetry.added_latency_nanos.clone(),
+            Err(poisoned) => poisoned.into_inner().telemetry.added_latency_nanos.clone(),
+        }
+    }
+
     /// Stop serving and join the threads (at most one read poll per worker).
     pub fn stop(mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);

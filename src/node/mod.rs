@@ -168,6 +168,12 @@ impl RunningNode {
         self.engine.snapshots()
     }
 
+    /// Time in the node beyond each packet's requested delay (ns), from the shards' latest
+    /// reports (about once a second), cumulative since start.
+    pub fn added_latency(&self) -> hdrhistogram::Histogram<u64> {
+        self.api.added_latency()
+    }
+
     /// The latest VerLoc results. The HTTP API's `GET /verloc` answers
     /// `node.verloc().to_json().to_string()` as `application/json` (Nym's shape; see
     /// [`crate::verloc::results`]).

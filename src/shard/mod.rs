@@ -7,7 +7,9 @@
 //! the same filter whatever connection it came on, and no filter is shared between cores. The
 //! next-hop address picks the shard that owns that next hop, which holds the packet in its
 //! delay wheel and writes it to the next hop's connection when due. Packets cross cores only
-//! through bounded crossbeam channels; a full channel is a counted drop.
+//! through bounded crossbeam channels; a full channel is a counted drop. After a handoff the
+//! sender rings the receiving shard's doorbell (a one-slot glommio shared channel, which wakes
+//! a sleeping executor), so an idle shard sleeps instead of polling its inbox.
 //!
 //! What it does not do: parse or process bytes itself (see [`crate::framing`],
 //! [`crate::sphinx`]), or decide policy (limits come from [`crate::config::EngineSection`]).
@@ -33,6 +35,12 @@ use telemetry::TelemetryReport;
 /// Locked memory each executor registers for io_uring buffers. Network I/O does not use
 /// them, so this stays small: the node must start under an 8 MiB memlock limit.
 pub const IO_MEMORY_BYTES: usize = 128 << 10;
+
+/// Rings a shard after a handoff was put in its inbox (a glommio shared channel of one slot:
+/// a full slot means a ring is already pending).
+pub(crate) type Doorbell = glommio::channels::shared_channel::SharedSender<()>;
+/// Where a shard hears its doorbell.
+pub(crate) type DoorbellReceiver = glommio::channels::shared_channel::SharedReceiver<()>;
 
 /// Accept backlog of each shard's listening socket.
 pub const LISTEN_BACKLOG: i32 = 1024;
@@ -173,6 +181,23 @@ impl Engine {
             senders.push(tx);
             inboxes.push(rx);
         }
+        // Doorbells: `bells_out[from][to]` rings shard `to` after `from` put a handoff in its
+        // inbox, so that an idle shard does not have to poll its inbox.
+        let mut bells_out: Vec<Vec<Option<Doorbell>>> = (0..shards)
+            .map(|_| (0..shards).map(|_| None).collect())
+            .collect();
+        let mut bells_in: Vec<Vec<DoorbellReceiver>> = (0..shards).map(|_| Vec::new()).collect();
+        for (from, row) in bells_out.iter_mut().enumerate() {
+            for (to, bell) in row.iter_mut().enumerate() {
+                if from != to {
+                    let (tx, rx) = glommio::channels::shared_channel::new_bounded(1);
+                    *bell = Some(tx);
+                    bells_in[to].push(rx);
+                }
+            }
+        }
+        let mut bells_out = bells_out.into_iter();
+        let mut bells_in = bells_in.into_iter();
         let per_shard_tags = e.replay_filter_packets_max.div_ceil(shards as u64).max(1);
         let control = Arc::new(Control {
             stop: AtomicBool::new(false),
@@ -204,6 +229,8 @@ impl Engine {
                 listener_fd: socket.into_raw_fd(),
                 inbox,
                 senders: senders.clone(),
+                bells_out: bells_out.next().unwrap_or_default(),
+                bells_in: bells_in.next().unwrap_or_default(),
                 secret: secret.clone(),
                 filter,
                 engine: e.clone(),

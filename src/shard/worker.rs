@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::shared_channel::ConnectedSender;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
 use glommio::task::JoinHandle;
@@ -20,7 +21,7 @@ use x25519_dalek::StaticSecret;
 
 use super::stats::{ShardCounts, ShardSnapshot, ShardStats};
 use super::telemetry::{PeerCounts, ShardTelemetry, TelemetryReport};
-use super::Control;
+use super::{Control, Doorbell, DoorbellReceiver};
 use crate::accounting::DropReason;
 use crate::config::EngineSection;
 use crate::delay::{DelayWheel, WheelConfig};
@@ -29,11 +30,14 @@ use crate::framing::{FrameDecoder, FrameHeader};
 use crate::replay::ReplayFilter;
 use crate::sphinx::{ExpandedPacket, HopProcessor};
 
-/// Longest idle sleep of the pump: bounds the latency a cross-shard packet may wait to be
-/// noticed when its shard was idle.
-const PUMP_IDLE_SLEEP: Duration = Duration::from_micros(500);
+/// Longest sleep of an idle pump: bounds how late a shard notices a shutdown request and how
+/// old its published figures get. Handoffs (doorbell) and packets held for less than this
+/// (the wheel's next due time) wake it sooner.
+const PUMP_SLEEP_MAX: Duration = Duration::from_millis(20);
 /// Handoffs taken from the inbox per round before the wheel gets a turn.
 const INBOX_BATCH_MAX: usize = 64;
+/// Longest a reader works through frames before giving the other tasks (the writers) a turn.
+const READER_TURN_MAX: Duration = Duration::from_micros(250);
 /// Packets written to a next hop in one write call.
 const WRITE_BATCH_PACKETS_MAX: usize = 32;
 /// Tick of the delay wheel.
@@ -50,6 +54,10 @@ pub(super) struct ShardInit {
     pub listener_fd: RawFd,
     pub inbox: Receiver<Handoff>,
     pub senders: Vec<Sender<Handoff>>,
+    /// Doorbells of the other shards, by shard index (None for this one).
+    pub bells_out: Vec<Option<Doorbell>>,
+    /// This shard's doorbell, one receiver per other shard.
+    pub bells_in: Vec<DoorbellReceiver>,
     pub secret: StaticSecret,
     pub filter: ReplayFilter,
     pub engine: EngineSection,
@@ -110,7 +118,13 @@ struct Shard {
     control: Arc<Control>,
     stats: Arc<Vec<ShardStats>>,
     senders: Vec<Sender<Handoff>>,
+    /// The other shards' doorbells, connected (None for this shard, or until connected).
+    bells: RefCell<Vec<Option<ConnectedSender<()>>>>,
     inbox: Receiver<Handoff>,
+    /// Wakes a sleeping pump: a doorbell rang, or a packet due before its wake-up was held.
+    pump_wake: Semaphore,
+    /// When the sleeping pump will wake on its own; None while it runs.
+    pump_sleeping_until: Cell<Option<Instant>>,
     processor: RefCell<HopProcessor>,
     wheel: RefCell<DelayWheel<Held>>,
     peers: RefCell<HashMap<SocketAddr, Rc<Peer>>>,
@@ -163,7 +177,10 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
         control: init.control,
         stats: init.stats,
         senders: init.senders,
+        bells: RefCell::new((0..shards).map(|_| None).collect()),
         inbox: init.inbox,
+        pump_wake: Semaphore::new(0),
+        pump_sleeping_until: Cell::new(None),
         processor: RefCell::new(HopProcessor::with_kind(
             init.secret,
             init.filter,
@@ -190,6 +207,17 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
             Instant::now(),
         )),
     });
+    for bell in init.bells_in {
+        glommio::spawn_local(listen_for_doorbell(Rc::clone(&shard), bell)).detach();
+    }
+    // Connected before accepting: a handoff never goes out without its ring. Each connect
+    // waits for the other shard's receiver, which that shard connects in a task of its own.
+    for (target, bell) in init.bells_out.into_iter().enumerate() {
+        if let Some(bell) = bell {
+            let connected = bell.connect().await;
+            shard.bells.borrow_mut()[target] = Some(connected);
+        }
+    }
     let accept = glommio::spawn_local(accept_loop(Rc::clone(&shard), listener)).detach();
     let counts = pump(Rc::clone(&shard), accept).await;
     tracing::info!(
@@ -287,6 +315,22 @@ impl Shard {
         }
         if self.wheel.borrow_mut().insert(due, held).is_err() {
             self.drop_packet(DropReason::QueueFull);
+            return;
+        }
+        // The pump may be asleep until later than this packet is due.
+        if self
+            .pump_sleeping_until
+            .get()
+            .is_some_and(|until| due < until)
+        {
+            self.wake_pump();
+        }
+    }
+
+    /// Wake the pump if it sleeps; at most one wake per sleep.
+    fn wake_pump(&self) {
+        if self.pump_sleeping_until.take().is_some() {
+            self.pump_wake.signal(1);
         }
     }
 
@@ -296,7 +340,14 @@ impl Shard {
             return;
         }
         match self.senders[target].try_send(handoff) {
-            Ok(()) => self.counts.borrow_mut().handed_off += 1,
+            Ok(()) => {
+                self.counts.borrow_mut().handed_off += 1;
+                // A full slot means a ring is already pending; a closed one, that the other
+                // shard has stopped (its inbox is drained at close).
+                if let Some(bell) = &self.bells.borrow()[target] {
+                    let _ = bell.try_send(());
+                }
+            }
             Err(TrySendError::Full(_)) => self.drop_packet(DropReason::QueueFull),
             Err(TrySendError::Disconnected(_)) => self.drop_packet(DropReason::Shutdown),
         }
@@ -470,6 +521,7 @@ async fn reader(shard: Rc<Shard>, mut stream: TcpStream, id: u64) {
         .connections_inbound
         .set(shard.connections_inbound.get() + 1);
     let mut decoder = FrameDecoder::new();
+    let mut turn_started = Instant::now();
     'connection: loop {
         let timeout = (decoder.buffered_len() > 0).then_some(shard.engine.read_timeout);
         if stream.set_read_timeout(timeout).is_err() {
@@ -498,8 +550,20 @@ async fn reader(shard: Rc<Shard>, mut stream: TcpStream, id: u64) {
                     break 'connection;
                 }
             }
-            glommio::yield_if_needed().await;
+            // Let the writers send what the last frames produced once this turn has lasted
+            // long enough: a reader whose socket always has data would otherwise hold the
+            // core until glommio's preemption timer fires (100 ms), and yielding after every
+            // frame would cost the writers their batching.
+            if turn_started.elapsed() >= READER_TURN_MAX {
+                futures_lite::future::yield_now().await;
+                turn_started = Instant::now();
+            }
         }
+        // The pump may sleep for a while: publish what this read changed.
+        shard.publish();
+        // Also after each read's frames, so that writers run between reads.
+        futures_lite::future::yield_now().await;
+        turn_started = Instant::now();
     }
     shard
         .connections_inbound
@@ -562,17 +626,46 @@ async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
             Phase::Closed => break,
         }
 
-        if work > 0 {
+        if work > 0 || !shard.inbox.is_empty() {
             futures_lite::future::yield_now().await;
         } else {
-            // Shorter than the wheel's tick, so nothing waits long past its due time; the
-            // wheel's `next_due` is not asked because it scans slots.
-            glommio::timer::sleep(PUMP_IDLE_SLEEP).await;
+            pump_sleep(&shard, now).await;
         }
     }
     let counts = *shard.counts.borrow();
     shard.publish();
     counts
+}
+
+/// Sleep until the wheel's next due time (at most [`PUMP_SLEEP_MAX`]), or until woken by a
+/// doorbell or an earlier packet. `next_due` scans the wheel's slots from its cursor; it is
+/// asked only when the pump has nothing else to do.
+async fn pump_sleep(shard: &Rc<Shard>, now: Instant) {
+    let cap = now + PUMP_SLEEP_MAX;
+    let until = shard
+        .wheel
+        .borrow()
+        .next_due()
+        .map_or(cap, |due| due.min(cap));
+    if until <= now {
+        return;
+    }
+    shard.pump_sleeping_until.set(Some(until));
+    let sleep = glommio::timer::sleep(until.saturating_duration_since(now));
+    let woken = async {
+        let _ = shard.pump_wake.acquire(1).await;
+    };
+    futures_lite::future::or(sleep, woken).await;
+    shard.pump_sleeping_until.set(None);
+}
+
+/// Hears one other shard's doorbell and wakes the pump, which drains the inbox. Ends when that
+/// shard has stopped.
+async fn listen_for_doorbell(shard: Rc<Shard>, bell: DoorbellReceiver) {
+    let bell = bell.connect().await;
+    while bell.recv().await.is_some() {
+        shard.wake_pump();
+    }
 }
 
 /// Past the drain deadline: drop what is held, stop the writers, and take in what other
@@ -611,6 +704,7 @@ fn drop_queue(shard: &Shard, peer: &Peer, reason: DropReason) {
     shard.queued.set(shard.queued.get() - count);
     shard.drop_packets(reason, count);
     peer.dropped.set(peer.dropped.get() + count);
+    shard.publish();
 }
 
 /// Owns the connection to one next hop: connects with backoff and writes queued packets in
@@ -687,6 +781,7 @@ async fn writer(shard: Rc<Shard>, peer: Rc<Peer>) {
                 shard.counts.borrow_mut().packets.forwarded += batch;
                 peer.sent.set(peer.sent.get() + batch);
                 record_added_latency(&shard, &dues[..batch as usize]);
+                shard.publish();
             }
             Err(e) => {
                 // Whether any of the batch arrived cannot be known: count it as not delivered.
