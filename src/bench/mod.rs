@@ -631,8 +631,14 @@ fn generate(
             libc::prctl(libc::PR_SET_TIMERSLACK, 1u64);
         }
     }
+    let Some(rate) = rate else {
+        saturate(
+            frames, streams, duration, t0, stop, next, sent_total, shared,
+        );
+        return;
+    };
     // Open loop: one packet per write, so that each send time is its own.
-    let batch = if rate.is_some() { 1 } else { 16 };
+    let batch = 1;
     let mut buffer = Vec::with_capacity(batch * frames.first().map_or(0, Vec::len));
     let mut turn = 0usize;
     let end_ns = t0 + duration.as_nanos() as u64;
@@ -642,7 +648,7 @@ fn generate(
             break;
         }
         let last = (first + batch).min(frames.len());
-        if let Some(rate) = rate {
+        {
             let due_ns = t0 + (first as f64 / rate * 1e9) as u64;
             loop {
                 let now = shared.now_ns();
@@ -679,5 +685,118 @@ fn generate(
     // Stay alive until the window closes, so that this thread's CPU time is still counted.
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Frames a saturating generator writes to one connection at a time.
+const SATURATE_BATCH: usize = 16;
+
+/// One connection of a saturating generator, with the bytes of its current batch.
+struct Outgoing {
+    stream: TcpStream,
+    pending: Vec<u8>,
+    written: usize,
+    frames: usize,
+}
+
+/// Saturating load: keeps every connection's socket full, writing to whichever has room, so
+/// that a shard with more connections or less CPU does not hold back the others (blocking
+/// writes in turn would let the slowest connection set everyone's pace).
+#[allow(clippy::too_many_arguments)]
+fn saturate(
+    frames: &[Vec<u8>],
+    streams: Vec<TcpStream>,
+    duration: Duration,
+    t0: u64,
+    stop: &AtomicBool,
+    next: &AtomicUsize,
+    sent_total: &AtomicUsize,
+    shared: &SinkShared,
+) {
+    let frame_len = frames.first().map_or(0, Vec::len);
+    let mut conns: Vec<Outgoing> = streams
+        .into_iter()
+        .filter(|s| s.set_nonblocking(true).is_ok())
+        .map(|stream| Outgoing {
+            stream,
+            pending: Vec::with_capacity(SATURATE_BATCH * frame_len),
+            written: 0,
+            frames: 0,
+        })
+        .collect();
+    let end_ns = t0 + duration.as_nanos() as u64;
+    let mut out_of_frames = false;
+    'run: while !stop.load(Ordering::Relaxed) && shared.now_ns() < end_ns {
+        let mut progressed = false;
+        for c in conns.iter_mut() {
+            if c.written == c.pending.len() {
+                let first = next.fetch_add(SATURATE_BATCH, Ordering::Relaxed);
+                if first >= frames.len() {
+                    out_of_frames = true;
+                    break 'run;
+                }
+                let last = (first + SATURATE_BATCH).min(frames.len());
+                let now = shared.now_ns();
+                c.pending.clear();
+                for (sent, frame) in shared.send_ns[first..last].iter().zip(&frames[first..last]) {
+                    sent.store(now, Ordering::Relaxed);
+                    c.pending.extend_from_slice(frame);
+                }
+                c.written = 0;
+                c.frames = last - first;
+            }
+            match c.stream.write(&c.pending[c.written..]) {
+                Ok(n) => {
+                    progressed |= n > 0;
+                    c.written += n;
+                    if c.written == c.pending.len() {
+                        sent_total.fetch_add(c.frames, Ordering::Relaxed);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break 'run,
+            }
+        }
+        if !progressed {
+            wait_writable(&conns, Duration::from_millis(5));
+        }
+    }
+    let _ = out_of_frames;
+    // Finish the batches begun, so that every packet stamped as sent is whole on the wire.
+    for c in conns.iter_mut() {
+        if c.written < c.pending.len()
+            && c.stream.set_nonblocking(false).is_ok()
+            && c.stream.write_all(&c.pending[c.written..]).is_ok()
+        {
+            sent_total.fetch_add(c.frames, Ordering::Relaxed);
+        }
+    }
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Block until one of `conns` with bytes to write can take more, or `timeout` passes.
+fn wait_writable(conns: &[Outgoing], timeout: Duration) {
+    use std::os::unix::io::AsRawFd;
+    let mut fds: Vec<libc::pollfd> = conns
+        .iter()
+        .filter(|c| c.written < c.pending.len())
+        .map(|c| libc::pollfd {
+            fd: c.stream.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        })
+        .collect();
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures for the call's duration.
+    unsafe {
+        libc::poll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            timeout.as_millis() as libc::c_int,
+        );
     }
 }
