@@ -92,12 +92,21 @@ fn latency<DB: DrawingBackend>(
     let max_us = r
         .runs
         .iter()
-        .flat_map(|x| x.latency.curve.iter().map(|(_, v)| *v))
+        .flat_map(|x| {
+            x.latency
+                .curve
+                .iter()
+                .chain(x.latency_in_node.curve.iter())
+                .map(|(_, v)| *v)
+        })
         .max()
         .unwrap_or(1)
         .max(1) as f64;
     let mut chart = ChartBuilder::on(area)
-        .caption("Added latency by percentile", ("sans-serif", 18))
+        .caption(
+            "Added latency by percentile (thick: end to end; thin: in the node)",
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(64)
@@ -126,6 +135,24 @@ fn latency<DB: DrawingBackend>(
         chart
             .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
             .map_err(|e| e.to_string())?;
+        // The node's own measure: thin, with hollow markers.
+        let in_node: Vec<(f64, f64)> = run
+            .latency_in_node
+            .curve
+            .iter()
+            .map(|(q, v)| (*q, (*v).max(1) as f64))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(in_node.clone(), color.stroke_width(1)))
+            .map_err(|e| e.to_string())?
+            .label(format!(
+                "{} shard(s), {}, in node",
+                run.cores, run.hop_processor
+            ))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+        chart
+            .draw_series(in_node.iter().map(|p| Circle::new(*p, 3, color)))
+            .map_err(|e| e.to_string())?;
     }
     chart
         .configure_series_labels()
@@ -143,7 +170,7 @@ pub fn html(result: &BenchResult) -> Result<String, String> {
     let mut rows = String::new();
     for r in &result.runs {
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             r.cores,
             r.hop_processor,
             r.forwarded_per_s,
@@ -156,6 +183,7 @@ pub fn html(result: &BenchResult) -> Result<String, String> {
             r.latency.p99_us,
             r.latency.p999_us,
             r.latency.max_us,
+            r.latency_in_node.p99_us,
             r.bytes_per_held_packet.map_or("-".to_string(), |b| format!("{b:.0}")),
         ));
     }
@@ -176,7 +204,7 @@ pub fn html(result: &BenchResult) -> Result<String, String> {
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>bench-mix report</title>\
          <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:4px 8px;text-align:right}}</style></head><body>\
          <h1>bench-mix</h1><p>Packet size {}, requested delay {} ms.</p>{}\
-         <table><tr><th>shards</th><th>hop processor</th><th>forwarded/s</th><th>ceiling/s (1 thread)</th><th>efficiency</th><th>node CPU</th><th>generator CPU</th><th>sink CPU</th><th>p50 µs</th><th>p99 µs</th><th>p99.9 µs</th><th>max µs</th><th>bytes/held packet</th></tr>\n{}</table>\
+         <table><tr><th>shards</th><th>hop processor</th><th>forwarded/s</th><th>ceiling/s (1 thread)</th><th>efficiency</th><th>node CPU</th><th>generator CPU</th><th>sink CPU</th><th>p50 µs</th><th>p99 µs</th><th>p99.9 µs</th><th>max µs</th><th>in node p99 µs</th><th>bytes/held packet</th></tr>\n{}</table>\
          <div>{}</div></body></html>\n",
         result.size, result.delay_ms, scaling, rows, plot
     ))
