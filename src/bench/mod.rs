@@ -613,10 +613,11 @@ fn tempfile_dir() -> Result<TempHome, BenchError> {
 /// How close to a packet's send time the open-loop generator stops sleeping and spins.
 const GENERATOR_SPIN_NS: u64 = 20_000;
 
+/// One generator thread: open-loop at `rate`, or saturating; then idle until the run ends.
 #[allow(clippy::too_many_arguments)]
 fn generate(
     frames: &[Vec<u8>],
-    mut streams: Vec<TcpStream>,
+    streams: Vec<TcpStream>,
     rate: Option<f64>,
     duration: Duration,
     t0: u64,
@@ -625,19 +626,52 @@ fn generate(
     sent_total: &AtomicUsize,
     shared: &SinkShared,
 ) {
-    if rate.is_some() {
-        // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only this thread.
-        unsafe {
-            libc::prctl(libc::PR_SET_TIMERSLACK, 1u64);
-        }
-    }
-    let Some(rate) = rate else {
-        saturate(
+    match rate {
+        Some(rate) => open_loop(
+            frames, streams, rate, duration, t0, stop, next, sent_total, shared,
+        ),
+        None => saturate(
             frames, streams, duration, t0, stop, next, sent_total, shared,
-        );
-        return;
-    };
-    // Open loop: one packet per write, so that each send time is its own.
+        ),
+    }
+    // Stay alive until the window closes, so that this thread's CPU time is still counted.
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Put frames `first..last` into `out`, stamping each as sent at `now`.
+fn stamp_frames(
+    shared: &SinkShared,
+    frames: &[Vec<u8>],
+    (first, last): (usize, usize),
+    now: u64,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    for (sent, frame) in shared.send_ns[first..last].iter().zip(&frames[first..last]) {
+        sent.store(now, Ordering::Relaxed);
+        out.extend_from_slice(frame);
+    }
+}
+
+/// Open-loop load at `rate` packets/s: one packet per write, so that each send time is its own.
+#[allow(clippy::too_many_arguments)]
+fn open_loop(
+    frames: &[Vec<u8>],
+    mut streams: Vec<TcpStream>,
+    rate: f64,
+    duration: Duration,
+    t0: u64,
+    stop: &AtomicBool,
+    next: &AtomicUsize,
+    sent_total: &AtomicUsize,
+    shared: &SinkShared,
+) {
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only this thread.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1u64);
+    }
     let batch = 1;
     let mut buffer = Vec::with_capacity(batch * frames.first().map_or(0, Vec::len));
     let mut turn = 0usize;
@@ -648,32 +682,26 @@ fn generate(
             break;
         }
         let last = (first + batch).min(frames.len());
-        {
-            let due_ns = t0 + (first as f64 / rate * 1e9) as u64;
-            loop {
-                let now = shared.now_ns();
-                if now >= due_ns {
-                    break;
-                }
-                // Sleep (with 1 µs timer slack, set below) to near the due time, then spin:
-                // a long spin would take the core from the sink sharing it.
-                let wait = due_ns - now;
-                if wait > GENERATOR_SPIN_NS {
-                    std::thread::sleep(Duration::from_nanos(wait - GENERATOR_SPIN_NS));
-                } else {
-                    std::hint::spin_loop();
-                }
+        let due_ns = t0 + (first as f64 / rate * 1e9) as u64;
+        loop {
+            let now = shared.now_ns();
+            if now >= due_ns {
+                break;
+            }
+            // Sleep (with 1 µs timer slack, set above) to near the due time, then spin: a
+            // long spin would take the core from the sink sharing it.
+            let wait = due_ns - now;
+            if wait > GENERATOR_SPIN_NS {
+                std::thread::sleep(Duration::from_nanos(wait - GENERATOR_SPIN_NS));
+            } else {
+                std::hint::spin_loop();
             }
         }
         let now = shared.now_ns();
         if now >= end_ns {
             break;
         }
-        buffer.clear();
-        for (sent, frame) in shared.send_ns[first..last].iter().zip(&frames[first..last]) {
-            sent.store(now, Ordering::Relaxed);
-            buffer.extend_from_slice(frame);
-        }
+        stamp_frames(shared, frames, (first, last), now, &mut buffer);
         let index = turn % streams.len();
         let stream = &mut streams[index];
         turn += 1;
@@ -681,10 +709,6 @@ fn generate(
             break;
         }
         sent_total.fetch_add(last - first, Ordering::Relaxed);
-    }
-    // Stay alive until the window closes, so that this thread's CPU time is still counted.
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -725,23 +749,22 @@ fn saturate(
         })
         .collect();
     let end_ns = t0 + duration.as_nanos() as u64;
-    let mut out_of_frames = false;
     'run: while !stop.load(Ordering::Relaxed) && shared.now_ns() < end_ns {
         let mut progressed = false;
         for c in conns.iter_mut() {
             if c.written == c.pending.len() {
                 let first = next.fetch_add(SATURATE_BATCH, Ordering::Relaxed);
                 if first >= frames.len() {
-                    out_of_frames = true;
                     break 'run;
                 }
                 let last = (first + SATURATE_BATCH).min(frames.len());
-                let now = shared.now_ns();
-                c.pending.clear();
-                for (sent, frame) in shared.send_ns[first..last].iter().zip(&frames[first..last]) {
-                    sent.store(now, Ordering::Relaxed);
-                    c.pending.extend_from_slice(frame);
-                }
+                stamp_frames(
+                    shared,
+                    frames,
+                    (first, last),
+                    shared.now_ns(),
+                    &mut c.pending,
+                );
                 c.written = 0;
                 c.frames = last - first;
             }
@@ -761,7 +784,6 @@ fn saturate(
             wait_writable(&conns, Duration::from_millis(5));
         }
     }
-    let _ = out_of_frames;
     // Finish the batches begun, so that every packet stamped as sent is whole on the wire.
     for c in conns.iter_mut() {
         if c.written < c.pending.len()
@@ -770,9 +792,6 @@ fn saturate(
         {
             sent_total.fetch_add(c.frames, Ordering::Relaxed);
         }
-    }
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

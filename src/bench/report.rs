@@ -75,14 +75,7 @@ fn throughput<DB: DrawingBackend>(
     chart
         .draw_series(measured.iter().map(|p| Circle::new(*p, 4, RED.filled())))
         .map_err(|e| e.to_string())?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(|e| e.to_string())?;
-    Ok(())
+    draw_legend(&mut chart)
 }
 
 fn latency<DB: DrawingBackend>(
@@ -121,39 +114,59 @@ fn latency<DB: DrawingBackend>(
     let colors = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
     for (i, run) in r.runs.iter().enumerate() {
         let color = colors[i % colors.len()];
-        let points: Vec<(f64, f64)> = run
-            .latency
-            .curve
-            .iter()
-            .map(|(q, v)| (*q, (*v).max(1) as f64))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-            .map_err(|e| e.to_string())?
-            .label(format!("{} shard(s), {}", run.cores, run.hop_processor))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
-        chart
-            .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
-            .map_err(|e| e.to_string())?;
-        // The node's own measure: thin, with hollow markers.
-        let in_node: Vec<(f64, f64)> = run
-            .latency_in_node
-            .curve
-            .iter()
-            .map(|(q, v)| (*q, (*v).max(1) as f64))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(in_node.clone(), color.stroke_width(1)))
-            .map_err(|e| e.to_string())?
-            .label(format!(
-                "{} shard(s), {}, in node",
-                run.cores, run.hop_processor
-            ))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
-        chart
-            .draw_series(in_node.iter().map(|p| Circle::new(*p, 3, color)))
-            .map_err(|e| e.to_string())?;
+        let label = format!("{} shard(s), {}", run.cores, run.hop_processor);
+        // End to end: thick, filled markers. The node's own measure: thin, hollow markers.
+        draw_curve(&mut chart, &run.latency, color, 2, label.clone())?;
+        draw_curve(
+            &mut chart,
+            &run.latency_in_node,
+            color,
+            1,
+            format!("{label}, in node"),
+        )?;
     }
+    draw_legend(&mut chart)
+}
+
+/// One latency curve by percentile: a line of `width` and a marker at each point (filled for
+/// width 2 and more).
+fn draw_curve<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    latency: &super::Latency,
+    color: RGBColor,
+    width: u32,
+    label: String,
+) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    let points: Vec<(f64, f64)> = latency
+        .curve
+        .iter()
+        .map(|(q, v)| (*q, (*v).max(1) as f64))
+        .collect();
+    chart
+        .draw_series(LineSeries::new(points.clone(), color.stroke_width(width)))
+        .map_err(|e| e.to_string())?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+    let style = if width >= 2 {
+        color.filled()
+    } else {
+        color.into()
+    };
+    chart
+        .draw_series(points.iter().map(|p| Circle::new(*p, 3, style)))
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The legend box both plots use.
+fn draw_legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+) -> Result<(), String> {
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
