@@ -47,6 +47,4 @@ pub mod topology;
 pub mod verloc;
 
 #[cfg(test)]
-mod sim;
-#[cfg(test)]
 mod testing;

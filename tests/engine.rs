@@ -260,7 +260,7 @@ fn bad_address_packet(node: &TestNode) -> Vec<u8> {
 #[test]
 fn a_dead_next_hop_fills_its_queue_drops_are_counted_and_others_are_served() {
     let (mut node, receiver) = single(|c| {
-        c.engine.peer_queue_packets_max = 5;
+        c.engine.next_hop_queue_packets_max = 5;
         c.engine.backoff_initial = Duration::from_secs(30);
         c.engine.backoff_max = Duration::from_secs(60);
     });

@@ -19,28 +19,37 @@ pub enum DropReason {
     FinalHop = 3,
     /// The next-hop address encodes no valid IPv4/IPv6 socket address.
     BadNextHopAddress = 4,
-    /// The requested delay exceeds the configured maximum.
-    DelayOverCap = 5,
-    /// The next hop's bounded queue (or the cross-shard channel) was full.
-    QueueFull = 6,
-    /// The next hop could not be reached and the packet expired in its queue.
-    NextHopUnreachable = 7,
+    /// The shard's delay wheel held `engine.held_packets_max` packets.
+    WheelFull = 5,
+    /// The channel to the shard that owns the packet's replay tag or next hop was full
+    /// (`engine.cross_shard_packets_max`).
+    HandoffFull = 6,
+    /// A new next hop, and every entry of the shard's next-hop table held packets or was
+    /// connecting (`engine.next_hops_max`).
+    NextHopTableFull = 7,
+    /// The next hop's queue held `engine.next_hop_queue_packets_max` packets.
+    NextHopQueueFull = 8,
+    /// The next hop could not be reached: its connection failed (or is backing off after a
+    /// failure), or a write to it failed.
+    NextHopUnreachable = 9,
     /// The node shut down before the packet could be forwarded.
-    Shutdown = 8,
+    Shutdown = 10,
     /// A packet type this node does not mix (Outfox).
-    UnsupportedPacketType = 9,
+    UnsupportedPacketType = 11,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::BadFrame,
         DropReason::BadPacket,
         DropReason::Replay,
         DropReason::FinalHop,
         DropReason::BadNextHopAddress,
-        DropReason::DelayOverCap,
-        DropReason::QueueFull,
+        DropReason::WheelFull,
+        DropReason::HandoffFull,
+        DropReason::NextHopTableFull,
+        DropReason::NextHopQueueFull,
         DropReason::NextHopUnreachable,
         DropReason::Shutdown,
         DropReason::UnsupportedPacketType,
@@ -57,8 +66,10 @@ impl DropReason {
             DropReason::Replay => "replay",
             DropReason::FinalHop => "final_hop",
             DropReason::BadNextHopAddress => "bad_next_hop_address",
-            DropReason::DelayOverCap => "delay_over_cap",
-            DropReason::QueueFull => "queue_full",
+            DropReason::WheelFull => "wheel_full",
+            DropReason::HandoffFull => "handoff_full",
+            DropReason::NextHopTableFull => "next_hop_table_full",
+            DropReason::NextHopQueueFull => "next_hop_queue_full",
             DropReason::NextHopUnreachable => "next_hop_unreachable",
             DropReason::Shutdown => "shutdown",
             DropReason::UnsupportedPacketType => "unsupported_packet_type",
@@ -131,7 +142,7 @@ mod tests {
             ..Default::default()
         };
         c.drop_packet(DropReason::Replay);
-        c.drop_packet(DropReason::QueueFull);
+        c.drop_packet(DropReason::WheelFull);
         assert_eq!(c.dropped_total(), 2);
         assert_eq!(c.in_flight(), 4);
         let mut total = PacketCounts::default();

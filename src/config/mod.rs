@@ -230,7 +230,8 @@ pub struct EngineSection {
     /// Which Sphinx implementation unwraps packets: "fast" (the default; the same bytes as
     /// the sphinx-packet crate, faster) or "crate" (the crate's own `process()`).
     pub hop_processor: HopProcessorKind,
-    /// The longest delay a packet may ask for; longer ones are dropped.
+    /// The longest delay a packet is held for; a packet asking for longer is held for this
+    /// long and counted as clamped (as nym-node does).
     #[serde(with = "humantime_serde")]
     pub delay_max: Duration,
     /// On shutdown, how long to keep forwarding packets that fall due.
@@ -238,10 +239,18 @@ pub struct EngineSection {
     pub drain_timeout: Duration,
     /// Inbound connections open at once, whole node; more are refused and counted.
     pub connections_inbound_max: usize,
-    /// Next hops with state (queue, connection) at once, whole node.
-    pub peers_max: usize,
-    /// Packets queued per next hop while its connection is down or busy.
-    pub peer_queue_packets_max: usize,
+    /// Next hops with state (queue, connection) at once, whole node (split between shards).
+    /// When full, a new next hop takes the place of the least useful quiet one.
+    #[serde(alias = "peers_max")]
+    pub next_hops_max: usize,
+    /// Packets queued per next hop while its connection opens or is busy.
+    #[serde(alias = "peer_queue_packets_max")]
+    pub next_hop_queue_packets_max: usize,
+    /// A next hop with nothing to send for this long is closed and forgotten.
+    #[serde(with = "humantime_serde")]
+    pub next_hop_idle_timeout: Duration,
+    /// A next hop whose connection fails this many times in a row is forgotten.
+    pub next_hop_failures_max: u32,
     /// Packets held for their delay at once, per shard.
     pub held_packets_max: usize,
     /// Packets in flight on each cross-shard channel.
@@ -272,8 +281,10 @@ impl Default for EngineSection {
             delay_max: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(2),
             connections_inbound_max: 4096,
-            peers_max: 4096,
-            peer_queue_packets_max: 2000,
+            next_hops_max: 4096,
+            next_hop_queue_packets_max: 2000,
+            next_hop_idle_timeout: Duration::from_secs(30),
+            next_hop_failures_max: 3,
             held_packets_max: 500_000,
             cross_shard_packets_max: 8192,
             replay_filter_packets_max: 10_000_000,
@@ -548,15 +559,19 @@ impl Config {
             }
         }
         let e = &self.engine;
-        let positive: [(&str, u64); 7] = [
+        let positive: [(&str, u64); 8] = [
             (
                 "engine.connections_inbound_max",
                 e.connections_inbound_max as u64,
             ),
-            ("engine.peers_max", e.peers_max as u64),
+            ("engine.next_hops_max", e.next_hops_max as u64),
             (
-                "engine.peer_queue_packets_max",
-                e.peer_queue_packets_max as u64,
+                "engine.next_hop_queue_packets_max",
+                e.next_hop_queue_packets_max as u64,
+            ),
+            (
+                "engine.next_hop_failures_max",
+                u64::from(e.next_hop_failures_max),
             ),
             ("engine.held_packets_max", e.held_packets_max as u64),
             (
@@ -635,6 +650,7 @@ impl Config {
             ("verloc.connection_lifetime_max", v.connection_lifetime_max),
             ("engine.read_timeout", e.read_timeout),
             ("engine.connect_timeout", e.connect_timeout),
+            ("engine.next_hop_idle_timeout", e.next_hop_idle_timeout),
             ("http.stats_interval", self.http.stats_interval),
             ("http.request_timeout", self.http.request_timeout),
             ("logging.summary_interval", self.logging.summary_interval),

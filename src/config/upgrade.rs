@@ -313,10 +313,10 @@ fn migrate_legacy(
         engine.connect_timeout = d;
     }
     if let Some(n) = debug.count("maximum_connection_buffer_size")? {
-        engine.peer_queue_packets_max = n;
-        if n < EngineSection::default().peer_queue_packets_max {
+        engine.next_hop_queue_packets_max = n;
+        if n < EngineSection::default().next_hop_queue_packets_max {
             notes.push(format!(
-                "engine.peer_queue_packets_max keeps your debug.maximum_connection_buffer_size of {n}; 2000 is recommended"
+                "engine.next_hop_queue_packets_max keeps your debug.maximum_connection_buffer_size of {n}; 2000 is recommended"
             ));
         }
     }
@@ -441,7 +441,7 @@ mod tests {
         let (c, notes) = migrated(&text);
         assert_eq!(c.engine.backoff_initial, Duration::from_secs(5));
         assert_eq!(c.engine.backoff_max, Duration::from_secs(120));
-        assert_eq!(c.engine.peer_queue_packets_max, 128);
+        assert_eq!(c.engine.next_hop_queue_packets_max, 128);
         assert!(notes.iter().any(|n| n.contains("2000 is recommended")));
         assert_eq!(c.verloc.packets_per_node, 10);
         assert_eq!(c.verloc.run_interval, Duration::from_secs(3600));

@@ -76,68 +76,6 @@ impl Backoff {
     }
 }
 
-/// A bounded FIFO of packets waiting for one next hop. Its storage is allocated once, at the
-/// first push, and never grows past the capacity.
-#[derive(Debug)]
-pub struct PeerQueue<T> {
-    items: VecDeque<T>,
-    capacity: usize,
-}
-
-impl<T> PeerQueue<T> {
-    /// An empty queue that will hold at most `capacity` packets; allocates nothing yet.
-    pub fn new(capacity: usize) -> Self {
-        PeerQueue {
-            items: VecDeque::new(),
-            capacity,
-        }
-    }
-
-    /// Appends `item`, or hands it back if the queue is full.
-    pub fn push(&mut self, item: T) -> Result<(), T> {
-        if self.items.len() >= self.capacity {
-            return Err(item);
-        }
-        if self.items.capacity() == 0 {
-            self.items.reserve_exact(self.capacity);
-        }
-        self.items.push_back(item);
-        Ok(())
-    }
-
-    /// Takes the oldest packet.
-    pub fn pop(&mut self) -> Option<T> {
-        self.items.pop_front()
-    }
-
-    /// The oldest packet, left in place (for a write that may not complete).
-    pub fn front(&self) -> Option<&T> {
-        self.items.front()
-    }
-
-    /// Packets waiting.
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    /// Whether no packet is waiting.
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
-    /// Most packets held.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Takes every packet, oldest first (when the next hop is given up on).
-    pub fn drain(&mut self, yield_item: &mut impl FnMut(T)) {
-        while let Some(item) = self.items.pop_front() {
-            yield_item(item);
-        }
-    }
-}
-
 /// Where the connection to one next hop stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectionState {
@@ -250,105 +188,445 @@ impl PeerState {
     }
 }
 
-/// One next hop: its connection state and its queue.
+/// Names one entry of a [`NextHopTable`] for as long as it is in the table. An entry made
+/// later for the same address gets a new id, so the driver's task of a forgotten entry can
+/// tell that it is stale.
+pub type LinkId = u64;
+
+/// The limits and timings of a [`NextHopTable`] (one shard's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableLimits {
+    /// Entries at once (this shard's share of `engine.next_hops_max`).
+    pub next_hops_max: usize,
+    /// Packets queued per next hop.
+    pub queue_packets_max: usize,
+    /// An entry with nothing to send for this long is closed and forgotten.
+    pub idle_timeout: Duration,
+    /// An entry whose connection failed this many times in a row is forgotten.
+    pub failures_max: u32,
+    /// Waits between connection attempts.
+    pub backoff: Backoff,
+}
+
+/// One next hop: its connection state, its queue and what it did.
 #[derive(Debug)]
-pub struct Peer<T> {
-    /// The connection state machine.
-    pub state: PeerState,
-    /// Packets waiting to be written.
-    pub queue: PeerQueue<T>,
+struct NextHop<T> {
+    link: LinkId,
+    state: PeerState,
+    /// Grows as packets arrive (up to the limit) and is freed with the entry: a next hop
+    /// takes memory only while it has packets.
+    queue: VecDeque<T>,
+    /// Packets handed to the driver for the write now under way.
+    writing: usize,
+    /// The driver's task waits for work and must be woken for it.
+    parked: bool,
+    /// Last packet queued or written: the idle timeout counts from here.
+    last_active: Instant,
+    /// Last successful write (or the entry's creation): eviction order.
+    last_useful: Instant,
+    sent: u64,
+    dropped: u64,
 }
 
-/// Why [`PeerTable::get_or_insert`] could not add a next hop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("peer table is full ({peers_max} next hops)")]
-pub struct PeerTableFull {
-    /// The table's limit.
-    pub peers_max: usize,
+impl<T> NextHop<T> {
+    /// Holds nothing and is in no connection attempt: may be forgotten without loss.
+    fn is_quiet(&self) -> bool {
+        self.queue.is_empty()
+            && self.writing == 0
+            && self.state.state() != ConnectionState::Connecting
+    }
 }
 
-/// The next hops one shard owns, at most `peers_max` of them, with storage for the map
-/// allocated at start.
+/// A packet was queued for its next hop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Queued {
+    /// A new entry: the driver starts a task for this link.
+    pub opened: Option<LinkId>,
+    /// That entry took the place of this one, whose task must be woken to close.
+    pub evicted: Option<LinkId>,
+    /// The link's task was waiting for work: wake it.
+    pub wake: Option<LinkId>,
+}
+
+/// Why [`NextHopTable::push`] refused a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// A new next hop, and every entry of the full table holds packets or is connecting.
+    TableFull,
+    /// The next hop's queue is at its limit.
+    QueueFull,
+    /// The next hop's last connection failed and its backoff has not run out.
+    Unreachable,
+}
+
+/// What the driver's task of one link should do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkStep {
+    /// Open a connection to this address, then report how it went.
+    Connect(SocketAddr),
+    /// Write the packets just handed over, then report how it went.
+    Write {
+        /// How many.
+        packets: usize,
+    },
+    /// Nothing to do until woken.
+    Wait,
+    /// The entry is gone: close the connection and end the task.
+    Close,
+}
+
+/// What a sweep found for one link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SweepEvent {
+    /// Idle for the idle timeout: forgotten; its task must be woken to close.
+    ClosedIdle(LinkId),
+    /// Its backoff ran out with packets waiting: wake its task to connect.
+    Wake(LinkId),
+}
+
+/// Counts of what the table did, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableFigures {
+    /// Entries now.
+    pub next_hops: u64,
+    /// Entries made.
+    pub opened: u64,
+    /// Quiet entries forgotten to make room for a new next hop.
+    pub evicted: u64,
+    /// New next hops refused because no entry could make room.
+    pub refused: u64,
+    /// Entries forgotten after the idle timeout.
+    pub forgotten_idle: u64,
+    /// Entries forgotten after `failures_max` failures in a row.
+    pub forgotten_failing: u64,
+}
+
+/// The next hops one shard owns: at most `next_hops_max` entries, each with a bounded queue
+/// and a connection state machine. It heals itself: idle entries are forgotten after the idle
+/// timeout, failing ones after `failures_max` failures, and a new next hop takes the place of
+/// the least useful quiet entry (failing ones first, then the longest without a successful
+/// write) when the table is full. Only when every entry holds packets or is connecting is a
+/// new next hop refused.
+///
+/// Every packet that goes in comes out exactly once: written (reported with
+/// [`Self::on_written`]), or handed back to the caller's closure to be counted as dropped.
 #[derive(Debug)]
-pub struct PeerTable<T> {
-    peers: HashMap<SocketAddr, Peer<T>>,
-    peers_max: usize,
-    queue_capacity: usize,
-    backoff: Backoff,
-    rejected_table_full: u64,
+pub struct NextHopTable<T> {
+    entries: HashMap<SocketAddr, NextHop<T>>,
+    limits: TableLimits,
+    next_link: LinkId,
+    queued: usize,
+    writing: usize,
+    figures: TableFigures,
 }
 
-impl<T> PeerTable<T> {
-    /// An empty table for at most `peers_max` next hops, each with a queue of
-    /// `queue_capacity` packets and `backoff` between attempts.
-    pub fn new(peers_max: usize, queue_capacity: usize, backoff: Backoff) -> Self {
-        PeerTable {
-            peers: HashMap::with_capacity(peers_max),
-            peers_max,
-            queue_capacity,
-            backoff,
-            rejected_table_full: 0,
+impl<T> NextHopTable<T> {
+    /// An empty table.
+    pub fn new(limits: TableLimits) -> Self {
+        NextHopTable {
+            entries: HashMap::new(),
+            limits,
+            next_link: 0,
+            queued: 0,
+            writing: 0,
+            figures: TableFigures::default(),
         }
     }
 
-    /// The next hop at `address`, added (idle, empty queue) if new and there is room. A full
-    /// table is counted in [`Self::rejected_table_full`].
-    pub fn get_or_insert(&mut self, address: SocketAddr) -> Result<&mut Peer<T>, PeerTableFull> {
-        if !self.peers.contains_key(&address) && self.peers.len() >= self.peers_max {
-            self.rejected_table_full += 1;
-            return Err(PeerTableFull {
-                peers_max: self.peers_max,
-            });
-        }
-        let queue_capacity = self.queue_capacity;
-        let backoff = self.backoff;
-        Ok(self.peers.entry(address).or_insert_with(|| Peer {
-            state: PeerState::new(backoff),
-            queue: PeerQueue::new(queue_capacity),
-        }))
+    /// The table's limits.
+    pub fn limits(&self) -> &TableLimits {
+        &self.limits
     }
 
-    /// The next hop at `address`, if tracked.
-    pub fn get_mut(&mut self, address: &SocketAddr) -> Option<&mut Peer<T>> {
-        self.peers.get_mut(address)
-    }
-
-    /// Stops tracking `address` (an idle peer with an empty queue, say), returning it.
-    pub fn remove(&mut self, address: &SocketAddr) -> Option<Peer<T>> {
-        self.peers.remove(address)
-    }
-
-    /// Next hops tracked.
+    /// Entries now.
     pub fn len(&self) -> usize {
-        self.peers.len()
+        self.entries.len()
     }
 
-    /// Whether no next hop is tracked.
+    /// Whether the table has no entry.
     pub fn is_empty(&self) -> bool {
-        self.peers.is_empty()
+        self.entries.is_empty()
     }
 
-    /// The most next hops tracked at once.
-    pub fn peers_max(&self) -> usize {
-        self.peers_max
+    /// Packets queued across all entries.
+    pub fn queued(&self) -> usize {
+        self.queued
     }
 
-    /// How many times a new next hop was refused because the table was full.
-    pub fn rejected_table_full(&self) -> u64 {
-        self.rejected_table_full
+    /// Packets handed to the driver for writes under way.
+    pub fn writing(&self) -> usize {
+        self.writing
     }
 
-    /// Packets waiting across all queues.
-    pub fn queued_total(&self) -> usize {
-        self.peers.values().map(|peer| peer.queue.len()).sum()
+    /// Queued and writing packets counted entry by entry (for checks of the running totals).
+    pub fn recount(&self) -> (usize, usize) {
+        self.entries
+            .values()
+            .fold((0, 0), |(q, w), e| (q + e.queue.len(), w + e.writing))
     }
 
-    /// Every tracked next hop, in no particular order.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&SocketAddr, &mut Peer<T>)> {
-        self.peers.iter_mut()
+    /// What the table did so far.
+    pub fn figures(&self) -> TableFigures {
+        TableFigures {
+            next_hops: self.entries.len() as u64,
+            ..self.figures
+        }
+    }
+
+    /// The link of the entry for `address`, if any.
+    pub fn link_of(&self, address: &SocketAddr) -> Option<LinkId> {
+        self.entries.get(address).map(|e| e.link)
+    }
+
+    /// The connection state of the entry for `address`, if any.
+    pub fn state_of(&self, address: &SocketAddr) -> Option<PeerState> {
+        self.entries.get(address).map(|e| e.state)
+    }
+
+    /// Per entry: address, packets written, packets dropped.
+    pub fn counts(&self) -> impl Iterator<Item = (SocketAddr, u64, u64)> + '_ {
+        self.entries.iter().map(|(a, e)| (*a, e.sent, e.dropped))
+    }
+
+    /// Queue `item` for `address` at `now`, making an entry if there is none (evicting the
+    /// least useful quiet entry of a full table).
+    pub fn push(&mut self, address: SocketAddr, item: T, now: Instant) -> Result<Queued, Refused> {
+        let mut queued = Queued::default();
+        if !self.entries.contains_key(&address) {
+            if self.entries.len() >= self.limits.next_hops_max {
+                match self.least_useful_quiet() {
+                    Some(victim) => {
+                        if let Some(entry) = self.entries.remove(&victim) {
+                            queued.evicted = Some(entry.link);
+                            self.figures.evicted += 1;
+                        }
+                    }
+                    None => {
+                        self.figures.refused += 1;
+                        return Err(Refused::TableFull);
+                    }
+                }
+            }
+            let link = self.next_link;
+            self.next_link += 1;
+            self.figures.opened += 1;
+            self.entries.insert(
+                address,
+                NextHop {
+                    link,
+                    state: PeerState::new(self.limits.backoff),
+                    queue: VecDeque::new(),
+                    writing: 0,
+                    parked: false,
+                    last_active: now,
+                    last_useful: now,
+                    sent: 0,
+                    dropped: 0,
+                },
+            );
+            queued.opened = Some(link);
+        }
+        let Some(entry) = self.entries.get_mut(&address) else {
+            unreachable!("the entry was found or made above");
+        };
+        if let ConnectionState::BackingOff { until } = entry.state.state() {
+            if now < until {
+                entry.dropped += 1;
+                return Err(Refused::Unreachable);
+            }
+        }
+        if entry.queue.len() >= self.limits.queue_packets_max {
+            entry.dropped += 1;
+            return Err(Refused::QueueFull);
+        }
+        entry.queue.push_back(item);
+        entry.last_active = now;
+        self.queued += 1;
+        if entry.parked {
+            entry.parked = false;
+            queued.wake = Some(entry.link);
+        }
+        Ok(queued)
+    }
+
+    /// The quiet entry to evict: failing entries first, then the one longest without a
+    /// successful write.
+    fn least_useful_quiet(&self) -> Option<SocketAddr> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.is_quiet())
+            .min_by_key(|(_, e)| (e.state.failures() == 0, e.last_useful))
+            .map(|(a, _)| *a)
+    }
+
+    /// What the task of `link` (for `address`) should do at `now`. For [`LinkStep::Write`],
+    /// the packets go to `take`, oldest first, at most `batch_max`.
+    ///
+    /// # Panics
+    /// If asked while a connection attempt or a write of this link is under way: the driver
+    /// reports those first.
+    pub fn next_step(
+        &mut self,
+        address: SocketAddr,
+        link: LinkId,
+        now: Instant,
+        batch_max: usize,
+        take: &mut impl FnMut(T),
+    ) -> LinkStep {
+        let Some(entry) = self.entries.get_mut(&address).filter(|e| e.link == link) else {
+            return LinkStep::Close;
+        };
+        assert_eq!(entry.writing, 0, "next step asked during a write");
+        assert_ne!(
+            entry.state.state(),
+            ConnectionState::Connecting,
+            "next step asked during a connection attempt"
+        );
+        if entry.queue.is_empty() {
+            entry.parked = true;
+            return LinkStep::Wait;
+        }
+        if entry.state.state() == ConnectionState::Connected {
+            let packets = entry.queue.len().min(batch_max.max(1));
+            for item in entry.queue.drain(..packets) {
+                take(item);
+            }
+            entry.writing = packets;
+            self.queued -= packets;
+            self.writing += packets;
+            return LinkStep::Write { packets };
+        }
+        if entry.state.may_connect(now) {
+            entry.state.on_connect_started(now);
+            return LinkStep::Connect(address);
+        }
+        // Backing off with packets queued before the failure was known: the sweep wakes it.
+        entry.parked = true;
+        LinkStep::Wait
+    }
+
+    fn entry_mut(&mut self, address: &SocketAddr, link: LinkId) -> Option<&mut NextHop<T>> {
+        self.entries.get_mut(address).filter(|e| e.link == link)
+    }
+
+    /// The connection of `link` is open.
+    pub fn on_connected(&mut self, address: SocketAddr, link: LinkId) {
+        if let Some(entry) = self.entry_mut(&address, link) {
+            entry.state.on_connected();
+        }
+    }
+
+    /// The connection attempt of `link` failed at `now`: its queue goes to `dropped`, and
+    /// after `failures_max` failures in a row the entry is forgotten. Whether it was.
+    pub fn on_connect_failed(
+        &mut self,
+        address: SocketAddr,
+        link: LinkId,
+        now: Instant,
+        dropped: &mut impl FnMut(T),
+    ) -> bool {
+        let Some(entry) = self.entry_mut(&address, link) else {
+            return false;
+        };
+        entry.state.on_connect_failed(now);
+        self.fail(address, dropped)
+    }
+
+    /// The write of `link` went out at `now`.
+    pub fn on_written(&mut self, address: SocketAddr, link: LinkId, now: Instant) {
+        if let Some(entry) = self.entries.get_mut(&address).filter(|e| e.link == link) {
+            let packets = entry.writing;
+            entry.writing = 0;
+            entry.sent += packets as u64;
+            entry.last_active = now;
+            entry.last_useful = now;
+            self.writing -= packets;
+        }
+    }
+
+    /// The write of `link` failed at `now`: the packets of that write and the queue go to
+    /// `dropped` (whether any arrived cannot be known), the connection backs off, and after
+    /// `failures_max` failures in a row the entry is forgotten. Whether it was.
+    pub fn on_write_failed(
+        &mut self,
+        address: SocketAddr,
+        link: LinkId,
+        now: Instant,
+        writing_dropped: &mut impl FnMut(usize),
+        dropped: &mut impl FnMut(T),
+    ) -> bool {
+        let Some(entry) = self.entry_mut(&address, link) else {
+            return false;
+        };
+        let packets = entry.writing;
+        entry.writing = 0;
+        entry.dropped += packets as u64;
+        entry.state.on_write_failed(now);
+        self.writing -= packets;
+        writing_dropped(packets);
+        self.fail(address, dropped)
+    }
+
+    /// After a failure: drop the queue, and forget the entry past `failures_max`.
+    fn fail(&mut self, address: SocketAddr, dropped: &mut impl FnMut(T)) -> bool {
+        let Some(entry) = self.entries.get_mut(&address) else {
+            return false;
+        };
+        let count = entry.queue.len();
+        entry.dropped += count as u64;
+        self.queued -= count;
+        entry.queue.drain(..).for_each(&mut *dropped);
+        entry.queue = VecDeque::new();
+        if entry.state.failures() >= self.limits.failures_max {
+            self.entries.remove(&address);
+            self.figures.forgotten_failing += 1;
+            return true;
+        }
+        false
+    }
+
+    /// The task of `link` ended (its connection closed under it): the entry, if still there,
+    /// is idle and may connect again when it has packets.
+    pub fn on_closed(&mut self, address: SocketAddr, link: LinkId) {
+        if let Some(entry) = self.entry_mut(&address, link) {
+            entry.state.on_closed();
+        }
+    }
+
+    /// At `now`: forget entries idle for the idle timeout, and wake parked entries whose
+    /// backoff ran out with packets waiting. Walks every entry: call it about once a second.
+    pub fn sweep(&mut self, now: Instant, event: &mut impl FnMut(SweepEvent)) {
+        let idle_timeout = self.limits.idle_timeout;
+        let mut forgotten = 0u64;
+        self.entries.retain(|_, entry| {
+            if entry.is_quiet() && now.saturating_duration_since(entry.last_active) >= idle_timeout
+            {
+                forgotten += 1;
+                event(SweepEvent::ClosedIdle(entry.link));
+                return false;
+            }
+            if entry.parked && !entry.queue.is_empty() && entry.state.may_connect(now) {
+                entry.parked = false;
+                event(SweepEvent::Wake(entry.link));
+            }
+            true
+        });
+        self.figures.forgotten_idle += forgotten;
+    }
+
+    /// Shutdown: every queued packet goes to `dropped`; every link is handed to `link` to be
+    /// woken (writes under way still report).
+    pub fn drain_all(&mut self, dropped: &mut impl FnMut(T), link: &mut impl FnMut(LinkId)) {
+        for entry in self.entries.values_mut() {
+            let count = entry.queue.len();
+            entry.dropped += count as u64;
+            self.queued -= count;
+            entry.queue.drain(..).for_each(&mut *dropped);
+            entry.parked = false;
+            link(entry.link);
+        }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,26 +679,6 @@ mod tests {
     }
 
     #[test]
-    fn queue_is_bounded_fifo_allocated_once() {
-        let mut queue = PeerQueue::new(3);
-        assert_eq!(queue.items.capacity(), 0);
-        for i in 0..3 {
-            queue.push(i).expect("room");
-        }
-        let capacity = queue.items.capacity();
-        assert!(capacity >= 3);
-        assert_eq!(queue.push(9), Err(9));
-        assert_eq!(queue.front(), Some(&0));
-        assert_eq!(queue.pop(), Some(0));
-        queue.push(3).expect("room again");
-        let mut drained = Vec::new();
-        queue.drain(&mut |i| drained.push(i));
-        assert_eq!(drained, [1, 2, 3]);
-        assert!(queue.is_empty());
-        assert_eq!(queue.items.capacity(), capacity);
-    }
-
-    #[test]
     fn state_machine_backs_off_on_failures_and_resets_on_success() {
         let t0 = Instant::now();
         let mut peer = PeerState::new(Backoff::default());
@@ -468,31 +726,5 @@ mod tests {
         let mut peer = PeerState::new(Backoff::default());
         peer.on_connect_started(t0);
         peer.on_connect_started(t0);
-    }
-
-    #[test]
-    fn table_is_bounded_and_counts_refusals() {
-        let mut table: PeerTable<u8> = PeerTable::new(2, 4, Backoff::default());
-        let a: SocketAddr = "10.0.0.1:1".parse().expect("valid literal");
-        let b: SocketAddr = "10.0.0.2:1".parse().expect("valid literal");
-        let c: SocketAddr = "10.0.0.3:1".parse().expect("valid literal");
-        table
-            .get_or_insert(a)
-            .expect("room")
-            .queue
-            .push(1)
-            .expect("room");
-        table.get_or_insert(b).expect("room");
-        assert_eq!(
-            table.get_or_insert(c).err(),
-            Some(PeerTableFull { peers_max: 2 })
-        );
-        assert_eq!(table.rejected_table_full(), 1);
-        assert_eq!(table.get_or_insert(a).expect("known").queue.len(), 1);
-        assert_eq!(table.queued_total(), 1);
-        assert!(table.remove(&b).is_some());
-        table.get_or_insert(c).expect("room after removal");
-        assert_eq!(table.len(), 2);
-        assert_eq!(table.get_or_insert(c).expect("known").queue.capacity(), 4);
     }
 }

@@ -25,7 +25,7 @@ pub const DESCRIPTORS_PER_SHARD: u64 = 16;
 pub fn descriptors_needed(config: &Config, shards: usize) -> u64 {
     let counts = [
         config.engine.connections_inbound_max,
-        config.engine.peers_max,
+        config.engine.next_hops_max,
         config.verloc.connections_max,
         config.verloc.batch_size,
         config.http.concurrent_requests_max,
@@ -70,12 +70,12 @@ pub fn assess(limit: u64, needed: u64) -> Verdict {
 pub fn too_low_message(limit: u64, needed: u64) -> String {
     format!(
         "the open-files limit is {limit}, but this config can use {needed} descriptors \
-         (engine.connections_inbound_max + engine.peers_max + verloc.connections_max + \
+         (engine.connections_inbound_max + engine.next_hops_max + verloc.connections_max + \
          verloc.batch_size + http.concurrent_requests_max + {DESCRIPTORS_BASE} + \
          {DESCRIPTORS_PER_SHARD} per shard); connections past the limit will be refused. \
          Fix: add `{UNIT_FIX}` to the [Service] section of the systemd unit \
          (see tuning/nym-mixnode.service), or run `{SHELL_FIX}` before starting the node, \
-         or lower engine.connections_inbound_max and engine.peers_max"
+         or lower engine.connections_inbound_max and engine.next_hops_max"
     )
 }
 
@@ -163,7 +163,7 @@ mod tests {
     fn needed_counts_every_connection_limit_and_the_margin() {
         let mut c = config();
         c.engine.connections_inbound_max = 1000;
-        c.engine.peers_max = 200;
+        c.engine.next_hops_max = 200;
         c.verloc.connections_max = 30;
         c.verloc.batch_size = 4;
         c.http.concurrent_requests_max = 5;

@@ -145,7 +145,7 @@ mod tests {
         let mut b = totals(
             250,
             230,
-            &[(DropReason::Replay, 6), (DropReason::QueueFull, 3)],
+            &[(DropReason::Replay, 6), (DropReason::NextHopQueueFull, 3)],
         );
         b.accept_errors = 7;
         let s = Summary::between(&a, &b);
@@ -153,7 +153,7 @@ mod tests {
         assert_eq!(s.interval.packets.forwarded, 140);
         assert_eq!(s.interval.packets.dropped[DropReason::Replay as usize], 2);
         assert_eq!(
-            s.interval.packets.dropped[DropReason::QueueFull as usize],
+            s.interval.packets.dropped[DropReason::NextHopQueueFull as usize],
             3
         );
         assert_eq!(s.interval.accept_errors, 7);

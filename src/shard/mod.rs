@@ -11,11 +11,19 @@
 //! sender rings the receiving shard's doorbell (a one-slot glommio shared channel, which wakes
 //! a sleeping executor), so an idle shard sleeps instead of polling its inbox.
 //!
+//! The policy lives in [`core::ShardCore`], a state machine with no I/O; `worker.rs` is its
+//! glommio driver.
+//!
 //! What it does not do: parse or process bytes itself (see [`crate::framing`],
 //! [`crate::sphinx`]), or decide policy (limits come from [`crate::config::EngineSection`]).
 
+pub mod core;
+#[cfg(test)]
+mod sim;
 pub mod stats;
 pub mod telemetry;
+#[cfg(test)]
+mod testkit;
 mod worker;
 
 use std::net::SocketAddr;

@@ -18,6 +18,13 @@ pub struct ShardStats {
     taken_over: AtomicU64,
     held: AtomicU64,
     queued: AtomicU64,
+    writing: AtomicU64,
+    next_hops: AtomicU64,
+    next_hops_opened: AtomicU64,
+    next_hops_evicted: AtomicU64,
+    next_hops_forgotten_idle: AtomicU64,
+    next_hops_forgotten_failing: AtomicU64,
+    delays_clamped: AtomicU64,
     connections_inbound: AtomicU64,
     connections_outbound: AtomicU64,
     connections_refused: AtomicU64,
@@ -37,6 +44,20 @@ pub struct ShardSnapshot {
     pub held: u64,
     /// Packets in this shard's next-hop queues.
     pub queued: u64,
+    /// Packets handed to writes to next hops now under way.
+    pub writing: u64,
+    /// Entries in this shard's next-hop table.
+    pub next_hops: u64,
+    /// Next-hop entries made.
+    pub next_hops_opened: u64,
+    /// Quiet next-hop entries forgotten to make room for a new next hop.
+    pub next_hops_evicted: u64,
+    /// Next-hop entries closed and forgotten after `engine.next_hop_idle_timeout`.
+    pub next_hops_forgotten_idle: u64,
+    /// Next-hop entries forgotten after `engine.next_hop_failures_max` failures in a row.
+    pub next_hops_forgotten_failing: u64,
+    /// Packets that asked for more than `engine.delay_max` and were held for the cap.
+    pub delays_clamped: u64,
     /// Inbound connections open.
     pub connections_inbound: u64,
     /// Outbound connections open.
@@ -70,12 +91,21 @@ pub struct ShardCounts {
 }
 
 impl ShardCounts {
-    /// Packets in this shard right now (wheel, queues, being written), by the balance.
+    /// Packets in this shard right now as the counters imply. Compare it with the measured
+    /// gauges ([`ShardSnapshot::in_flight_measured`]): a packet lost without a count makes
+    /// the two differ.
     pub fn in_flight(&self) -> i64 {
         self.packets.received as i64 + self.taken_over as i64
             - self.packets.forwarded as i64
             - self.packets.dropped_total() as i64
             - self.handed_off as i64
+    }
+}
+
+impl ShardSnapshot {
+    /// Packets in this shard right now, measured: wheel, queues and writes under way.
+    pub fn in_flight_measured(&self) -> u64 {
+        self.held + self.queued + self.writing
     }
 }
 
@@ -92,6 +122,15 @@ impl ShardStats {
         self.taken_over.store(s.counts.taken_over, r);
         self.held.store(s.held, r);
         self.queued.store(s.queued, r);
+        self.writing.store(s.writing, r);
+        self.next_hops.store(s.next_hops, r);
+        self.next_hops_opened.store(s.next_hops_opened, r);
+        self.next_hops_evicted.store(s.next_hops_evicted, r);
+        self.next_hops_forgotten_idle
+            .store(s.next_hops_forgotten_idle, r);
+        self.next_hops_forgotten_failing
+            .store(s.next_hops_forgotten_failing, r);
+        self.delays_clamped.store(s.delays_clamped, r);
         self.connections_inbound.store(s.connections_inbound, r);
         self.connections_outbound.store(s.connections_outbound, r);
         self.connections_refused.store(s.connections_refused, r);
@@ -123,6 +162,13 @@ impl ShardStats {
             },
             held: self.held.load(r),
             queued: self.queued.load(r),
+            writing: self.writing.load(r),
+            next_hops: self.next_hops.load(r),
+            next_hops_opened: self.next_hops_opened.load(r),
+            next_hops_evicted: self.next_hops_evicted.load(r),
+            next_hops_forgotten_idle: self.next_hops_forgotten_idle.load(r),
+            next_hops_forgotten_failing: self.next_hops_forgotten_failing.load(r),
+            delays_clamped: self.delays_clamped.load(r),
             connections_inbound: self.connections_inbound.load(r),
             connections_outbound: self.connections_outbound.load(r),
             connections_refused: self.connections_refused.load(r),

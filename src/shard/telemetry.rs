@@ -51,7 +51,7 @@ pub struct TelemetryReport {
     /// time to the end of the write to its next hop.
     pub added_latency_nanos: Histogram<u64>,
     /// Per-next-hop counts of the next hops this shard owns (at most its share of
-    /// `engine.peers_max`).
+    /// `engine.next_hops_max`).
     pub peers: Vec<PeerCounts>,
     /// Reports this shard could not send because the channel was full.
     pub reports_skipped: u64,
@@ -132,6 +132,18 @@ impl ShardTelemetry {
                 self.reports_skipped += 1
             }
         }
+    }
+}
+
+impl super::core::Timings for ShardTelemetry {
+    fn expand(&mut self, elapsed: Duration) {
+        self.record_expand(elapsed);
+    }
+    fn unwrap(&mut self, elapsed: Duration) {
+        self.record_unwrap(elapsed);
+    }
+    fn added_latency(&mut self, past_due: Duration) {
+        self.record_added_latency(past_due);
     }
 }
 

@@ -1,6 +1,8 @@
-//! One shard: its accept loop, its readers, its pump (cross-shard inbox and delay wheel) and
-//! one writer task per next hop it owns. Single-threaded: state lives in `RefCell`s and no
-//! borrow is held across an `.await`.
+//! The driver of one shard: its accept loop, its readers, its pump (cross-shard inbox, the
+//! core's timeouts, publication, shutdown), one task per next-hop link, and the doorbells.
+//! Every decision is the [`ShardCore`]'s; this file only does the I/O the core asks for and
+//! reports back what happened. Single-threaded: state lives in `RefCell`s and no borrow is
+//! held across an `.await`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -19,31 +21,26 @@ use glommio::sync::Semaphore;
 use glommio::task::JoinHandle;
 use x25519_dalek::StaticSecret;
 
+use super::core::{
+    Action, CoreConfig, Handoff, HandoffRefused, HandoffSink, Outcome, Phase, ShardCore,
+};
 use super::stats::{ShardCounts, ShardSnapshot, ShardStats};
 use super::telemetry::{PeerCounts, ShardTelemetry, TelemetryReport};
 use super::{Control, Doorbell, DoorbellReceiver};
-use crate::accounting::DropReason;
 use crate::config::EngineSection;
-use crate::delay::{DelayWheel, WheelConfig};
-use crate::forward::{owner_shard, Backoff, ConnectionState, PeerQueue, PeerState};
+use crate::forward::{LinkId, LinkStep};
 use crate::framing::{FrameDecoder, FrameHeader};
 use crate::replay::ReplayFilter;
-use crate::sphinx::{ExpandedPacket, HopProcessor};
+use crate::sphinx::HopProcessor;
 
 /// Longest sleep of an idle pump: bounds how late a shard notices a shutdown request and how
 /// old its published figures get. Handoffs (doorbell) and packets held for less than this
-/// (the wheel's next due time) wake it sooner.
+/// (the core's next timeout) wake it sooner.
 const PUMP_SLEEP_MAX: Duration = Duration::from_millis(20);
-/// Handoffs taken from the inbox per round before the wheel gets a turn.
+/// Handoffs taken from the inbox per round before the timeouts get a turn.
 const INBOX_BATCH_MAX: usize = 64;
 /// Longest a reader works through frames before giving the other tasks (the writers) a turn.
 const READER_TURN_MAX: Duration = Duration::from_micros(250);
-/// Packets written to a next hop in one write call.
-const WRITE_BATCH_PACKETS_MAX: usize = 32;
-/// Tick of the delay wheel.
-const WHEEL_TICK: Duration = Duration::from_millis(1);
-/// Slots of the delay wheel: 16 s in one revolution at 1 ms ticks.
-const WHEEL_SLOTS: usize = 16_384;
 /// A write to a next hop that makes no progress for this long fails the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -66,84 +63,59 @@ pub(super) struct ShardInit {
     pub telemetry: Sender<TelemetryReport>,
 }
 
-/// A packet passed between shards.
-///
-/// The expanded packet (about 700 bytes) is boxed so that a channel slot stays small: a
-/// bounded channel touches every slot once it has wrapped, and inline slots would cost
-/// `cross_shard_packets_max` x 700 bytes per shard. One small allocation per handoff is
-/// noise next to the scalar multiplications.
-pub(super) enum Handoff {
-    /// For the shard owning the replay tag: check, then unwrap.
-    Unwrap {
-        packet: Box<ExpandedPacket>,
-        header: FrameHeader,
-        received_at: Instant,
-    },
-    /// For the shard owning the next hop: hold until due, then forward.
-    Hold { due: Instant, held: Held },
+/// The cross-shard channels as the core's [`HandoffSink`]: a handoff that goes in rings the
+/// target's doorbell.
+struct Outbox {
+    senders: Vec<Sender<Handoff>>,
+    /// The other shards' doorbells, connected (None for this shard, or until connected).
+    bells: Vec<Option<ConnectedSender<()>>>,
 }
 
-/// A processed packet waiting for its due time, then for its next hop's connection.
-pub(super) struct Held {
-    /// When it fell due: the time in the node past this is added latency.
-    due: Instant,
-    packet: Vec<u8>,
-    header: FrameHeader,
-    next_hop: SocketAddr,
+impl HandoffSink for Outbox {
+    fn hand_off(&mut self, to: usize, handoff: Handoff) -> Result<(), HandoffRefused> {
+        match self.senders[to].try_send(handoff) {
+            Ok(()) => {
+                // A full slot means a ring is already pending; a closed one, that the other
+                // shard has stopped (its inbox is drained at close).
+                if let Some(bell) = &self.bells[to] {
+                    let _ = bell.try_send(());
+                }
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => Err(HandoffRefused::Full),
+            Err(TrySendError::Disconnected(_)) => Err(HandoffRefused::Closed),
+        }
+    }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Phase {
-    Running,
-    /// Not accepting; forwarding what falls due until the deadline.
-    Draining(Instant),
-    /// Past the deadline: everything left is dropped for shutdown.
-    Closed,
-}
-
-struct Peer {
-    address: SocketAddr,
-    queue: RefCell<PeerQueue<Held>>,
-    state: Cell<PeerState>,
+/// The driver's side of one next-hop link: how to wake its task.
+struct LinkTask {
     wake: Semaphore,
-    idle: Cell<bool>,
-    sent: Cell<u64>,
-    dropped: Cell<u64>,
+    handle: RefCell<Option<JoinHandle<()>>>,
 }
 
 struct Shard {
     index: usize,
-    shards: usize,
     engine: EngineSection,
     control: Arc<Control>,
     stats: Arc<Vec<ShardStats>>,
-    senders: Vec<Sender<Handoff>>,
-    /// The other shards' doorbells, connected (None for this shard, or until connected).
-    bells: RefCell<Vec<Option<ConnectedSender<()>>>>,
+    core: RefCell<ShardCore>,
+    outbox: RefCell<Outbox>,
     inbox: Receiver<Handoff>,
     /// Wakes a sleeping pump: a doorbell rang, or a packet due before its wake-up was held.
     pump_wake: Semaphore,
     /// When the sleeping pump will wake on its own; None while it runs.
     pump_sleeping_until: Cell<Option<Instant>>,
-    processor: RefCell<HopProcessor>,
-    wheel: RefCell<DelayWheel<Held>>,
-    peers: RefCell<HashMap<SocketAddr, Rc<Peer>>>,
-    peers_max: usize,
+    links: RefCell<HashMap<LinkId, Rc<LinkTask>>>,
+    /// This shard's share of `engine.connections_inbound_max`.
     connections_max: usize,
-    counts: RefCell<ShardCounts>,
-    queued: Cell<u64>,
     connections_inbound: Cell<u64>,
     connections_outbound: Cell<u64>,
     connections_refused: Cell<u64>,
     accept_errors: Cell<u64>,
     read_timeouts: Cell<u64>,
-    phase: Cell<Phase>,
     readers: RefCell<HashMap<u64, JoinHandle<()>>>,
     next_reader_id: Cell<u64>,
-    writers: RefCell<Vec<JoinHandle<()>>>,
-    replay_warned: Cell<bool>,
-    /// Scratch for packets that fell due in one round of the pump.
-    due: RefCell<Vec<Held>>,
     telemetry: RefCell<ShardTelemetry>,
 }
 
@@ -152,17 +124,10 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
     // SAFETY: the fd is a listening TCP socket created for this shard and owned by nothing else.
     let listener = unsafe { TcpListener::from_raw_fd(init.listener_fd) };
     let shards = init.shards;
-    let e = &init.engine;
-    let wheel = DelayWheel::new(
-        WheelConfig {
-            tick: WHEEL_TICK,
-            slot_count: WHEEL_SLOTS,
-            capacity: e.held_packets_max,
-        },
-        Instant::now(),
-    );
-    let wheel = match wheel {
-        Ok(w) => w,
+    let config = CoreConfig::new(&init.engine, init.index, shards);
+    let processor = HopProcessor::with_kind(init.secret, init.filter, init.engine.hop_processor);
+    let core = match ShardCore::new(config, processor, Instant::now(), Instant::now) {
+        Ok(core) => core,
         Err(err) => {
             tracing::error!(shard = init.index, error = %err, "cannot size the delay wheel");
             return ShardCounts::default();
@@ -170,37 +135,26 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
     };
     let shard = Rc::new(Shard {
         index: init.index,
-        shards,
-        peers_max: e.peers_max.div_ceil(shards).max(1),
-        connections_max: e.connections_inbound_max.div_ceil(shards).max(1),
         engine: init.engine.clone(),
         control: init.control,
         stats: init.stats,
-        senders: init.senders,
-        bells: RefCell::new((0..shards).map(|_| None).collect()),
+        core: RefCell::new(core),
+        outbox: RefCell::new(Outbox {
+            senders: init.senders,
+            bells: (0..shards).map(|_| None).collect(),
+        }),
         inbox: init.inbox,
         pump_wake: Semaphore::new(0),
         pump_sleeping_until: Cell::new(None),
-        processor: RefCell::new(HopProcessor::with_kind(
-            init.secret,
-            init.filter,
-            init.engine.hop_processor,
-        )),
-        wheel: RefCell::new(wheel),
-        peers: RefCell::new(HashMap::new()),
-        counts: RefCell::new(ShardCounts::default()),
-        queued: Cell::new(0),
+        links: RefCell::new(HashMap::new()),
+        connections_max: init.engine.connections_inbound_max.div_ceil(shards).max(1),
         connections_inbound: Cell::new(0),
         connections_outbound: Cell::new(0),
         connections_refused: Cell::new(0),
         accept_errors: Cell::new(0),
         read_timeouts: Cell::new(0),
-        phase: Cell::new(Phase::Running),
         readers: RefCell::new(HashMap::new()),
         next_reader_id: Cell::new(0),
-        writers: RefCell::new(Vec::new()),
-        replay_warned: Cell::new(false),
-        due: RefCell::new(Vec::with_capacity(4096)),
         telemetry: RefCell::new(ShardTelemetry::new(
             init.index,
             init.telemetry,
@@ -215,7 +169,7 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
     for (target, bell) in init.bells_out.into_iter().enumerate() {
         if let Some(bell) = bell {
             let connected = bell.connect().await;
-            shard.bells.borrow_mut()[target] = Some(connected);
+            shard.outbox.borrow_mut().bells[target] = Some(connected);
         }
     }
     let accept = glommio::spawn_local(accept_loop(Rc::clone(&shard), listener)).detach();
@@ -233,97 +187,70 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
 }
 
 impl Shard {
-    fn drop_packet(&self, reason: DropReason) {
-        self.counts.borrow_mut().packets.drop_packet(reason);
-    }
-
-    fn drop_packets(&self, reason: DropReason, count: u64) {
-        self.counts.borrow_mut().packets.dropped[reason as usize] += count;
-    }
-
     /// A whole frame arrived on one of this shard's connections.
     fn on_frame(self: &Rc<Self>, header: FrameHeader, bytes: &[u8], now: Instant) {
-        self.counts.borrow_mut().packets.received += 1;
-        if let Err(reason) = header.check_mixable() {
-            self.drop_packet(reason);
-            return;
-        }
-        let expanded = self.processor.borrow().expand(bytes);
-        self.telemetry.borrow_mut().record_expand(now.elapsed());
-        match expanded {
-            Err(reason) => self.drop_packet(reason),
-            Ok(packet) => {
-                let owner = super::tag_owner(packet.replay_tag(), self.shards);
-                if owner == self.index {
-                    self.unwrap_packet(packet, header, now);
-                } else {
-                    self.send(
-                        owner,
-                        Handoff::Unwrap {
-                            packet: Box::new(packet),
-                            header,
-                            received_at: now,
-                        },
-                    );
-                }
-            }
-        }
+        let outcome = self.core.borrow_mut().on_frame(
+            header,
+            bytes,
+            now,
+            &mut *self.outbox.borrow_mut(),
+            &mut *self.telemetry.borrow_mut(),
+        );
+        self.after(outcome);
     }
 
-    /// Replay check, MAC, unwrap; then route to the next hop's owner.
-    fn unwrap_packet(
-        self: &Rc<Self>,
-        packet: ExpandedPacket,
-        header: FrameHeader,
-        received_at: Instant,
-    ) {
-        let started = Instant::now();
-        let result = self
-            .processor
-            .borrow_mut()
-            .finish(packet, self.engine.delay_max);
-        self.telemetry.borrow_mut().record_unwrap(started.elapsed());
-        match result {
-            Err(reason) => self.drop_packet(reason),
-            Ok(hop) => {
-                let due = received_at + hop.delay;
-                let held = Held {
-                    due,
-                    packet: hop.packet,
-                    header,
-                    next_hop: hop.next_hop,
-                };
-                let owner = owner_shard(&hop.next_hop, self.shards);
-                if owner == self.index {
-                    self.hold(due, held);
-                } else {
-                    self.send(owner, Handoff::Hold { due, held });
-                }
-            }
-        }
+    fn on_handoff(self: &Rc<Self>, handoff: Handoff, now: Instant) {
+        let outcome = self.core.borrow_mut().on_handoff(
+            handoff,
+            now,
+            &mut *self.outbox.borrow_mut(),
+            &mut *self.telemetry.borrow_mut(),
+        );
+        self.after(outcome);
     }
 
-    fn hold(self: &Rc<Self>, due: Instant, held: Held) {
-        if self.phase.get() == Phase::Closed {
-            self.drop_packet(DropReason::Shutdown);
-            return;
+    /// Wake the pump for a packet due before it would wake, and carry out the core's actions.
+    fn after(self: &Rc<Self>, outcome: Outcome) {
+        if let Outcome::Held { due } = outcome {
+            if self
+                .pump_sleeping_until
+                .get()
+                .is_some_and(|until| due < until)
+            {
+                self.wake_pump();
+            }
         }
-        // Already due (a zero delay): straight to the next hop's queue, not a wheel round.
-        if due <= Instant::now() {
-            self.enqueue(held);
-            return;
-        }
-        if self.wheel.borrow_mut().insert(due, held).is_err() {
-            self.drop_packet(DropReason::QueueFull);
-            return;
-        }
-        // The pump may be asleep until later than this packet is due.
-        if self
-            .pump_sleeping_until
-            .get()
-            .is_some_and(|until| due < until)
-        {
-            self.wake_pump();
+        self.run_actions();
+    }
+
+    /// Start the tasks of new links and wake the ones the core has work for.
+    fn run_actions(self: &Rc<Self>) {
+        loop {
+            let Some(action) = self.core.borrow_mut().poll_action() else {
+                break;
+            };
+            match action {
+                Action::Open { link, next_hop } => {
+                    let task = Rc::new(LinkTask {
+                        wake: Semaphore::new(0),
+                        handle: RefCell::new(None),
+                    });
+                    self.links.borrow_mut().insert(link, Rc::clone(&task));
+                    let handle = glommio::spawn_local(writer(
+                        Rc::clone(self),
+                        Rc::clone(&task),
+                        link,
+                        next_hop,
+                    ))
+                    .detach();
+                    task.handle.replace(Some(handle));
+                }
+                Action::Wake { link } => {
+                    if let Some(task) = self.links.borrow().get(&link) {
+                        task.wake.signal(1);
+                    }
+                }
+            }
         }
     }
 
@@ -334,91 +261,21 @@ impl Shard {
         }
     }
 
-    fn send(&self, target: usize, handoff: Handoff) {
-        if self.phase.get() == Phase::Closed {
-            self.drop_packet(DropReason::Shutdown);
-            return;
-        }
-        match self.senders[target].try_send(handoff) {
-            Ok(()) => {
-                self.counts.borrow_mut().handed_off += 1;
-                // A full slot means a ring is already pending; a closed one, that the other
-                // shard has stopped (its inbox is drained at close).
-                if let Some(bell) = &self.bells.borrow()[target] {
-                    let _ = bell.try_send(());
-                }
-            }
-            Err(TrySendError::Full(_)) => self.drop_packet(DropReason::QueueFull),
-            Err(TrySendError::Disconnected(_)) => self.drop_packet(DropReason::Shutdown),
-        }
-    }
-
-    fn on_handoff(self: &Rc<Self>, handoff: Handoff) {
-        self.counts.borrow_mut().taken_over += 1;
-        if self.phase.get() == Phase::Closed {
-            self.drop_packet(DropReason::Shutdown);
-            return;
-        }
-        match handoff {
-            Handoff::Unwrap {
-                packet,
-                header,
-                received_at,
-            } => self.unwrap_packet(*packet, header, received_at),
-            Handoff::Hold { due, held } => self.hold(due, held),
-        }
-    }
-
-    /// A held packet fell due: queue it for its next hop.
-    fn enqueue(self: &Rc<Self>, held: Held) {
-        let peer = {
-            let mut peers = self.peers.borrow_mut();
-            match peers.get(&held.next_hop) {
-                Some(peer) => Rc::clone(peer),
-                None => {
-                    if peers.len() >= self.peers_max {
-                        drop(peers);
-                        self.drop_packet(DropReason::QueueFull);
-                        return;
-                    }
-                    let peer = Rc::new(Peer {
-                        address: held.next_hop,
-                        queue: RefCell::new(PeerQueue::new(self.engine.peer_queue_packets_max)),
-                        state: Cell::new(PeerState::new(Backoff {
-                            initial: self.engine.backoff_initial,
-                            max: self.engine.backoff_max,
-                        })),
-                        wake: Semaphore::new(0),
-                        idle: Cell::new(false),
-                        sent: Cell::new(0),
-                        dropped: Cell::new(0),
-                    });
-                    peers.insert(held.next_hop, Rc::clone(&peer));
-                    let writer =
-                        glommio::spawn_local(writer(Rc::clone(self), Rc::clone(&peer))).detach();
-                    self.writers.borrow_mut().push(writer);
-                    peer
-                }
-            }
-        };
-        if peer.queue.borrow_mut().push(held).is_err() {
-            self.drop_packet(DropReason::QueueFull);
-            peer.dropped.set(peer.dropped.get() + 1);
-            return;
-        }
-        self.queued.set(self.queued.get() + 1);
-        if peer.idle.replace(false) {
-            peer.wake.signal(1);
-        }
-    }
-
     fn publish(&self) {
-        let processor = self.processor.borrow();
-        let filter = processor.replay_filter();
+        let core = self.core.borrow();
+        let filter = core.processor().replay_filter();
+        let figures = core.figures();
         let snapshot = ShardSnapshot {
-            counts: *self.counts.borrow(),
-            held: self.wheel.borrow().len() as u64,
-            queued: self.queued.get(),
+            counts: core.counts(),
+            held: figures.held,
+            queued: figures.queued,
+            writing: figures.writing,
+            next_hops: figures.table.next_hops,
+            next_hops_opened: figures.table.opened,
+            next_hops_evicted: figures.table.evicted,
+            next_hops_forgotten_idle: figures.table.forgotten_idle,
+            next_hops_forgotten_failing: figures.table.forgotten_failing,
+            delays_clamped: figures.delays_clamped,
             connections_inbound: self.connections_inbound.get(),
             connections_outbound: self.connections_outbound.get(),
             connections_refused: self.connections_refused.get(),
@@ -428,14 +285,6 @@ impl Shard {
             replay_filter_capacity: filter.capacity(),
             replay_filter_fill_ppm: (filter.fill_ratio() * 1e6) as u64,
         };
-        if filter.is_over_capacity() && !self.replay_warned.replace(true) {
-            tracing::warn!(
-                shard = self.index,
-                items = snapshot.replay_filter_items,
-                capacity = snapshot.replay_filter_capacity,
-                "replay filter is past the packet count it was sized for: its false-positive rate now exceeds the configured one. Raise engine.replay_filter_packets_max"
-            );
-        }
         self.stats[self.index].publish(&snapshot);
     }
 
@@ -446,20 +295,16 @@ impl Shard {
             return;
         }
         let peers = self
-            .peers
+            .core
             .borrow()
-            .values()
-            .map(|peer| PeerCounts {
-                next_hop: peer.address,
-                sent: peer.sent.get(),
-                dropped: peer.dropped.get(),
+            .next_hop_counts()
+            .map(|(next_hop, sent, dropped)| PeerCounts {
+                next_hop,
+                sent,
+                dropped,
             })
             .collect();
         self.telemetry.borrow_mut().send_report(now, peers);
-    }
-
-    fn closing(&self) -> bool {
-        self.phase.get() == Phase::Closed
     }
 }
 
@@ -544,8 +389,7 @@ async fn reader(shard: Rc<Shard>, mut stream: TcpStream, id: u64) {
                 Ok(None) => break,
                 Err(e) => {
                     // The stream cannot be resynchronised: count the bad frame and close.
-                    shard.counts.borrow_mut().packets.received += 1;
-                    shard.drop_packet(DropReason::BadFrame);
+                    shard.core.borrow_mut().on_bad_frame();
                     tracing::debug!(shard = shard.index, error = %e, "closing a corrupt stream");
                     break 'connection;
                 }
@@ -571,7 +415,7 @@ async fn reader(shard: Rc<Shard>, mut stream: TcpStream, id: u64) {
     shard.readers.borrow_mut().remove(&id);
 }
 
-/// The shard's clock: the cross-shard inbox, the delay wheel, publication, and shutdown.
+/// The shard's clock: the cross-shard inbox, the core's timeouts, publication, and shutdown.
 async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
     let mut accept = Some(accept);
     loop {
@@ -579,7 +423,7 @@ async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
         for _ in 0..INBOX_BATCH_MAX {
             match shard.inbox.try_recv() {
                 Ok(handoff) => {
-                    shard.on_handoff(handoff);
+                    shard.on_handoff(handoff, Instant::now());
                     work += 1;
                     glommio::yield_if_needed().await;
                 }
@@ -587,21 +431,13 @@ async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
             }
         }
         let now = Instant::now();
-        // Reused every round: taking due packets out allocates nothing once warm.
-        let mut due = shard.due.take();
-        shard
-            .wheel
-            .borrow_mut()
-            .pop_due(now, &mut |held| due.push(held));
-        work += due.len();
-        for held in due.drain(..) {
-            shard.enqueue(held);
-        }
-        shard.due.replace(due);
+        shard.core.borrow_mut().handle_timeout(now);
+        shard.run_actions();
         shard.publish();
         shard.publish_telemetry(now);
 
-        match shard.phase.get() {
+        let phase = shard.core.borrow().phase();
+        match phase {
             Phase::Running => {
                 if let Some(deadline) = shard.control.stop_requested() {
                     if let Some(task) = accept.take() {
@@ -614,16 +450,15 @@ async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
                     for (_, task) in readers {
                         task.cancel();
                     }
-                    shard.phase.set(Phase::Draining(deadline));
+                    shard.core.borrow_mut().begin_drain(deadline);
+                    continue;
                 }
             }
-            Phase::Draining(deadline) => {
-                if now >= deadline {
-                    close(&shard).await;
-                    break;
-                }
+            Phase::Draining(_) => {}
+            Phase::Closed => {
+                close(&shard).await;
+                break;
             }
-            Phase::Closed => break,
         }
 
         if work > 0 || !shard.inbox.is_empty() {
@@ -632,21 +467,15 @@ async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
             pump_sleep(&shard, now).await;
         }
     }
-    let counts = *shard.counts.borrow();
+    let counts = shard.core.borrow().counts();
     shard.publish();
     counts
 }
 
-/// Sleep until the wheel's next due time (at most [`PUMP_SLEEP_MAX`]), or until woken by a
-/// doorbell or an earlier packet. `next_due` scans the wheel's slots from its cursor; it is
-/// asked only when the pump has nothing else to do.
+/// Sleep until the core's next timeout (at most [`PUMP_SLEEP_MAX`]), or until woken by a
+/// doorbell or an earlier packet.
 async fn pump_sleep(shard: &Rc<Shard>, now: Instant) {
-    let cap = now + PUMP_SLEEP_MAX;
-    let until = shard
-        .wheel
-        .borrow()
-        .next_due()
-        .map_or(cap, |due| due.min(cap));
+    let until = shard.core.borrow().next_timeout().min(now + PUMP_SLEEP_MAX);
     if until <= now {
         return;
     }
@@ -668,133 +497,109 @@ async fn listen_for_doorbell(shard: Rc<Shard>, bell: DoorbellReceiver) {
     }
 }
 
-/// Past the drain deadline: drop what is held, stop the writers, and take in what other
-/// shards still send until every shard has stopped sending.
+/// The core has closed (past the drain deadline): take in what other shards still send (the
+/// core drops it as shutdown) until every shard has stopped sending, then wait for the link
+/// tasks to end.
 async fn close(shard: &Rc<Shard>) {
-    shard.phase.set(Phase::Closed);
-    let mut left = 0u64;
-    shard.wheel.borrow_mut().drain_all(&mut |_| left += 1);
-    shard.drop_packets(DropReason::Shutdown, left);
-    let peers: Vec<_> = shard.peers.borrow().values().cloned().collect();
-    for peer in &peers {
-        peer.wake.signal(1);
-    }
+    shard.run_actions();
     shard.control.stopped_sending.fetch_add(1, Ordering::AcqRel);
     loop {
         let all_stopped = shard.control.stopped_sending.load(Ordering::Acquire)
             >= shard.control.running.load(Ordering::Acquire);
         while let Ok(handoff) = shard.inbox.try_recv() {
-            shard.on_handoff(handoff);
+            shard.on_handoff(handoff, Instant::now());
         }
         if all_stopped {
             break;
         }
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
-    let writers: Vec<_> = shard.writers.borrow_mut().drain(..).collect();
-    for writer in writers {
-        writer.await;
+    let tasks: Vec<_> = shard
+        .links
+        .borrow()
+        .values()
+        .filter_map(|task| task.handle.borrow_mut().take())
+        .collect();
+    for task in tasks {
+        task.await;
     }
 }
 
-/// Drop every packet queued for `peer` with `reason`.
-fn drop_queue(shard: &Shard, peer: &Peer, reason: DropReason) {
-    let mut count = 0u64;
-    peer.queue.borrow_mut().drain(&mut |_| count += 1);
-    shard.queued.set(shard.queued.get() - count);
-    shard.drop_packets(reason, count);
-    peer.dropped.set(peer.dropped.get() + count);
-    shard.publish();
-}
-
-/// Owns the connection to one next hop: connects with backoff and writes queued packets in
-/// batches.
-async fn writer(shard: Rc<Shard>, peer: Rc<Peer>) {
+/// The task of one next-hop link: does what the core's [`ShardCore::link_next`] says
+/// (connect, write, wait, close) and reports each result back.
+async fn writer(shard: Rc<Shard>, task: Rc<LinkTask>, link: LinkId, next_hop: SocketAddr) {
     let mut stream: Option<TcpStream> = None;
-    let mut buffer: Vec<u8> = Vec::with_capacity(WRITE_BATCH_PACKETS_MAX * 2500);
-    let mut dues = [Instant::now(); WRITE_BATCH_PACKETS_MAX];
+    // Grows to one batch while the link writes; freed with the task.
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut dues: Vec<Instant> = Vec::new();
     loop {
-        if shard.closing() {
-            drop_queue(&shard, &peer, DropReason::Shutdown);
-            break;
-        }
-        if peer.queue.borrow().is_empty() {
-            peer.idle.set(true);
-            if peer.wake.acquire(1).await.is_err() {
-                break;
-            }
-            continue;
-        }
-        if stream.is_none() {
-            let now = Instant::now();
-            let mut state = peer.state.get();
-            if let ConnectionState::BackingOff { until } = state.state() {
-                if now < until {
-                    // Packets keep queueing (bounded) while we wait; wake up for shutdown.
-                    let wait = until
-                        .saturating_duration_since(now)
-                        .min(Duration::from_millis(100));
-                    glommio::timer::sleep(wait).await;
-                    continue;
+        let step = shard.core.borrow_mut().link_next(
+            next_hop,
+            link,
+            Instant::now(),
+            &mut buffer,
+            &mut dues,
+        );
+        match step {
+            LinkStep::Close => break,
+            LinkStep::Wait => {
+                if task.wake.acquire(1).await.is_err() {
+                    break;
                 }
             }
-            state.on_connect_started(now);
-            let connected =
-                TcpStream::connect_timeout(peer.address, shard.engine.connect_timeout).await;
-            match connected {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    let _ = s.set_write_timeout(Some(WRITE_TIMEOUT));
-                    state.on_connected();
-                    shard
-                        .connections_outbound
-                        .set(shard.connections_outbound.get() + 1);
-                    stream = Some(s);
-                }
-                Err(e) => {
-                    state.on_connect_failed(Instant::now());
-                    tracing::debug!(shard = shard.index, peer = %peer.address, error = %e, failures = state.failures(), "next hop unreachable");
-                    drop_queue(&shard, &peer, DropReason::NextHopUnreachable);
+            LinkStep::Connect(address) => {
+                let connected =
+                    TcpStream::connect_timeout(address, shard.engine.connect_timeout).await;
+                match connected {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        let _ = s.set_write_timeout(Some(WRITE_TIMEOUT));
+                        shard.core.borrow_mut().on_connected(next_hop, link);
+                        shard
+                            .connections_outbound
+                            .set(shard.connections_outbound.get() + 1);
+                        stream = Some(s);
+                    }
+                    Err(e) => {
+                        tracing::debug!(shard = shard.index, peer = %next_hop, error = %e, "next hop unreachable");
+                        shard
+                            .core
+                            .borrow_mut()
+                            .on_connect_failed(next_hop, link, Instant::now());
+                        shard.publish();
+                    }
                 }
             }
-            peer.state.set(state);
-            continue;
-        }
-        buffer.clear();
-        let mut batch = 0u64;
-        {
-            let mut queue = peer.queue.borrow_mut();
-            while batch < WRITE_BATCH_PACKETS_MAX as u64 {
-                let Some(held) = queue.pop() else { break };
-                dues[batch as usize] = held.due;
-                let start = buffer.len();
-                buffer.resize(start + held.header.encoded_len(), 0);
-                held.header.encode(&mut buffer[start..]);
-                buffer.extend_from_slice(&held.packet);
-                batch += 1;
-            }
-        }
-        shard.queued.set(shard.queued.get() - batch);
-        let Some(s) = stream.as_mut() else { continue };
-        match s.write_all(&buffer).await {
-            Ok(()) => {
-                shard.counts.borrow_mut().packets.forwarded += batch;
-                peer.sent.set(peer.sent.get() + batch);
-                record_added_latency(&shard, &dues[..batch as usize]);
+            LinkStep::Write { .. } => {
+                let result = match stream.as_mut() {
+                    Some(s) => s.write_all(&buffer).await,
+                    // The core only writes on a link it was told is connected.
+                    None => Err(std::io::Error::other("no connection")),
+                };
+                match result {
+                    Ok(()) => {
+                        shard.core.borrow_mut().on_written(
+                            next_hop,
+                            link,
+                            Instant::now(),
+                            &dues,
+                            &mut *shard.telemetry.borrow_mut(),
+                        );
+                    }
+                    Err(e) => {
+                        tracing::debug!(shard = shard.index, peer = %next_hop, error = %e, "write to next hop failed");
+                        shard
+                            .core
+                            .borrow_mut()
+                            .on_write_failed(next_hop, link, Instant::now());
+                        if stream.take().is_some() {
+                            shard
+                                .connections_outbound
+                                .set(shard.connections_outbound.get() - 1);
+                        }
+                    }
+                }
                 shard.publish();
-            }
-            Err(e) => {
-                // Whether any of the batch arrived cannot be known: count it as not delivered.
-                shard.drop_packets(DropReason::NextHopUnreachable, batch);
-                peer.dropped.set(peer.dropped.get() + batch);
-                tracing::debug!(shard = shard.index, peer = %peer.address, error = %e, "write to next hop failed");
-                let mut state = peer.state.get();
-                state.on_write_failed(Instant::now());
-                peer.state.set(state);
-                stream = None;
-                shard
-                    .connections_outbound
-                    .set(shard.connections_outbound.get() - 1);
             }
         }
     }
@@ -803,13 +608,5 @@ async fn writer(shard: Rc<Shard>, peer: Rc<Peer>) {
             .connections_outbound
             .set(shard.connections_outbound.get() - 1);
     }
-}
-
-/// A batch with these due times was just written: record each packet's time past due.
-fn record_added_latency(shard: &Shard, dues: &[Instant]) {
-    let now = Instant::now();
-    let mut telemetry = shard.telemetry.borrow_mut();
-    for due in dues {
-        telemetry.record_added_latency(now.saturating_duration_since(*due));
-    }
+    shard.links.borrow_mut().remove(&link);
 }

@@ -54,8 +54,10 @@ pub const DELAY_MAX_DEFAULT: Duration = Duration::from_secs(10);
 pub struct ForwardMeta {
     /// The next hop's mix port.
     pub next_hop: SocketAddr,
-    /// How long to hold the packet before sending it.
+    /// How long to hold the packet before sending it (at most the cap).
     pub delay: Duration,
+    /// The packet asked for longer than the cap and `delay` is the cap.
+    pub delay_clamped: bool,
 }
 
 /// A processed packet ready to be delayed and forwarded.
@@ -65,8 +67,10 @@ pub struct ForwardHop {
     pub packet: Vec<u8>,
     /// The next hop's mix port.
     pub next_hop: SocketAddr,
-    /// How long to hold the packet before sending it.
+    /// How long to hold the packet before sending it (at most the cap).
     pub delay: Duration,
+    /// The packet asked for longer than the cap and `delay` is the cap.
+    pub delay_clamped: bool,
 }
 
 /// Which implementation unwraps packets: config `engine.hop_processor`.
@@ -194,6 +198,7 @@ impl HopProcessor {
             packet,
             next_hop: meta.next_hop,
             delay: meta.delay,
+            delay_clamped: meta.delay_clamped,
         })
     }
 
@@ -201,8 +206,8 @@ impl HopProcessor {
     /// fast implementation allocates nothing.
     ///
     /// Drops with [`DropReason::BadPacket`] (unparsable, MAC or unwrap failure),
-    /// [`DropReason::Replay`], [`DropReason::FinalHop`], [`DropReason::BadNextHopAddress`] or
-    /// [`DropReason::DelayOverCap`] (a delay above `delay_max`). The replay tag is recorded
+    /// [`DropReason::Replay`], [`DropReason::FinalHop`], or [`DropReason::BadNextHopAddress`];
+    /// a delay above `delay_max` is clamped to it (as nym-node does). The replay tag is recorded
     /// once the header MAC verified, even if a later check drops the packet: the header is
     /// genuine, so a second copy is a replay whatever its fate.
     ///
@@ -284,6 +289,7 @@ impl HopProcessor {
                     packet,
                     next_hop: meta.next_hop,
                     delay: meta.delay,
+                    delay_clamped: meta.delay_clamped,
                 })
             }
             ExpandedInner::Crate { packet, secret } => {
@@ -295,6 +301,7 @@ impl HopProcessor {
                     packet,
                     next_hop: meta.next_hop,
                     delay: meta.delay,
+                    delay_clamped: meta.delay_clamped,
                 })
             }
         }
@@ -366,11 +373,12 @@ fn check_forward(
     delay_max: Duration,
 ) -> Result<ForwardMeta, DropReason> {
     let next_hop = parse_node_address(next_hop_address).ok_or(DropReason::BadNextHopAddress)?;
-    let delay = Duration::from_nanos(delay_nanos);
-    if delay > delay_max {
-        return Err(DropReason::DelayOverCap);
-    }
-    Ok(ForwardMeta { next_hop, delay })
+    let asked = Duration::from_nanos(delay_nanos);
+    Ok(ForwardMeta {
+        next_hop,
+        delay: asked.min(delay_max),
+        delay_clamped: asked > delay_max,
+    })
 }
 
 /// A parsed packet with its expanded shared secret: the state between
@@ -584,6 +592,7 @@ mod tests {
                     packet: out,
                     next_hop: meta.next_hop,
                     delay: meta.delay,
+                    delay_clamped: meta.delay_clamped,
                 });
             }
             for output in &outputs[1..] {
@@ -711,17 +720,18 @@ mod tests {
     }
 
     #[test]
-    fn delays_over_the_cap_are_dropped() {
+    fn delays_over_the_cap_are_clamped_to_it() {
         for kind in HopProcessorKind::ALL {
             let mut fixture = Fixture::new(kind);
             fixture.route[0].delay = Duration::from_millis(1500);
             let packet = fixture.packet(SizeTag::Ack);
             let mut hop = fixture.processor(0);
-            assert_eq!(
-                hop.process(&packet, Duration::from_millis(1499)),
-                Err(DropReason::DelayOverCap)
-            );
-            // The header was genuine, so its tag is recorded: the same packet is now a replay.
+            let clamped = hop
+                .process(&packet, Duration::from_millis(1499))
+                .expect("a delay over the cap is clamped, not dropped");
+            assert_eq!(clamped.delay, Duration::from_millis(1499));
+            assert!(clamped.delay_clamped);
+            // The same packet is now a replay.
             assert_eq!(
                 hop.process(&packet, Duration::from_millis(1500)),
                 Err(DropReason::Replay)
@@ -731,6 +741,10 @@ mod tests {
                 .process(&packet, Duration::from_millis(1500))
                 .expect("delay at the cap is honoured");
             assert_eq!(forwarded.delay, Duration::from_millis(1500));
+            assert!(
+                !forwarded.delay_clamped,
+                "a delay at the cap is not clamped"
+            );
         }
     }
 
