@@ -727,4 +727,98 @@ mod tests {
         peer.on_connect_started(t0);
         peer.on_connect_started(t0);
     }
+
+    fn limits() -> TableLimits {
+        TableLimits {
+            next_hops_max: 2,
+            queue_packets_max: 3,
+            idle_timeout: Duration::from_secs(10),
+            failures_max: 2,
+            backoff: Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(4),
+            },
+        }
+    }
+
+    #[test]
+    fn a_next_hop_takes_queue_memory_only_while_it_has_packets() {
+        let t0 = Instant::now();
+        let a: SocketAddr = "10.0.0.1:1".parse().expect("valid literal");
+        let mut table: NextHopTable<u32> = NextHopTable::new(limits());
+        let queued = table.push(a, 1, t0).expect("room");
+        assert_eq!(queued.opened, Some(0));
+        let link = table.link_of(&a).expect("entry");
+        assert_eq!(
+            table.next_step(a, link, t0, 8, &mut |_| {}),
+            LinkStep::Connect(a)
+        );
+        let mut dropped = Vec::new();
+        assert!(!table.on_connect_failed(a, link, t0, &mut |p| dropped.push(p)));
+        assert_eq!(dropped, [1]);
+        assert_eq!(
+            table.entries[&a].queue.capacity(),
+            0,
+            "freed with the queue"
+        );
+        assert_eq!(table.push(a, 2, t0), Err(Refused::Unreachable));
+        assert_eq!(table.entries[&a].queue.capacity(), 0);
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(table.push(a, 3, later).expect("backoff over").wake, None);
+        assert_eq!(
+            table.next_step(a, link, later, 8, &mut |_| {}),
+            LinkStep::Connect(a)
+        );
+        // Second failure in a row with failures_max 2: forgotten.
+        assert!(table.on_connect_failed(a, link, later, &mut |_| {}));
+        assert!(table.is_empty());
+        assert_eq!(table.figures().forgotten_failing, 1);
+        assert_eq!(table.recount(), (0, 0));
+        assert_eq!((table.queued(), table.writing()), (0, 0));
+    }
+
+    #[test]
+    fn eviction_takes_failing_entries_first_then_the_longest_without_a_write() {
+        let t0 = Instant::now();
+        let addresses: Vec<SocketAddr> = (1..=4)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 1)))
+            .collect();
+        let mut limits = limits();
+        limits.next_hops_max = 3;
+        let mut table: NextHopTable<u32> = NextHopTable::new(limits);
+        // 0 and 1 connect and write (1 later than 0); 2 fails.
+        for (i, &address) in addresses[..3].iter().enumerate() {
+            let at = t0 + Duration::from_millis(i as u64);
+            table.push(address, 0, at).expect("room");
+            let link = table.link_of(&address).expect("entry");
+            assert_eq!(
+                table.next_step(address, link, at, 8, &mut |_| {}),
+                LinkStep::Connect(address)
+            );
+            if i < 2 {
+                table.on_connected(address, link);
+                assert_eq!(
+                    table.next_step(address, link, at, 8, &mut |_| {}),
+                    LinkStep::Write { packets: 1 }
+                );
+                table.on_written(address, link, at);
+            } else {
+                table.on_connect_failed(address, link, at, &mut |_| {});
+            }
+        }
+        let failing = table.link_of(&addresses[2]);
+        let queued = table.push(addresses[3], 0, t0).expect("evicts");
+        assert_eq!(queued.evicted, failing, "the failing entry goes first");
+        let oldest = table.link_of(&addresses[0]);
+        let fifth = SocketAddr::from(([10, 0, 0, 5], 1));
+        assert_eq!(table.push(fifth, 0, t0).expect("evicts").evicted, oldest);
+        // 3 and 5 hold packets, 1 is quiet: it goes next; then nothing is quiet.
+        let sixth = SocketAddr::from(([10, 0, 0, 6], 1));
+        assert!(table.push(sixth, 0, t0).expect("evicts").evicted.is_some());
+        let seventh = SocketAddr::from(([10, 0, 0, 7], 1));
+        assert_eq!(table.push(seventh, 0, t0), Err(Refused::TableFull));
+        assert_eq!(table.figures().evicted, 3);
+        assert_eq!(table.figures().refused, 1);
+        assert_eq!(table.len(), 3);
+    }
 }

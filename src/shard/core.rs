@@ -553,7 +553,7 @@ impl ShardCore {
             self.enqueue(held, now);
         }
         self.due = due;
-        if now >= self.next_sweep {
+        if now >= self.next_sweep && self.phase != Phase::Closed {
             self.next_sweep = now + SWEEP_INTERVAL;
             let actions = &mut self.actions;
             self.table.sweep(now, &mut |event| {
