@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use nym_mixnode::delay::{DelayWheel, WheelConfig};
-use nym_mixnode::forward::PeerQueue;
+use nym_mixnode::forward::{Backoff, LinkStep, NextHopTable, TableLimits};
 use nym_mixnode::framing::{FrameDecoder, FrameHeader, KeyRotation, PacketType, SizeTag, Version};
 use nym_mixnode::replay::ReplayFilter;
 use nym_mixnode::sphinx::{
@@ -73,9 +73,30 @@ fn framing_replay_wheel_and_queues_do_not_allocate_per_packet() {
     let origin = Instant::now();
     let mut wheel: DelayWheel<usize> =
         DelayWheel::new(WheelConfig::default(), origin).expect("valid config");
-    let mut queue: PeerQueue<usize> = PeerQueue::new(200);
-    queue.push(0).expect("room");
-    queue.pop();
+    let mut table: NextHopTable<usize> = NextHopTable::new(TableLimits {
+        next_hops_max: 4,
+        queue_packets_max: 200,
+        idle_timeout: Duration::from_secs(30),
+        failures_max: 3,
+        backoff: Backoff::default(),
+    });
+    let next_hop: SocketAddr = "10.0.0.1:1789".parse().expect("valid literal");
+    // Warm: the entry exists, is connected, and its queue has grown to a burst of 100 once.
+    for id in 0..100 {
+        table.push(next_hop, id, origin).expect("room");
+    }
+    let link = table.link_of(&next_hop).expect("entry");
+    assert_eq!(
+        table.next_step(next_hop, link, origin, 200, &mut |_| {}),
+        LinkStep::Connect(next_hop)
+    );
+    table.on_connected(next_hop, link);
+    let mut taken = 0usize;
+    assert_eq!(
+        table.next_step(next_hop, link, origin, 200, &mut |_| taken += 1),
+        LinkStep::Write { packets: 100 }
+    );
+    table.on_written(next_hop, link, origin);
 
     let count = allocations_during(|| {
         let mut frames = 0usize;
@@ -96,15 +117,21 @@ fn framing_replay_wheel_and_queues_do_not_allocate_per_packet() {
             }
         }
         wheel.pop_due(origin + Duration::from_secs(1), &mut |id| {
-            queue.push(id).expect("room");
+            table.push(next_hop, id, origin).expect("room");
         });
         assert_eq!(frames, 100);
-        assert_eq!(queue.len(), 100);
+        assert_eq!(table.queued(), 100);
+        assert_eq!(
+            table.next_step(next_hop, link, origin, 200, &mut |_| taken += 1),
+            LinkStep::Write { packets: 100 }
+        );
+        table.on_written(next_hop, link, origin);
     });
     assert_eq!(
         count, 0,
         "allocations on the framing/replay/wheel/queue path"
     );
+    assert_eq!(taken, 200);
 }
 
 #[test]

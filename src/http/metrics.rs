@@ -197,7 +197,7 @@ pub fn render(input: &MetricsInput) -> String {
     o.family(
         "nym_mixnode_packets_in_flight",
         "gauge",
-        "Packets in a shard right now: received and taken over, less forwarded, handed off and dropped.",
+        "Packets in a shard right now as its counters imply: received and taken over, less forwarded, handed off and dropped. Equals held + queued + writing when nothing is lost.",
     );
     for (i, s) in shards.iter().enumerate() {
         o.sample(
@@ -220,6 +220,46 @@ pub fn render(input: &MetricsInput) -> String {
         shards,
         |s| s.queued,
     );
+    o.per_shard(
+        "nym_mixnode_packets_writing",
+        "gauge",
+        "Packets handed to writes to next hops now under way.",
+        shards,
+        |s| s.writing,
+    );
+    o.per_shard(
+        "nym_mixnode_packets_delay_clamped_total",
+        "counter",
+        "Packets that asked for more than engine.delay_max and were held for the cap instead.",
+        shards,
+        |s| s.delays_clamped,
+    );
+    o.per_shard(
+        "nym_mixnode_next_hops",
+        "gauge",
+        "Entries in the shard's next-hop table (limit: its share of engine.next_hops_max).",
+        shards,
+        |s| s.next_hops,
+    );
+    o.family(
+        "nym_mixnode_next_hops_removed_total",
+        "counter",
+        "Next-hop entries forgotten, by reason: evicted (a quiet entry made room for a new next hop), idle (engine.next_hop_idle_timeout), failing (engine.next_hop_failures_max). Refusals of a full table are the next_hop_table_full drops.",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        let shard = i.to_string();
+        for (reason, value) in [
+            ("evicted", s.next_hops_evicted),
+            ("idle", s.next_hops_forgotten_idle),
+            ("failing", s.next_hops_forgotten_failing),
+        ] {
+            o.sample(
+                "nym_mixnode_next_hops_removed_total",
+                &[("shard", &shard), ("reason", reason)],
+                value,
+            );
+        }
+    }
     o.family(
         "nym_mixnode_connections_open",
         "gauge",

@@ -81,6 +81,7 @@ pub fn live(input: &LiveInput) -> serde_json::Value {
             "forwarded": input.shards[i].counts.packets.forwarded,
             "held": input.shards[i].held,
             "queued": input.shards[i].queued,
+            "next_hops": input.shards[i].next_hops,
         })).collect::<Vec<_>>(),
         "totals": {
             "received": total.received,
@@ -152,8 +153,8 @@ function draw(d){
  el("identity").textContent=d.identity;el("version").textContent=d.version;el("uptime").textContent=dur(d.uptime_s);
  el("fwd_rate").textContent=fmt(d.totals.forwarded_per_s);el("drop_rate").textContent=fmt(d.totals.dropped_per_s);
  el("t_recv").textContent=fmt(d.totals.received);el("t_fwd").textContent=fmt(d.totals.forwarded);el("t_drop").textContent=fmt(d.totals.dropped);
- const st=el("shards");st.replaceChildren(row(["shard","received/s","received","held","queued"],true));
- d.shards.forEach(s=>st.appendChild(row([String(s.shard),fmt(s.received_per_s),fmt(s.received),fmt(s.held),fmt(s.queued)])));
+ const st=el("shards");st.replaceChildren(row(["shard","received/s","received","held","queued","next hops"],true));
+ d.shards.forEach(s=>st.appendChild(row([String(s.shard),fmt(s.received_per_s),fmt(s.received),fmt(s.held),fmt(s.queued),fmt(s.next_hops)])));
  const dt=el("drops");dt.replaceChildren(row(["reason","packets"],true));
  Object.entries(d.drops_by_reason).forEach(([k,v])=>dt.appendChild(row([k.replace(/_/g," "),fmt(v)])));
  chart(d.chart);

@@ -82,11 +82,6 @@ impl Packets {
         HopProcessor::new(self.secret.clone(), filter)
     }
 
-    /// The random generator, for the caller's own draws.
-    pub fn rng(&mut self) -> &mut SplitMix64 {
-        &mut self.rng
-    }
-
     /// A packet the node forwards to `next_hop` after `delay`.
     pub fn forward(&mut self, next_hop: SocketAddr, delay: Duration) -> Vec<u8> {
         let route = [

@@ -85,10 +85,10 @@ impl TestNode {
         self.node.as_ref().unwrap()
     }
 
-    /// Total counts across shards and the measured in-flight gauges (held + queued).
+    /// Total counts across shards and the measured in-flight gauges (held + queued + writing).
     pub fn totals(&self) -> (nym_mixnode::accounting::PacketCounts, u64) {
         let snaps = self.node().snapshots();
-        let gauges = snaps.iter().map(|s| s.held + s.queued).sum();
+        let gauges = snaps.iter().map(|s| s.in_flight_measured()).sum();
         (nym_mixnode::shard::stats::total(&snaps), gauges)
     }
 
