@@ -3,15 +3,18 @@
 //! # Layout
 //!
 //! The data path reads in folder order:
-//! `shard (listener) -> framing -> sphinx -> delay -> forward -> shard (writer)`.
+//! `shard (driver reads) -> shard::core -> framing -> sphinx -> delay -> forward -> shard (driver writes)`.
 //!
 //! - [`framing`]: the mix-port frame codec and a streaming frame decoder (pure).
 //! - [`replay`]: the Bloom filter of replay tags seen under the current key (pure).
 //! - [`sphinx`]: the hop step, from packet bytes to next hop, delay and packet (pure).
 //! - [`delay`]: the timer wheel that holds packets until their send time (pure).
-//! - [`forward`]: per-next-hop queues, connection states, backoff and shard ownership (pure).
+//! - [`forward`]: the next-hop table (bounded queues, connection states, backoff, idle and
+//!   failing eviction) and which shard owns a next hop (pure).
 //! - [`accounting`]: the drop reasons and packet counters (pure).
-//! - [`shard`]: the runtime: one glommio executor per core that drives the pure parts.
+//! - [`shard`]: one glommio executor per core: `shard::core::ShardCore` holds the engine's
+//!   whole policy with no I/O (the seeded simulation in `shard/sim.rs` drives it); `worker.rs`
+//!   is its driver (accept, readers, pump, link tasks, doorbells).
 //! - [`verloc`]: latency measurements between nodes: echo codec, figures and results (pure),
 //!   the VerLoc listener and measurer (threads).
 //! - [`topology`]: the JSON list of nodes that VerLoc measures and the localnet script writes.

@@ -1,11 +1,12 @@
-//! Pure outbound state: which shard owns a next hop, how long to back off after failures,
-//! the bounded queue of packets waiting for each next hop, and each next hop's connection
-//! state machine, kept in a table with a maximum size.
+//! Pure outbound state: which shard owns a next hop, how long to back off after failures, and
+//! the [`NextHopTable`]: each next hop's bounded queue and connection state machine, in a
+//! table with a maximum size that heals itself (idle and failing entries are forgotten, and a
+//! full table evicts its least useful quiet entry for a new next hop).
 //!
 //! What it deliberately does not do: open sockets, write packets, or read the clock. The
 //! driver reports what happened (`on_connected`, `on_connect_failed(now)`, ...) and asks what
-//! it may do (`may_connect(now)`); every limit that bites is handed back to the caller (a
-//! full queue returns the packet, a full table is an error) so that the caller counts it.
+//! to do next (`next_step(now)`); every limit that bites is handed back to the caller (a
+//! refused push says why) so that the caller counts it.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -15,10 +16,6 @@ use std::time::{Duration, Instant};
 pub const BACKOFF_INITIAL_DEFAULT: Duration = Duration::from_secs(10);
 /// Maximum reconnection backoff (Nym's old default).
 pub const BACKOFF_MAX_DEFAULT: Duration = Duration::from_secs(300);
-/// Packets queued per next hop by default.
-pub const QUEUE_CAPACITY_DEFAULT: usize = 2000;
-/// Next hops tracked per shard by default.
-pub const PEERS_MAX_DEFAULT: usize = 4096;
 
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -333,11 +330,6 @@ impl<T> NextHopTable<T> {
         }
     }
 
-    /// The table's limits.
-    pub fn limits(&self) -> &TableLimits {
-        &self.limits
-    }
-
     /// Entries now.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -376,11 +368,6 @@ impl<T> NextHopTable<T> {
     /// The link of the entry for `address`, if any.
     pub fn link_of(&self, address: &SocketAddr) -> Option<LinkId> {
         self.entries.get(address).map(|e| e.link)
-    }
-
-    /// The connection state of the entry for `address`, if any.
-    pub fn state_of(&self, address: &SocketAddr) -> Option<PeerState> {
-        self.entries.get(address).map(|e| e.state)
     }
 
     /// Per entry: address, packets written, packets dropped.
@@ -583,14 +570,6 @@ impl<T> NextHopTable<T> {
             return true;
         }
         false
-    }
-
-    /// The task of `link` ended (its connection closed under it): the entry, if still there,
-    /// is idle and may connect again when it has packets.
-    pub fn on_closed(&mut self, address: SocketAddr, link: LinkId) {
-        if let Some(entry) = self.entry_mut(&address, link) {
-            entry.state.on_closed();
-        }
     }
 
     /// At `now`: forget entries idle for the idle timeout, and wake parked entries whose
