@@ -21,7 +21,7 @@ fn dropped(node: &TestNode, reason: DropReason) -> u64 {
 fn assert_balanced_and_idle(node: &TestNode, what: &str) {
     eventually(Duration::from_secs(10), what, || {
         let (c, gauges) = node.totals();
-        c.in_flight() == 0 && gauges == 0
+        c.in_flight() == 0 && gauges == 0 && node.handoffs_in_channels() == 0
     });
     node.assert_shards_balance();
 }
@@ -65,6 +65,17 @@ fn three_nodes_deliver_every_packet_intact_after_its_delays_and_drop_replays() {
     conn.write_all(&replay_bytes).unwrap();
     let _second = send(nodes[0].mix, &replay_bytes);
 
+    // Mid-run, while packets are held, queued and crossing shards: every shard balances.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut checks = 0;
+    while receiver.count() < count && Instant::now() < deadline {
+        for node in &nodes {
+            node.assert_shards_balance();
+        }
+        checks += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    eprintln!("balance checked {checks} times mid-run");
     let arrivals = receiver.wait_for(count, Duration::from_secs(30));
     assert_eq!(arrivals.len(), count, "every packet arrives");
     assert_eq!(*receiver.bad.lock().unwrap(), 0);
@@ -302,14 +313,14 @@ fn a_dead_next_hop_costs_no_queue_its_drops_are_counted_others_are_served_and_it
     // While it backs off, packets for it are dropped at once: nothing is queued for it.
     let burst: Vec<u8> = (0..30).flat_map(|i| to_dead(&format!("b{i}"))).collect();
     let _s2 = send(node.mix, &burst);
-    eventually(Duration::from_secs(10), "burst counted", || {
-        node.totals().0.received == 31
+    eventually(Duration::from_secs(10), "burst dropped", || {
+        dropped(&node, DropReason::NextHopUnreachable) == 31
     });
     assert!(
         failed_at.elapsed() < Duration::from_secs(3),
         "the burst must arrive within the backoff for this test to mean anything"
     );
-    assert_eq!(dropped(&node, DropReason::NextHopUnreachable), 31);
+    assert_eq!(node.totals().0.received, 31);
     assert_eq!(
         node.totals().1,
         0,
@@ -364,78 +375,6 @@ fn connections_over_the_limit_are_refused_and_counted() {
             && s.iter().map(|s| s.connections_inbound).sum::<u64>() <= 2
     });
     drop(conns);
-}
-
-/// Resident set size of this process in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-#[test]
-fn a_flood_of_junk_keeps_memory_bounded_and_the_node_serving() {
-    let (node, receiver) = single(|_| {});
-    let h = header(Version::V8, SizeTag::Regular);
-    let mut rng = 0x1234_5678_u64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    let warm = |n: usize, next: &mut dyn FnMut() -> u64| {
-        for _ in 0..n {
-            // Well-framed junk packets (each costs the node one scalar multiplication) and a
-            // stream of garbage, on fresh connections.
-            let mut junk = Vec::new();
-            for _ in 0..20 {
-                let body: Vec<u8> = (0..SizeTag::Regular.packet_len())
-                    .map(|_| next() as u8)
-                    .collect();
-                junk.extend(frame(h, &body));
-            }
-            junk.extend((0..64).map(|_| next() as u8 | 0x80));
-            let _s = send(node.mix, &junk);
-        }
-    };
-    warm(20, &mut next);
-    eventually(Duration::from_secs(30), "warm-up counted", || {
-        node.totals().0.received >= 20 * 21
-    });
-    let before = rss_kib();
-    warm(100, &mut next);
-    eventually(Duration::from_secs(60), "flood counted", || {
-        node.totals().0.received >= 120 * 21
-    });
-    let after = rss_kib();
-    assert!(
-        after < before + 16 * 1024,
-        "memory grew from {before} KiB to {after} KiB under junk"
-    );
-    let _s = send(
-        node.mix,
-        &frame(
-            h,
-            &packet(
-                &[node.hop(Duration::ZERO), receiver.hop()],
-                SizeTag::Regular,
-                b"still here",
-            ),
-        ),
-    );
-    assert_eq!(receiver.wait_for(1, Duration::from_secs(10)).len(), 1);
-    assert_balanced_and_idle(&node, "settles");
-    let c = node.totals().0;
-    assert_eq!(c.forwarded, 1);
-    assert_eq!(
-        c.dropped[DropReason::BadPacket as usize] + c.dropped[DropReason::BadFrame as usize],
-        c.received - 1
-    );
 }
 
 #[test]

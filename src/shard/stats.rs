@@ -1,8 +1,11 @@
 //! Per-shard figures published for the control thread.
 //!
-//! Each shard is the only writer of its own [`ShardStats`]; it publishes its counters with
-//! relaxed stores after each round of work. Readers (the HTTP API, tests, the benchmark) load
-//! them and may see one shard a round behind another, never a torn counter.
+//! Each shard is the only writer of its own [`ShardStats`]; it publishes its figures after
+//! each round of work, between two calls into its core, when its counters and gauges agree.
+//! A sequence number makes each publication whole (a seqlock): a reader that overlaps a
+//! publication reads again, so it sees one publication's figures, never a mix of two. That is
+//! what lets a reader check each shard's balance exactly at any moment. Readers may still see
+//! one shard a round behind another.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,6 +14,8 @@ use crate::accounting::{DropReason, PacketCounts};
 /// Counters and gauges of one shard.
 #[derive(Debug, Default)]
 pub struct ShardStats {
+    /// Odd while a publication is being written.
+    sequence: AtomicU64,
     received: AtomicU64,
     forwarded: AtomicU64,
     dropped: [AtomicU64; DropReason::COUNT],
@@ -113,6 +118,9 @@ impl ShardStats {
     /// Publish `snapshot`.
     pub fn publish(&self, s: &ShardSnapshot) {
         let r = Ordering::Relaxed;
+        let sequence = self.sequence.load(r);
+        self.sequence.store(sequence.wrapping_add(1), r);
+        std::sync::atomic::fence(Ordering::Release);
         self.received.store(s.counts.packets.received, r);
         self.forwarded.store(s.counts.packets.forwarded, r);
         for (slot, value) in self.dropped.iter().zip(s.counts.packets.dropped.iter()) {
@@ -141,10 +149,27 @@ impl ShardStats {
             .store(s.replay_filter_capacity, r);
         self.replay_filter_fill_ppm
             .store(s.replay_filter_fill_ppm, r);
+        self.sequence
+            .store(sequence.wrapping_add(2), Ordering::Release);
     }
 
-    /// Read the last published figures.
+    /// Read the last whole publication.
     pub fn snapshot(&self) -> ShardSnapshot {
+        loop {
+            let before = self.sequence.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let snapshot = self.read();
+            std::sync::atomic::fence(Ordering::Acquire);
+            if self.sequence.load(Ordering::Relaxed) == before {
+                return snapshot;
+            }
+        }
+    }
+
+    fn read(&self) -> ShardSnapshot {
         let r = Ordering::Relaxed;
         let mut dropped = [0u64; DropReason::COUNT];
         for (out, slot) in dropped.iter_mut().zip(self.dropped.iter()) {

@@ -92,19 +92,30 @@ impl TestNode {
         (nym_mixnode::shard::stats::total(&snaps), gauges)
     }
 
-    /// Every shard balances: received + taken_over = forwarded + handed_off + dropped + in flight,
-    /// with in flight never negative; and handoffs sum to zero across shards.
+    /// Every shard balances exactly, now, mid-run or not: received + taken over = forwarded +
+    /// handed off + dropped + in flight, where in flight is measured by the shard (wheel,
+    /// queues, writes under way), not derived from the counters. Each shard's figures are
+    /// read as one publication. (Across shards, handed off and taken over agree only at
+    /// quiescence: a shard may publish its handoffs after the other took them.)
     pub fn assert_shards_balance(&self) {
+        let snaps = self.node().snapshots();
+        for (i, s) in snaps.iter().enumerate() {
+            assert_eq!(
+                s.counts.in_flight(),
+                s.in_flight_measured() as i64,
+                "shard {i}: the counters imply a different in-flight count than the wheel, \
+                 queues and writes hold: a packet was lost or counted twice: {s:?}"
+            );
+        }
+    }
+
+    /// Handoffs still in cross-shard channels, as the published counters say (handed off less
+    /// taken over; negative while a shard has not yet published its handoffs).
+    pub fn handoffs_in_channels(&self) -> i64 {
         let snaps = self.node().snapshots();
         let handed: u64 = snaps.iter().map(|s| s.counts.handed_off).sum();
         let taken: u64 = snaps.iter().map(|s| s.counts.taken_over).sum();
-        assert!(taken <= handed, "taken over {taken} > handed off {handed}");
-        for (i, s) in snaps.iter().enumerate() {
-            assert!(
-                s.counts.in_flight() >= 0,
-                "shard {i} in flight negative: {s:?}"
-            );
-        }
+        handed as i64 - taken as i64
     }
 
     pub fn shutdown(&mut self) -> Vec<nym_mixnode::shard::stats::ShardCounts> {

@@ -1,6 +1,7 @@
-//! The next-hop table heals itself, over real sockets: a flood of packets for thousands of
-//! distinct next hops that refuse connections cannot cut the node off from next hops it has
-//! not seen yet, and the node's own memory (a child process) stays bounded.
+//! Floods that must not grow the node's memory or cut it off, measured on the node itself (a
+//! child process running the real binary), not on the test process: junk frames, and packets
+//! for thousands of distinct next hops that refuse connections (the next-hop table heals
+//! itself: next hops not seen yet are still served).
 
 mod common;
 
@@ -44,23 +45,129 @@ fn rss_kib(pid: i32) -> u64 {
         .expect("VmRSS line")
 }
 
-#[test]
-fn thousands_of_dead_next_hops_cannot_fill_the_table_and_memory_stays_bounded() {
+/// A node of the real binary in a temporary home, with its mix and API addresses and its
+/// Sphinx hop.
+struct ChildNode {
+    running: common::Running,
+    mix: SocketAddr,
+    api: SocketAddr,
+    hop: RouteHop,
+    _home: Home,
+}
+
+fn start_child() -> ChildNode {
     let home = Home::new();
-    let (mix_port, _, http_port) = home.init_local("hops");
-    let data = home.node_dir("hops").join("data");
+    let (mix_port, _, http_port) = home.init_local("node");
+    let data = home.node_dir("node").join("data");
     let keys = NodeKeys::load(&KeyPaths::in_data_dir(&data)).expect("keys written by init");
-    let node = home.spawn_run("hops", 2);
+    let running = home.spawn_run("node", 2);
     let api = SocketAddr::from((Ipv4Addr::LOCALHOST, http_port));
     let mix = SocketAddr::from((Ipv4Addr::LOCALHOST, mix_port));
     wait_for(Duration::from_secs(30), "the node's /metrics", || {
         metric(api, "nym_mixnode_packets_received_total")
     });
-    let node_hop = RouteHop {
-        address: mix,
-        public_key: keys.sphinx_public(),
-        delay: Duration::ZERO,
+    ChildNode {
+        running,
+        mix,
+        api,
+        hop: RouteHop {
+            address: mix,
+            public_key: keys.sphinx_public(),
+            delay: Duration::ZERO,
+        },
+        _home: home,
+    }
+}
+
+impl ChildNode {
+    fn rss_kib(&self) -> u64 {
+        rss_kib(self.running.pid())
+    }
+
+    fn wait_received(&self, at_least: u64, timeout: Duration) {
+        wait_for(timeout, "packets counted", || {
+            let received = metric(self.api, "nym_mixnode_packets_received_total")?;
+            (received >= at_least).then_some(())
+        });
+    }
+
+    fn dropped(&self, reason: &str) -> u64 {
+        let (_, body) = http_get(self.api, "/metrics").expect("metrics");
+        let label = format!("reason=\"{reason}\"");
+        body.lines()
+            .filter(|l| l.starts_with("nym_mixnode_packets_dropped_total{") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+/// Well-framed junk: each frame costs the node one scalar multiplication, then is dropped.
+const JUNK_FRAMES: usize = 20_000;
+
+#[test]
+fn a_flood_of_junk_does_not_grow_the_nodes_memory_and_it_keeps_serving() {
+    let node = start_child();
+    let receiver = Receiver::start();
+    let h = header(Version::V8, SizeTag::Regular);
+    let mut rng = 0x1234_5678_u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
     };
+    // Warm the node's allocator with a first tenth, then measure over the rest.
+    let flood = |frames: usize, next: &mut dyn FnMut() -> u64| {
+        let mut streams = Vec::new();
+        for _ in 0..frames / 200 {
+            let mut junk = Vec::new();
+            for _ in 0..200 {
+                let body: Vec<u8> = (0..SizeTag::Regular.packet_len())
+                    .map(|_| next() as u8)
+                    .collect();
+                junk.extend(frame(h, &body));
+            }
+            streams.push(send(node.mix, &junk));
+            if streams.len() > 16 {
+                streams.remove(0);
+            }
+        }
+    };
+    flood(JUNK_FRAMES / 10, &mut next);
+    node.wait_received((JUNK_FRAMES / 10) as u64, Duration::from_secs(60));
+    let before = node.rss_kib();
+    flood(JUNK_FRAMES, &mut next);
+    node.wait_received(
+        (JUNK_FRAMES + JUNK_FRAMES / 10) as u64,
+        Duration::from_secs(120),
+    );
+    let after = node.rss_kib();
+    let junk_kib = (JUNK_FRAMES * h.frame_len() / 1024) as u64;
+    eprintln!("resident memory: {before} KiB before, {after} KiB after {junk_kib} KiB of junk");
+    // Keeping even half the junk would cost more than this.
+    assert!(
+        after < before + junk_kib / 2,
+        "memory grew from {before} KiB to {after} KiB under {junk_kib} KiB of junk"
+    );
+    assert_eq!(
+        node.dropped("bad_packet"),
+        (JUNK_FRAMES + JUNK_FRAMES / 10) as u64,
+        "every junk frame dropped as bad_packet"
+    );
+    let _s = send(
+        node.mix,
+        &frame(
+            h,
+            &packet(&[node.hop, receiver.hop()], SizeTag::Regular, b"still here"),
+        ),
+    );
+    assert_eq!(receiver.wait_for(1, Duration::from_secs(10)).len(), 1);
+}
+
+#[test]
+fn thousands_of_dead_next_hops_cannot_fill_the_table_and_memory_stays_bounded() {
+    let node = start_child();
+    let (mix, api, node_hop) = (node.mix, node.api, node.hop);
     let receiver = Receiver::start();
     // Nothing listens on this port at any 127.x address: every connection is refused.
     let closed_port = common::free_port();
@@ -74,13 +181,10 @@ fn thousands_of_dead_next_hops_cannot_fill_the_table_and_memory_stays_bounded() 
         };
         flood.extend(frame(h, &packet(&[node_hop, dead], SizeTag::Ack, b"flood")));
     }
-    let idle_kib = rss_kib(node.pid());
+    let idle_kib = node.rss_kib();
     let _flood = send(mix, &flood);
-    wait_for(Duration::from_secs(120), "the flood counted", || {
-        let received = metric(api, "nym_mixnode_packets_received_total")?;
-        (received >= FLOOD_NEXT_HOPS as u64).then_some(())
-    });
-    let flooded_kib = rss_kib(node.pid());
+    node.wait_received(FLOOD_NEXT_HOPS as u64, Duration::from_secs(120));
+    let flooded_kib = node.rss_kib();
     let table_max = metric(api, "nym_mixnode_next_hops").expect("metrics");
     assert!(
         table_max <= 4_096,
@@ -102,19 +206,8 @@ fn thousands_of_dead_next_hops_cannot_fill_the_table_and_memory_stays_bounded() 
         .collect();
     let _fresh = send(mix, &fresh);
     let arrived = receiver.wait_for(FRESH_PACKETS, Duration::from_secs(120));
-    let after_kib = rss_kib(node.pid());
-    let refused = wait_for(Duration::from_secs(30), "drop counters", || {
-        let (_, body) = http_get(api, "/metrics")?;
-        Some(
-            body.lines()
-                .filter(|l| {
-                    l.starts_with("nym_mixnode_packets_dropped_total{")
-                        && l.contains("reason=\"next_hop_table_full\"")
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum::<u64>(),
-        )
-    });
+    let after_kib = node.rss_kib();
+    let refused = node.dropped("next_hop_table_full");
     let evicted = wait_for(Duration::from_secs(30), "evictions", || {
         let (_, body) = http_get(api, "/metrics")?;
         Some(
