@@ -296,18 +296,20 @@ fn genuine_packets(hops_min: u64) -> Tally {
             .to_bytes();
         assert_eq!(packet.len(), size_tag.packet_len());
         for (hop, secret) in route_secrets.iter().enumerate() {
-            let before = tally.count("genuine", "forward") + tally.count("genuine", "final");
+            let forward_before = tally.count("genuine", "forward");
+            let final_before = tally.count("genuine", "final");
             let out = tally.check("genuine", secret, &packet);
-            let after_forward = tally.count("genuine", "forward");
-            let after_final = tally.count("genuine", "final");
+            // Each hop but the last comes out as a forward hop; the last, and only the last,
+            // as the final hop.
+            let (forward_step, final_step) = if hop + 1 == hops { (0, 1) } else { (1, 0) };
             assert_eq!(
-                after_forward + after_final,
-                before + 1,
-                "genuine hop rejected"
+                (
+                    tally.count("genuine", "forward") - forward_before,
+                    tally.count("genuine", "final") - final_before
+                ),
+                (forward_step, final_step),
+                "hop {hop} of {hops}"
             );
-            if hop + 1 == hops {
-                assert!(after_final > 0, "the last hop is final");
-            }
             corrupt_and_check(&mut rng, &mut tally, &torsion, secret, &packet);
             packet = out;
         }
@@ -443,4 +445,185 @@ fn legacy_versions_are_the_ones_the_crate_treats_as_legacy() {
         .filter(|value| Version::new(*value).expects_legacy_full_payload_keys())
         .collect();
     assert_eq!(legacy, [1, 257, 258]);
+}
+
+/// What the node's hop step must do with a packet, decided from the crate's `process()` and an
+/// address parser written here from the wire format (`[4|6][port big-endian][4 or 16 octets]`,
+/// zero-padded to 32 bytes), not from the node's code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expected {
+    Forward {
+        next_hop: std::net::SocketAddr,
+        delay: std::time::Duration,
+        clamped: bool,
+    },
+    Drop(nym_mixnode::accounting::DropReason),
+}
+
+fn oracle_address(bytes: &[u8; 32]) -> Option<std::net::SocketAddr> {
+    let port = u16::from_be_bytes([bytes[1], bytes[2]]);
+    let (ip, used): (std::net::IpAddr, usize) = match bytes[0] {
+        4 => (
+            std::net::Ipv4Addr::new(bytes[3], bytes[4], bytes[5], bytes[6]).into(),
+            7,
+        ),
+        6 => {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&bytes[3..19]);
+            (std::net::Ipv6Addr::from(octets).into(), 19)
+        }
+        _ => return None,
+    };
+    bytes[used..]
+        .iter()
+        .all(|b| *b == 0)
+        .then_some(std::net::SocketAddr::new(ip, port))
+}
+
+fn oracle(secret: &StaticSecret, packet: &[u8], delay_max: std::time::Duration) -> Expected {
+    use nym_mixnode::accounting::DropReason;
+    let processed = sphinx_packet::SphinxPacket::from_bytes(packet).and_then(|p| p.process(secret));
+    match processed.map(|p| p.data) {
+        Err(_) => Expected::Drop(DropReason::BadPacket),
+        Ok(sphinx_packet::ProcessedPacketData::FinalHop { .. }) => {
+            Expected::Drop(DropReason::FinalHop)
+        }
+        Ok(sphinx_packet::ProcessedPacketData::ForwardHop {
+            next_hop_address,
+            delay,
+            ..
+        }) => match oracle_address(next_hop_address.as_bytes()) {
+            None => Expected::Drop(DropReason::BadNextHopAddress),
+            Some(next_hop) => {
+                let asked = std::time::Duration::from_nanos(delay.to_nanos());
+                Expected::Forward {
+                    next_hop,
+                    delay: asked.min(delay_max),
+                    clamped: asked > delay_max,
+                }
+            }
+        },
+    }
+}
+
+#[test]
+fn the_node_hop_step_drops_replays_bad_addresses_and_final_hops_and_clamps_delays_as_the_oracle_says(
+) {
+    use nym_mixnode::accounting::DropReason;
+    use nym_mixnode::replay::ReplayFilter;
+    use nym_mixnode::sphinx::{encode_node_address, HopProcessor, HopProcessorKind};
+    use std::time::Duration;
+
+    let mut rng = Rng::new();
+    let secret = StaticSecret::from(rng.bytes32());
+    let other = PublicKey::from(&StaticSecret::from(rng.bytes32()));
+    let delay_max = Duration::from_millis(500);
+    let mut processors: Vec<HopProcessor> = HopProcessorKind::ALL
+        .iter()
+        .map(|kind| {
+            let filter = ReplayFilter::with_default_rate(10_000).expect("valid size");
+            HopProcessor::with_kind(secret.clone(), filter, *kind)
+        })
+        .collect();
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sent: Vec<Vec<u8>> = Vec::new();
+    for case in 0..400usize {
+        let replay = case % 7 == 6 && !sent.is_empty();
+        let packet = if replay {
+            sent[rng.below(sent.len())].clone()
+        } else {
+            // The next hop: a valid IPv4 or IPv6 address, or bytes that encode none.
+            let mut address = [0u8; 32];
+            match rng.below(4) {
+                0 => {
+                    address =
+                        encode_node_address(([10, 0, 0, 1 + rng.below(200) as u8], 1789).into())
+                }
+                1 => address = encode_node_address("[2001:db8::7]:1790".parse().unwrap()),
+                2 => rng.fill(&mut address),
+                _ => {
+                    address = encode_node_address(([10, 0, 0, 9], 1789).into());
+                    address[31] = 1; // padding that is not zero
+                }
+            }
+            let delay_nanos = match rng.below(3) {
+                0 => rng.below(500_000_001) as u64,
+                1 => 500_000_000 + 1 + rng.below(1_000_000_000) as u64,
+                _ => 0,
+            };
+            let final_here = rng.below(8) == 0;
+            let mut nodes = vec![Node::new(
+                NodeAddressBytes::from_bytes(encode_node_address(([10, 9, 9, 9], 1789).into())),
+                PublicKey::from(&secret),
+            )];
+            let mut delays = vec![Delay::new_from_nanos(delay_nanos)];
+            if !final_here {
+                nodes.push(Node::new(NodeAddressBytes::from_bytes(address), other));
+                delays.push(Delay::new_from_nanos(0));
+            }
+            let destination = Destination::new(
+                DestinationAddressBytes::from_bytes(rng.bytes32()),
+                [0u8; 16],
+            );
+            let size = SPHINX_SIZES[case % SPHINX_SIZES.len()];
+            let initial = StaticSecret::from(rng.bytes32());
+            let mut packet = SphinxPacketBuilder::new()
+                .with_payload_size(size.sphinx_payload_len())
+                .with_initial_secret(&initial)
+                .build_packet(b"oracle", &nodes, &destination, &delays)
+                .expect("valid route")
+                .to_bytes();
+            if rng.below(10) == 0 {
+                let bit = rng.below(HEADER_SIZE * 8);
+                packet[bit / 8] ^= 1 << (bit % 8);
+            }
+            packet
+        };
+        let expected = if replay {
+            // The first copy's header verified (or it would not be in `sent`): a replay.
+            Expected::Drop(DropReason::Replay)
+        } else {
+            oracle(&secret, &packet, delay_max)
+        };
+        for processor in &mut processors {
+            let got = match processor.process(&packet, delay_max) {
+                Ok(hop) => Expected::Forward {
+                    next_hop: hop.next_hop,
+                    delay: hop.delay,
+                    clamped: hop.delay_clamped,
+                },
+                Err(reason) => Expected::Drop(reason),
+            };
+            assert_eq!(
+                got,
+                expected,
+                "case {case}, {:?} processor",
+                processor.kind()
+            );
+        }
+        // A packet whose header verified is recorded, whatever its fate after the MAC.
+        if !replay && expected != Expected::Drop(DropReason::BadPacket) {
+            sent.push(packet);
+        }
+        let label = match expected {
+            Expected::Forward { clamped: true, .. } => "forward, clamped".to_string(),
+            Expected::Forward { .. } => "forward".to_string(),
+            Expected::Drop(reason) => reason.label().to_string(),
+        };
+        *outcomes.entry(label).or_default() += 1;
+    }
+    eprintln!("{outcomes:?}");
+    for label in [
+        "forward",
+        "forward, clamped",
+        "replay",
+        "bad_next_hop_address",
+        "final_hop",
+        "bad_packet",
+    ] {
+        assert!(
+            outcomes.get(label).copied().unwrap_or(0) > 0,
+            "no {label} case"
+        );
+    }
 }

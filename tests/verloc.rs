@@ -2,6 +2,8 @@
 //! that must not count (forged signature, wrong echo, silence), the listener's limits, and a
 //! node that abandons 2000 connections without leaking a descriptor.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -360,10 +362,8 @@ fn measuring_one_node_reports_why_it_failed() {
         (Fake::WrongEcho, TargetFailure::EchoMismatch),
         (Fake::Silent, TargetFailure::Timeout),
     ] {
-        let started = Instant::now();
         let result = measure_node(&settings, &me, &target(fake_node(fake)), &stop);
         assert_eq!(result, Err(expected));
-        assert!(started.elapsed() < Duration::from_secs(2));
     }
     // Nobody listening.
     let closed = TcpListener::bind("127.0.0.1:0")
@@ -404,21 +404,18 @@ fn listener_answers_many_echoes_per_connection_and_drops_bad_peers() {
 
     // Garbage: closed at once, counted.
     let mut garbage = TcpStream::connect(node.verloc_addr()).unwrap();
-    garbage
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
     garbage.write_all(&[0x5a; ECHO_LENGTH]).unwrap();
-    assert!(matches!(garbage.read(&mut [0u8; 16]), Ok(0) | Err(_)));
+    common::assert_closed_by_peer(&mut garbage, Duration::from_secs(10), "a garbage echo");
 
     // A stall mid-echo: closed after the read timeout.
     let mut stall = TcpStream::connect(node.verloc_addr()).unwrap();
-    stall
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
     stall.write_all(&[1u8; 20]).unwrap();
     let started = Instant::now();
-    assert!(matches!(stall.read(&mut [0u8; 16]), Ok(0) | Err(_)));
-    assert!(started.elapsed() >= Duration::from_millis(200));
+    common::assert_closed_by_peer(&mut stall, Duration::from_secs(10), "a stalled echo");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed by the read timeout, not at once"
+    );
 
     // Over the connection limit: the extra ones are closed at once.
     let held: Vec<TcpStream> = (0..6)

@@ -337,3 +337,19 @@ impl Engine {
         finals
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::tag_owner;
+
+    #[test]
+    fn tag_owner_is_the_tags_first_eight_bytes_little_endian_modulo_the_shards() {
+        // Pinned values, computed apart from this code: the bytes 0, 1, ..., 7 read as a
+        // little-endian u64 are 0x0706050403020100, which is 1 modulo 3 and 3 modulo 5.
+        let tag: [u8; 32] = std::array::from_fn(|i| i as u8);
+        assert_eq!(tag_owner(&tag, 3), 1);
+        assert_eq!(tag_owner(&tag, 5), 3);
+        assert_eq!(tag_owner(&tag, 1), 0);
+        assert_eq!(tag_owner(&[0xff; 32], 2), 1);
+    }
+}

@@ -1,6 +1,8 @@
 //! Runs one packet through both the `sphinx-packet` crate's `process()` and [`super::fast`],
 //! and says whether they agree: the same next-hop packet bytes, address, delay and replay tag
-//! (or destination, identifier and payload for a final hop), or both rejecting.
+//! (or destination, identifier and payload for a final hop), or both rejecting for the same
+//! class of reason (length, MAC, routing flag; on a packet too short for Lioness the crate may
+//! name another reason, having checked the MAC first).
 //!
 //! For the differential test, the fuzz target and the module tests; the node never calls it.
 //! It allocates freely and costs three crate multiplications per packet.
@@ -59,7 +61,21 @@ pub fn compare(secret: &StaticSecret, packet: &[u8]) -> Result<(Agreement, Vec<u
 
     match (crate_result, fast_result) {
         (_, Ok(Err(message))) => Err(message),
-        (Err(_), Err(_)) => Ok((Agreement::Rejected, out)),
+        (Err(error), Err(reject)) => {
+            let crate_class = crate_reject_class(error.kind());
+            let fast_class = fast_reject_class(reject);
+            // The fast path checks the length before anything else; the crate checks what its
+            // parser needs, then the MAC and routing, then Lioness's length. On a packet too
+            // short for Lioness (which the framing never delivers) the crate may therefore name
+            // any reason; everywhere else the reasons must match.
+            if crate_class == fast_class || fast_class == RejectClass::Length {
+                Ok((Agreement::Rejected, out))
+            } else {
+                Err(format!(
+                    "both rejected, for different reasons: the crate {crate_class:?} ({error}), fast {fast_class:?} ({reject:?})"
+                ))
+            }
+        }
         (Ok(_), Err(reject)) => Err(format!("the crate accepted, fast rejected: {reject:?}")),
         (Err(error), Ok(Ok(hop))) => Err(format!(
             "the crate rejected ({error}), fast accepted: {hop:?}"
@@ -118,6 +134,40 @@ pub fn compare(secret: &StaticSecret, packet: &[u8]) -> Result<(Agreement, Vec<u
             }
             (_, hop) => Err(format!("hop kinds differ: fast says {hop:?}")),
         },
+    }
+}
+
+/// Why a packet was rejected, in classes both implementations can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectClass {
+    /// Too short for a header and a payload Lioness can unwrap.
+    Length,
+    /// The header MAC did not verify.
+    Mac,
+    /// The routing information named neither a forward nor a final hop.
+    Routing,
+    /// A reason the other implementation has no counterpart for.
+    Other,
+}
+
+/// The class of a rejection by the crate. A short packet is `InvalidPacket` from parsing, or
+/// `InvalidPayload` from Lioness after the MAC; the fast path rejects both before any work.
+pub fn crate_reject_class(kind: sphinx_packet::ErrorKind) -> RejectClass {
+    use sphinx_packet::ErrorKind;
+    match kind {
+        ErrorKind::InvalidPacket | ErrorKind::InvalidPayload => RejectClass::Length,
+        ErrorKind::InvalidHeader => RejectClass::Mac,
+        ErrorKind::InvalidRouting => RejectClass::Routing,
+        ErrorKind::InvalidSURB => RejectClass::Other,
+    }
+}
+
+/// The class of a rejection by the fast path.
+pub fn fast_reject_class(reject: fast::Reject) -> RejectClass {
+    match reject {
+        fast::Reject::TooShort => RejectClass::Length,
+        fast::Reject::Mac => RejectClass::Mac,
+        fast::Reject::RoutingFlag => RejectClass::Routing,
     }
 }
 

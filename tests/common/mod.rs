@@ -134,6 +134,27 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Asserts that the peer closed `stream` (end of stream, or a reset) within `timeout`, and
+/// not that the wait ran out: a read timeout is a failure here, as is any byte sent.
+pub fn assert_closed_by_peer(stream: &mut TcpStream, timeout: Duration, what: &str) {
+    use std::io::ErrorKind;
+    stream.set_read_timeout(Some(timeout)).expect("set timeout");
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("{what}: expected the peer to close, got {n} bytes"),
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+            ) => {}
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            panic!("{what}: still open after {timeout:?}: the peer did not close it")
+        }
+        Err(e) => panic!("{what}: unexpected read error {e}"),
+    }
+}
+
 /// A child process killed on drop if still running.
 pub struct Running(pub Option<Child>);
 
