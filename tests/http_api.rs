@@ -181,28 +181,36 @@ fn a_thousand_concurrent_malformed_and_slow_clients_are_bounded_while_packets_fl
                 s.set_read_timeout(Some(Duration::from_millis(100)))
                     .unwrap();
                 let mut answer = Vec::new();
+                // Whether the server answered (or closed) while the client was still sending:
+                // the head would take 20 s at this pace, and the client gives up after 5 s.
+                let mut cut_off = false;
                 for byte in b"GET /stats HTTP/1.1\r\nX-Slow: "
                     .iter()
                     .chain([b'a'; 200].iter())
                 {
                     if s.write_all(&[*byte]).is_err() {
+                        cut_off = true;
                         break;
                     }
                     let mut buf = [0u8; 256];
                     match s.read(&mut buf) {
-                        Ok(0) => break,
+                        Ok(0) => {
+                            cut_off = true;
+                            break;
+                        }
                         Ok(n) => answer.extend_from_slice(&buf[..n]),
                         Err(_) => {}
                     }
-                    if !answer.is_empty() || start.elapsed() > Duration::from_secs(5) {
+                    if !answer.is_empty() {
+                        cut_off = true;
+                        break;
+                    }
+                    if start.elapsed() > Duration::from_secs(5) {
                         break;
                     }
                 }
                 let _ = s.read_to_end(&mut answer);
-                (
-                    String::from_utf8_lossy(&answer).into_owned(),
-                    start.elapsed(),
-                )
+                (String::from_utf8_lossy(&answer).into_owned(), cut_off)
             })
         })
         .collect();
@@ -290,14 +298,14 @@ fn a_thousand_concurrent_malformed_and_slow_clients_are_bounded_while_packets_fl
     assert!(count(200) >= 16, "the workers answered some");
 
     for handle in slow {
-        let (answer, took) = handle.join().unwrap();
+        let (answer, cut_off) = handle.join().unwrap();
         assert!(
             answer.starts_with("HTTP/1.1 408"),
             "slow client got: {answer:?}"
         );
         assert!(
-            took < Duration::from_secs(3),
-            "cut off near the timeout: {took:?}"
+            cut_off,
+            "the server cut the slow client off while it was still sending"
         );
     }
     // Still answering, and the data plane still forwards.
