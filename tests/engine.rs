@@ -444,3 +444,63 @@ fn ipv6_nodes_bind_and_forward_to_ipv6_next_hops() {
         assert_eq!(n.totals().0.forwarded, count as u64);
     }
 }
+
+/// Far more distinct packets than the replay filter is sized for: the filter turns its
+/// generations over instead of wearing out, so fresh packets keep passing and recent ones are
+/// still caught as replays.
+#[test]
+fn a_small_replay_filter_keeps_passing_fresh_packets_and_catching_recent_replays() {
+    const PACKETS: usize = 6_000;
+    const REPLAYED: usize = 500;
+    let (node, receiver) = single(|c| c.engine.replay_filter_packets_max = 1_000);
+    let h = header(Version::V8, SizeTag::Ack);
+    let frames: Vec<Vec<u8>> = (0..PACKETS)
+        .map(|i| {
+            frame(
+                h,
+                &packet(
+                    &[node.hop(Duration::ZERO), receiver.hop()],
+                    SizeTag::Ack,
+                    format!("{i}").as_bytes(),
+                ),
+            )
+        })
+        .collect();
+    let _s = send(node.mix, &frames.concat());
+    eventually(Duration::from_secs(120), "all counted", || {
+        let (c, gauges) = node.totals();
+        c.received == PACKETS as u64 && c.in_flight() == 0 && gauges == 0
+    });
+    let c = node.totals().0;
+    let turned: u64 = node
+        .node()
+        .snapshots()
+        .iter()
+        .map(|s| s.replay_filter_generations_turned)
+        .sum();
+    eprintln!(
+        "{} of {PACKETS} forwarded, {} taken for replays, generations turned {turned}",
+        c.forwarded,
+        c.dropped[DropReason::Replay as usize]
+    );
+    assert!(turned >= 4, "the filter turned over: {turned}");
+    // At 1e-5 per generation, 6,000 packets expect well under one false positive.
+    assert!(
+        c.forwarded as usize * 1000 >= PACKETS * 999,
+        "{} of {PACKETS} forwarded",
+        c.forwarded
+    );
+    // The most recent packets, sent again: every one is a replay.
+    let replays_before = c.dropped[DropReason::Replay as usize];
+    let _r = send(node.mix, &frames[PACKETS - REPLAYED..].concat());
+    eventually(Duration::from_secs(60), "replays counted", || {
+        node.totals().0.received == (PACKETS + REPLAYED) as u64
+    });
+    assert_balanced_and_idle(&node, "settles");
+    let c = node.totals().0;
+    assert_eq!(
+        c.dropped[DropReason::Replay as usize] - replays_before,
+        REPLAYED as u64,
+        "every recent packet sent again is a replay"
+    );
+}

@@ -295,21 +295,28 @@ pub fn render(input: &MetricsInput) -> String {
     o.per_shard(
         "nym_mixnode_replay_filter_items",
         "gauge",
-        "Replay tags recorded in the shard's filter.",
+        "Replay tags the shard's filter remembers now (both generations).",
         shards,
         |s| s.replay_filter_items,
     );
     o.per_shard(
         "nym_mixnode_replay_filter_capacity_items",
         "gauge",
-        "Replay tags the shard's filter is sized for.",
+        "Replay tags each generation of the shard's filter is sized for: the most recent this many are always remembered.",
         shards,
         |s| s.replay_filter_capacity,
+    );
+    o.per_shard(
+        "nym_mixnode_replay_filter_generations_turned_total",
+        "counter",
+        "Times the shard's replay filter cleared its older generation to make room.",
+        shards,
+        |s| s.replay_filter_generations_turned,
     );
     o.family(
         "nym_mixnode_replay_filter_fill_ratio",
         "gauge",
-        "Fraction of the replay filter's bits set.",
+        "Fraction of the bits set in the replay filter's current generation.",
     );
     for (i, s) in shards.iter().enumerate() {
         o.sample(

@@ -1,7 +1,16 @@
-//! A Bloom filter that remembers the replay tags of Sphinx packets already mixed under the
-//! current key, so that a replayed packet is dropped.
+//! The replay filter: remembers the replay tags of Sphinx packets already mixed under the
+//! current key, so that a replayed packet is dropped, and never wears out.
 //!
-//! The filter is sized once, from the number of tags it should hold and the false-positive
+//! [`ReplayFilter`] keeps two generations of [`BloomFilter`], each sized for
+//! `expected_items` tags. Tags go into the current generation; a tag is a replay if either
+//! generation holds it. When the current generation holds `expected_items` tags, the older one
+//! is cleared and becomes current. So the filter always remembers at least the last
+//! `expected_items` tags (and up to twice that), and its false-positive rate stays below twice
+//! the configured one forever, instead of rising towards 1 as a single filter's does past its
+//! size. The price is twice the memory, allocated and touched at start, and one clear of a
+//! generation (a memset of its bit array) every `expected_items` packets.
+//!
+//! Each generation is sized once, from the number of tags it should hold and the false-positive
 //! rate wanted (Nym uses 1e-5), with the standard formulas `m = -n ln p / (ln 2)^2` bits and
 //! `k = (m / n) ln 2` probes, and allocates its bit array at construction. Bit indices come
 //! straight from the tag bytes by (enhanced) double hashing: a replay tag is the output of a
@@ -9,11 +18,8 @@
 //! independent, and hashing them again would cost time and add nothing. An attacker cannot
 //! steer tags either: a tag is bound to a scalar multiplication with the node's secret key.
 //!
-//! What it deliberately does not do: decide when to rotate (a filter belongs to one key and is
-//! cleared or replaced with it), remove tags (Bloom filters cannot), or grow past its size;
-//! past [`ReplayFilter::capacity`] the false-positive rate rises, which
-//! [`ReplayFilter::is_over_capacity`] and [`ReplayFilter::estimated_false_positive_rate`]
-//! let the caller see and count.
+//! What it deliberately does not do: decide when to rotate keys (a filter belongs to one key
+//! and is cleared or replaced with it), remove single tags (Bloom filters cannot), or grow.
 
 /// Length of a Sphinx replay tag.
 pub const REPLAY_TAG_LEN: usize = sphinx_packet::constants::REPLAY_TAG_SIZE;
@@ -47,9 +53,9 @@ pub enum ReplayFilterError {
     },
 }
 
-/// A Bloom filter of 32-byte replay tags, allocated once.
+/// One Bloom filter of 32-byte replay tags, allocated once: a generation of [`ReplayFilter`].
 #[derive(Clone, Debug)]
-pub struct ReplayFilter {
+pub struct BloomFilter {
     words: Box<[u64]>,
     bit_count: u64,
     hash_count: u32,
@@ -71,7 +77,7 @@ fn prefault(words: &mut [u64]) {
     }
 }
 
-impl ReplayFilter {
+impl BloomFilter {
     /// A filter sized for `expected_items` tags at `false_positive_rate`.
     pub fn new(expected_items: u64, false_positive_rate: f64) -> Result<Self, ReplayFilterError> {
         if expected_items == 0 {
@@ -95,7 +101,7 @@ impl ReplayFilter {
         let word_count = (bit_count / 64) as usize;
         let mut words = vec![0u64; word_count].into_boxed_slice();
         prefault(&mut words);
-        Ok(ReplayFilter {
+        Ok(BloomFilter {
             words,
             bit_count,
             hash_count,
@@ -178,6 +184,86 @@ impl ReplayFilter {
     }
 }
 
+/// The node's replay filter: two generations of [`BloomFilter`] (see the module docs).
+#[derive(Debug)]
+pub struct ReplayFilter {
+    current: BloomFilter,
+    previous: BloomFilter,
+    rotations: u64,
+}
+
+impl ReplayFilter {
+    /// A filter whose generations are each sized for `expected_items` tags at
+    /// `false_positive_rate`: it always remembers at least the last `expected_items` tags.
+    pub fn new(expected_items: u64, false_positive_rate: f64) -> Result<Self, ReplayFilterError> {
+        Ok(ReplayFilter {
+            current: BloomFilter::new(expected_items, false_positive_rate)?,
+            previous: BloomFilter::new(expected_items, false_positive_rate)?,
+            rotations: 0,
+        })
+    }
+
+    /// A filter sized for `expected_items` tags per generation at
+    /// [`FALSE_POSITIVE_RATE_DEFAULT`].
+    pub fn with_default_rate(expected_items: u64) -> Result<Self, ReplayFilterError> {
+        Self::new(expected_items, FALSE_POSITIVE_RATE_DEFAULT)
+    }
+
+    /// Whether `tag` may have been inserted among the tags remembered. Never false for a tag
+    /// among the last [`Self::capacity`] inserted.
+    pub fn contains(&self, tag: &[u8; REPLAY_TAG_LEN]) -> bool {
+        self.current.contains(tag) || self.previous.contains(tag)
+    }
+
+    /// Records `tag`, first turning generations over if the current one is full.
+    pub fn insert(&mut self, tag: &[u8; REPLAY_TAG_LEN]) {
+        if self.current.items_inserted() >= self.current.capacity() {
+            self.previous.clear();
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.rotations += 1;
+        }
+        self.current.insert(tag);
+    }
+
+    /// Forgets every tag, keeping the allocations (for key rotation).
+    pub fn clear(&mut self) {
+        self.current.clear();
+        self.previous.clear();
+    }
+
+    /// Tags remembered now: those of both generations.
+    pub fn items_inserted(&self) -> u64 {
+        self.current.items_inserted() + self.previous.items_inserted()
+    }
+
+    /// Tags each generation is sized for: the filter always remembers at least this many of
+    /// the most recent ones.
+    pub fn capacity(&self) -> u64 {
+        self.current.capacity()
+    }
+
+    /// Times the older generation was cleared to make room.
+    pub fn generations_turned(&self) -> u64 {
+        self.rotations
+    }
+
+    /// Fraction of the current generation's bits set, 0.0 to 1.0.
+    pub fn fill_ratio(&self) -> f64 {
+        self.current.fill_ratio()
+    }
+
+    /// The false-positive rate now, from the bits actually set in both generations (an upper
+    /// bound: the sum of the two).
+    pub fn estimated_false_positive_rate(&self) -> f64 {
+        self.current.estimated_false_positive_rate() + self.previous.estimated_false_positive_rate()
+    }
+
+    /// Bytes of bit arrays, both generations.
+    pub fn memory_bytes(&self) -> u64 {
+        2 * self.current.bit_count() / 8
+    }
+}
+
 /// Enhanced double hashing (Dillinger and Manolios): probe `i` is
 /// `h1 + i*h2 + (i^3 - i)/6 mod m`, computed incrementally. `h1` and `h2` are two
 /// independent 64-bit words of the tag; the cubic term keeps probe sequences of tags that
@@ -224,7 +310,7 @@ mod tests {
 
     #[test]
     fn sizing_follows_the_standard_formulas() {
-        let filter = ReplayFilter::new(200_000, 1e-5).expect("valid parameters");
+        let filter = BloomFilter::new(200_000, 1e-5).expect("valid parameters");
         // m = -n ln p / ln2^2 = 4_792_529.6 bits, rounded up to whole words.
         assert_eq!(filter.bit_count(), 4_792_576);
         assert_eq!(filter.hash_count(), 17);
@@ -235,7 +321,7 @@ mod tests {
     #[test]
     fn bad_parameters_are_rejected() {
         assert_eq!(
-            ReplayFilter::new(0, 1e-5).err(),
+            BloomFilter::new(0, 1e-5).err(),
             Some(ReplayFilterError::NoItems)
         );
         for rate in [0.0, 1.0, -0.1, f64::NAN] {
@@ -258,7 +344,7 @@ mod tests {
         const ITEMS: u64 = 200_000;
         const PROBES: u64 = 2_000_000;
         let mut rng = SplitMix64::new(crate::testing::seed());
-        let mut filter = ReplayFilter::new(ITEMS, 1e-5).expect("valid parameters");
+        let mut filter = BloomFilter::new(ITEMS, 1e-5).expect("valid parameters");
         let mut inserted = Vec::with_capacity(ITEMS as usize);
         for _ in 0..ITEMS {
             let tag = rng.tag();
@@ -285,5 +371,48 @@ mod tests {
         assert_eq!(filter.items_inserted(), 0);
         assert_eq!(filter.fill_ratio(), 0.0);
         assert!(!filter.contains(&inserted[0]));
+    }
+
+    /// Sized for 2,000 tags, fed 100,000 distinct ones: the generations turn over, the last
+    /// 2,000 are always remembered, and fresh tags are taken for replays at most at about twice
+    /// the configured rate (a single filter this size would by then call nearly every tag a
+    /// replay).
+    #[test]
+    fn generations_never_wear_out_and_always_remember_the_last_capacity_tags() {
+        const CAPACITY: u64 = 2_000;
+        const TAGS: usize = 100_000;
+        let mut rng = SplitMix64::new(crate::testing::seed());
+        let mut filter = ReplayFilter::new(CAPACITY, 1e-3).expect("valid parameters");
+        let mut recent: std::collections::VecDeque<[u8; 32]> = std::collections::VecDeque::new();
+        let mut false_positives = 0u64;
+        for i in 0..TAGS {
+            let tag = rng.tag();
+            if filter.contains(&tag) {
+                false_positives += 1;
+            }
+            filter.insert(&tag);
+            recent.push_back(tag);
+            if recent.len() > CAPACITY as usize {
+                recent.pop_front();
+            }
+            if i % 997 == 0 {
+                assert!(
+                    recent.iter().all(|t| filter.contains(t)),
+                    "a tag among the last {CAPACITY} was forgotten"
+                );
+                let remembered = filter.items_inserted();
+                assert!(remembered >= (i as u64 + 1).min(CAPACITY) && remembered <= 2 * CAPACITY);
+                assert!(filter.estimated_false_positive_rate() < 2.2e-3);
+            }
+        }
+        eprintln!(
+            "{false_positives} false positives in {TAGS} fresh tags (at most about 200 expected)"
+        );
+        // Expected at most 2e-3 x 100,000 = 200 (about 150 on average); 300 is far in the tail.
+        assert!(false_positives <= 300, "{false_positives}");
+        assert_eq!(filter.generations_turned(), TAGS as u64 / CAPACITY - 1);
+        filter.clear();
+        assert_eq!(filter.items_inserted(), 0);
+        assert!(!filter.contains(&recent[0]));
     }
 }

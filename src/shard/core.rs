@@ -241,7 +241,7 @@ pub struct ShardCore {
     next_sweep: Instant,
     delays_clamped: u64,
     table_full_logged_at: Option<Instant>,
-    replay_warned: bool,
+    filter_generations_seen: u64,
     /// Reads the clock for the processing-time histograms only; never for a decision.
     stopwatch: fn() -> Instant,
     /// Packets that fell due in one [`Self::handle_timeout`], reused.
@@ -276,7 +276,7 @@ impl ShardCore {
             next_sweep: now + SWEEP_INTERVAL,
             delays_clamped: 0,
             table_full_logged_at: None,
-            replay_warned: false,
+            filter_generations_seen: 0,
             stopwatch,
             due: Vec::with_capacity(4096),
         })
@@ -453,7 +453,7 @@ impl ShardCore {
         let started = (self.stopwatch)();
         let result = self.processor.finish(packet, self.config.delay_max);
         timings.unwrap((self.stopwatch)().saturating_duration_since(started));
-        self.warn_once_if_filter_is_over_capacity();
+        self.note_filter_generation();
         let hop = match result {
             Ok(hop) => hop,
             Err(reason) => return self.drop_packet(reason),
@@ -475,15 +475,17 @@ impl ShardCore {
         }
     }
 
-    fn warn_once_if_filter_is_over_capacity(&mut self) {
+    /// Log when the replay filter turned a generation over (once per `capacity` packets).
+    fn note_filter_generation(&mut self) {
         let filter = self.processor.replay_filter();
-        if !self.replay_warned && filter.is_over_capacity() {
-            self.replay_warned = true;
-            tracing::warn!(
+        let turned = filter.generations_turned();
+        if turned != self.filter_generations_seen {
+            self.filter_generations_seen = turned;
+            tracing::info!(
                 shard = self.config.index,
-                items = filter.items_inserted(),
-                capacity = filter.capacity(),
-                "replay filter is past the packet count it was sized for: its false-positive rate now exceeds the configured one. Raise engine.replay_filter_packets_max"
+                generations_turned = turned,
+                remembered_at_least = filter.capacity(),
+                "replay filter: cleared its older generation; the most recent tags are still remembered"
             );
         }
     }

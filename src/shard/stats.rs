@@ -38,6 +38,7 @@ pub struct ShardStats {
     replay_filter_items: AtomicU64,
     replay_filter_capacity: AtomicU64,
     replay_filter_fill_ppm: AtomicU64,
+    replay_filter_generations_turned: AtomicU64,
 }
 
 /// A copy of one shard's figures.
@@ -73,12 +74,15 @@ pub struct ShardSnapshot {
     pub accept_errors: u64,
     /// Inbound connections closed because they stalled mid-frame.
     pub read_timeouts: u64,
-    /// Tags recorded in this shard's replay filter.
+    /// Tags this shard's replay filter remembers now (both generations).
     pub replay_filter_items: u64,
-    /// Tags this shard's replay filter is sized for.
+    /// Tags each generation of this shard's replay filter is sized for: it always remembers
+    /// at least this many of the most recent.
     pub replay_filter_capacity: u64,
-    /// Fraction of the filter's bits set, in parts per million.
+    /// Fraction of the filter's current generation's bits set, in parts per million.
     pub replay_filter_fill_ppm: u64,
+    /// Times the filter cleared its older generation to make room.
+    pub replay_filter_generations_turned: u64,
 }
 
 /// One shard's packet counts. A packet may enter a shard from the network (`received`) or
@@ -149,6 +153,8 @@ impl ShardStats {
             .store(s.replay_filter_capacity, r);
         self.replay_filter_fill_ppm
             .store(s.replay_filter_fill_ppm, r);
+        self.replay_filter_generations_turned
+            .store(s.replay_filter_generations_turned, r);
         self.sequence
             .store(sequence.wrapping_add(2), Ordering::Release);
     }
@@ -202,6 +208,7 @@ impl ShardStats {
             replay_filter_items: self.replay_filter_items.load(r),
             replay_filter_capacity: self.replay_filter_capacity.load(r),
             replay_filter_fill_ppm: self.replay_filter_fill_ppm.load(r),
+            replay_filter_generations_turned: self.replay_filter_generations_turned.load(r),
         }
     }
 }

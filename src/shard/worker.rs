@@ -284,6 +284,7 @@ impl Shard {
             replay_filter_items: filter.items_inserted(),
             replay_filter_capacity: filter.capacity(),
             replay_filter_fill_ppm: (filter.fill_ratio() * 1e6) as u64,
+            replay_filter_generations_turned: filter.generations_turned(),
         };
         self.stats[self.index].publish(&snapshot);
     }
