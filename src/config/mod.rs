@@ -259,6 +259,9 @@ pub struct EngineSection {
     pub replay_filter_packets_max: u64,
     /// False-positive rate the replay filter keeps up to `replay_filter_packets_max`.
     pub replay_filter_false_positive_rate: f64,
+    /// How often the replay filter is saved to `data/replay_filter.bin` (also at shutdown).
+    #[serde(with = "humantime_serde")]
+    pub replay_filter_save_interval: Duration,
     /// A connection that stops mid-frame for this long is closed.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
@@ -289,6 +292,7 @@ impl Default for EngineSection {
             cross_shard_packets_max: 8192,
             replay_filter_packets_max: 10_000_000,
             replay_filter_false_positive_rate: 1e-5,
+            replay_filter_save_interval: Duration::from_secs(600),
             read_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_millis(1500),
             backoff_initial: Duration::from_secs(10),
@@ -651,6 +655,10 @@ impl Config {
             ("engine.read_timeout", e.read_timeout),
             ("engine.connect_timeout", e.connect_timeout),
             ("engine.next_hop_idle_timeout", e.next_hop_idle_timeout),
+            (
+                "engine.replay_filter_save_interval",
+                e.replay_filter_save_interval,
+            ),
             ("http.stats_interval", self.http.stats_interval),
             ("http.request_timeout", self.http.request_timeout),
             ("logging.summary_interval", self.logging.summary_interval),

@@ -5,6 +5,7 @@
 //! fails here, before the node reports itself started, with a message that says what to do.
 
 pub mod limits;
+pub mod replay_store;
 pub mod summary;
 
 use std::net::{SocketAddr, TcpListener};
@@ -56,11 +57,15 @@ pub enum StartError {
     /// VerLoc could not start.
     #[error(transparent)]
     Verloc(#[from] crate::verloc::VerlocError),
+    /// The saved replay filter could not be used.
+    #[error(transparent)]
+    ReplayStore(#[from] replay_store::StoreError),
 }
 
 /// A started node.
 pub struct RunningNode {
     engine: Engine,
+    saver: replay_store::Saver,
     verloc: Verloc,
     api: ApiServer,
     drain_timeout: Duration,
@@ -126,14 +131,39 @@ pub fn start(
     let api_addr = SocketAddr::new(m.listening_address, m.http_api_port);
     // Bind first so that an unavailable address gets the same explanation.
     drop(bind("HTTP API port", api_addr)?);
+    let replay_file = replay_store::path_for(config);
+    let sphinx_public = keys.sphinx_public().to_bytes();
+    let replay_images = replay_store::load(&replay_file, &sphinx_public)?;
     let engine = Engine::start(
         EngineSettings {
             listen: SocketAddr::new(m.listening_address, m.mix_port),
             engine: config.engine.clone(),
             pin: options.pin_shards,
+            replay_images,
         },
         &keys.sphinx,
     )?;
+    let e = &config.engine;
+    let per_shard = e
+        .replay_filter_packets_max
+        .div_ceil(engine.shard_count() as u64)
+        .max(1);
+    let (bit_count, hash_count) =
+        crate::replay::sizes_for(per_shard, e.replay_filter_false_positive_rate)
+            .map_err(|err| crate::shard::EngineError::ReplayFilter(err.to_string()))?;
+    let saver = replay_store::Saver::start(
+        replay_file,
+        crate::replay::snapshot::SnapshotHeader {
+            sphinx_public_key: sphinx_public,
+            shards: engine.shard_count() as u32,
+            hash_count,
+            capacity: per_shard,
+            bit_count,
+        },
+        e.replay_filter_save_interval,
+        engine.save_requester(),
+        engine.filter_images(),
+    );
     let verloc = Verloc::start(verloc_socket, keys.identity.clone(), &config.verloc)?;
     let api = ApiServer::start(
         api_addr,
@@ -155,6 +185,7 @@ pub fn start(
     tracing::info!(mix = %addresses.mix, verloc = %addresses.verloc, http_api = %addresses.http_api, shards = engine.shard_count(), "node started");
     Ok(RunningNode {
         engine,
+        saver,
         verloc,
         api,
         drain_timeout: config.engine.drain_timeout,
@@ -188,9 +219,11 @@ impl RunningNode {
 
     /// Stop every service: stop VerLoc, stop accepting packets, drain for the configured time,
     /// and wait. The final counts of each shard.
-    pub fn shutdown(self) -> Vec<ShardCounts> {
+    pub fn shutdown(mut self) -> Vec<ShardCounts> {
         self.verloc.stop();
+        self.saver.stop();
         let finals = self.engine.shutdown(self.drain_timeout);
+        self.saver.save_final();
         self.api.stop();
         tracing::info!("node stopped");
         finals

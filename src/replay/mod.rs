@@ -21,6 +21,8 @@
 //! What it deliberately does not do: decide when to rotate keys (a filter belongs to one key
 //! and is cleared or replaced with it), remove single tags (Bloom filters cannot), or grow.
 
+pub mod snapshot;
+
 /// Length of a Sphinx replay tag.
 pub const REPLAY_TAG_LEN: usize = sphinx_packet::constants::REPLAY_TAG_SIZE;
 
@@ -53,6 +55,32 @@ pub enum ReplayFilterError {
     },
 }
 
+/// The bit count (m, whole 64-bit words) and probe count (k) of a Bloom filter for
+/// `expected_items` tags at `false_positive_rate`.
+pub fn sizes_for(
+    expected_items: u64,
+    false_positive_rate: f64,
+) -> Result<(u64, u32), ReplayFilterError> {
+    if expected_items == 0 {
+        return Err(ReplayFilterError::NoItems);
+    }
+    if !(false_positive_rate > 0.0 && false_positive_rate < 1.0) {
+        return Err(ReplayFilterError::BadFalsePositiveRate(false_positive_rate));
+    }
+    let ln2 = std::f64::consts::LN_2;
+    let items = expected_items as f64;
+    let bits_wanted = (-items * false_positive_rate.ln() / (ln2 * ln2)).ceil();
+    // Whole 64-bit words; compare as f64 first so a huge request cannot wrap.
+    if bits_wanted > BITS_MAX as f64 {
+        return Err(ReplayFilterError::TooLarge {
+            bits: bits_wanted as u64,
+        });
+    }
+    let bit_count = (bits_wanted as u64).max(64).div_ceil(64) * 64;
+    let hash_count = ((bit_count as f64 / items) * ln2).round() as u32;
+    Ok((bit_count, hash_count.clamp(1, HASH_COUNT_MAX)))
+}
+
 /// One Bloom filter of 32-byte replay tags, allocated once: a generation of [`ReplayFilter`].
 #[derive(Clone, Debug)]
 pub struct BloomFilter {
@@ -80,24 +108,7 @@ fn prefault(words: &mut [u64]) {
 impl BloomFilter {
     /// A filter sized for `expected_items` tags at `false_positive_rate`.
     pub fn new(expected_items: u64, false_positive_rate: f64) -> Result<Self, ReplayFilterError> {
-        if expected_items == 0 {
-            return Err(ReplayFilterError::NoItems);
-        }
-        if !(false_positive_rate > 0.0 && false_positive_rate < 1.0) {
-            return Err(ReplayFilterError::BadFalsePositiveRate(false_positive_rate));
-        }
-        let ln2 = std::f64::consts::LN_2;
-        let items = expected_items as f64;
-        let bits_wanted = (-items * false_positive_rate.ln() / (ln2 * ln2)).ceil();
-        // Whole 64-bit words; compare as f64 first so a huge request cannot wrap.
-        if bits_wanted > BITS_MAX as f64 {
-            return Err(ReplayFilterError::TooLarge {
-                bits: bits_wanted as u64,
-            });
-        }
-        let bit_count = (bits_wanted as u64).max(64).div_ceil(64) * 64;
-        let hash_count = ((bit_count as f64 / items) * ln2).round() as u32;
-        let hash_count = hash_count.clamp(1, HASH_COUNT_MAX);
+        let (bit_count, hash_count) = sizes_for(expected_items, false_positive_rate)?;
         let word_count = (bit_count / 64) as usize;
         let mut words = vec![0u64; word_count].into_boxed_slice();
         prefault(&mut words);
@@ -261,6 +272,36 @@ impl ReplayFilter {
     /// Bytes of bit arrays, both generations.
     pub fn memory_bytes(&self) -> u64 {
         2 * self.current.bit_count() / 8
+    }
+
+    /// Bits and probes per generation.
+    pub fn sizes(&self) -> (u64, u32) {
+        (self.current.bit_count(), self.current.hash_count())
+    }
+
+    /// The filter saved in `image`, if it has the sizes `expected_items` and
+    /// `false_positive_rate` give (a filter of other sizes cannot answer for the same tags).
+    pub fn restore(
+        expected_items: u64,
+        false_positive_rate: f64,
+        image: snapshot::FilterImage,
+    ) -> Option<ReplayFilter> {
+        let mut filter = ReplayFilter::new(expected_items, false_positive_rate).ok()?;
+        let words = filter.current.words.len();
+        if image.generations.iter().any(|g| g.words.len() != words) {
+            return None;
+        }
+        let [current, previous] = image.generations;
+        for (target, source) in [
+            (&mut filter.current, current),
+            (&mut filter.previous, previous),
+        ] {
+            target.words.copy_from_slice(&source.words);
+            target.items_inserted = source.items;
+            target.bits_set = source.bits_set;
+        }
+        filter.rotations = image.generations_turned;
+        Some(filter)
     }
 }
 

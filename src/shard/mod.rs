@@ -28,7 +28,7 @@ mod worker;
 
 use std::net::SocketAddr;
 use std::os::unix::io::IntoRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,7 @@ use x25519_dalek::StaticSecret;
 
 use crate::accounting::PacketCounts;
 use crate::config::EngineSection;
+use crate::replay::snapshot::FilterImage;
 use crate::replay::ReplayFilter;
 use stats::{ShardCounts, ShardSnapshot, ShardStats};
 use telemetry::TelemetryReport;
@@ -98,7 +99,36 @@ pub struct EngineSettings {
     pub engine: EngineSection,
     /// Pin each shard to a core.
     pub pin: bool,
+    /// Saved replay filters to start from, one per shard (empty: start with empty filters).
+    pub replay_images: Vec<FilterImage>,
 }
+
+/// A copy of one shard's replay filter, taken for saving.
+pub struct ShardFilterImage {
+    /// The shard.
+    pub shard: usize,
+    /// The save request it answers ([`FilterSaveRequester::request`]), or [`FINAL_IMAGE`].
+    pub epoch: u64,
+    /// The filter.
+    pub image: FilterImage,
+}
+
+/// Asks the shards for copies of their replay filters (see [`Engine::save_requester`]).
+#[derive(Clone)]
+pub struct FilterSaveRequester {
+    control: Arc<Control>,
+}
+
+impl FilterSaveRequester {
+    /// Ask every shard for a copy; each answers once, between packets, with the returned
+    /// epoch.
+    pub fn request(&self) -> u64 {
+        self.control.save_epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+}
+
+/// The epoch of the image each shard sends as it stops.
+pub const FINAL_IMAGE: u64 = u64::MAX;
 
 pub(crate) struct Control {
     stop: AtomicBool,
@@ -107,6 +137,8 @@ pub(crate) struct Control {
     stopped_sending: AtomicUsize,
     /// Shards running, set before `stop`: the count `stopped_sending` must reach.
     running: AtomicUsize,
+    /// The latest request for replay filter images; each shard answers each once.
+    save_epoch: AtomicU64,
 }
 
 impl Control {
@@ -125,6 +157,7 @@ pub struct Engine {
     control: Arc<Control>,
     stats: Arc<Vec<ShardStats>>,
     telemetry: crossbeam_channel::Receiver<TelemetryReport>,
+    filter_images: crossbeam_channel::Receiver<ShardFilterImage>,
     local_addr: SocketAddr,
 }
 
@@ -212,7 +245,19 @@ impl Engine {
             deadline: OnceLock::new(),
             stopped_sending: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
+            save_epoch: AtomicU64::new(0),
         });
+        // Room for one answer to a request and the final image of every shard.
+        let (images_tx, filter_images) = crossbeam_channel::bounded(2 * shards);
+        let restoring = settings.replay_images.len() == shards;
+        if !settings.replay_images.is_empty() && !restoring {
+            tracing::warn!(
+                saved = settings.replay_images.len(),
+                shards,
+                "the saved replay filters are for another shard count; starting with empty filters"
+            );
+        }
+        let mut images = settings.replay_images.into_iter();
         let stats: Arc<Vec<ShardStats>> =
             Arc::new((0..shards).map(|_| ShardStats::default()).collect());
         let (telemetry_tx, telemetry) =
@@ -225,8 +270,23 @@ impl Engine {
 
         let mut handles = Vec::with_capacity(shards);
         for (index, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
-            let filter = ReplayFilter::new(per_shard_tags, e.replay_filter_false_positive_rate)
-                .map_err(|err| EngineError::ReplayFilter(err.to_string()))?;
+            let saved = if restoring { images.next() } else { None };
+            let restored = saved.and_then(|image| {
+                let filter =
+                    ReplayFilter::restore(per_shard_tags, e.replay_filter_false_positive_rate, image);
+                if filter.is_none() {
+                    tracing::warn!(
+                        shard = index,
+                        "the saved replay filter has other sizes than engine.replay_filter_packets_max gives; this shard starts empty"
+                    );
+                }
+                filter
+            });
+            let filter = match restored {
+                Some(filter) => filter,
+                None => ReplayFilter::new(per_shard_tags, e.replay_filter_false_positive_rate)
+                    .map_err(|err| EngineError::ReplayFilter(err.to_string()))?,
+            };
             let placement = match cores.get(index) {
                 Some(core) if shards <= cores.len() => glommio::Placement::Fixed(core.id),
                 _ => glommio::Placement::Unbound,
@@ -245,6 +305,7 @@ impl Engine {
                 control: Arc::clone(&control),
                 stats: Arc::clone(&stats),
                 telemetry: telemetry_tx.clone(),
+                filter_images: images_tx.clone(),
             };
             let spawned = glommio::LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{index}"))
@@ -260,6 +321,7 @@ impl Engine {
                         stats,
                         local_addr,
                         telemetry,
+                        filter_images,
                     };
                     started.shutdown(Duration::ZERO);
                     return Err(EngineError::Executor {
@@ -275,6 +337,7 @@ impl Engine {
             control,
             stats,
             telemetry,
+            filter_images,
             local_addr,
         })
     }
@@ -303,6 +366,20 @@ impl Engine {
     /// that aggregates them (the control thread).
     pub fn telemetry(&self) -> crossbeam_channel::Receiver<TelemetryReport> {
         self.telemetry.clone()
+    }
+
+    /// A handle that asks every shard for a copy of its replay filter; the answers come on
+    /// [`Self::filter_images`].
+    pub fn save_requester(&self) -> FilterSaveRequester {
+        FilterSaveRequester {
+            control: Arc::clone(&self.control),
+        }
+    }
+
+    /// Where shards send the copies of their replay filters: answers to
+    /// [`Self::request_filter_images`], and one [`FINAL_IMAGE`] from each shard as it stops.
+    pub fn filter_images(&self) -> crossbeam_channel::Receiver<ShardFilterImage> {
+        self.filter_images.clone()
     }
 
     /// Stop accepting, forward what falls due within `drain`, drop the rest as shutdown, and

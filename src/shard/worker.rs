@@ -26,10 +26,11 @@ use super::core::{
 };
 use super::stats::{ShardCounts, ShardSnapshot, ShardStats};
 use super::telemetry::{PeerCounts, ShardTelemetry, TelemetryReport};
-use super::{Control, Doorbell, DoorbellReceiver};
+use super::{Control, Doorbell, DoorbellReceiver, ShardFilterImage, FINAL_IMAGE};
 use crate::config::EngineSection;
 use crate::forward::{LinkId, LinkStep};
 use crate::framing::{FrameDecoder, FrameHeader};
+use crate::replay::snapshot::{FilterImage, SnapshotCursor};
 use crate::replay::ReplayFilter;
 use crate::sphinx::HopProcessor;
 
@@ -41,6 +42,9 @@ const PUMP_SLEEP_MAX: Duration = Duration::from_millis(20);
 const INBOX_BATCH_MAX: usize = 64;
 /// Longest a reader works through frames before giving the other tasks (the writers) a turn.
 const READER_TURN_MAX: Duration = Duration::from_micros(250);
+/// Words of the replay filter copied per pump round while a save is under way (512 KiB,
+/// tens of microseconds).
+const SNAPSHOT_WORDS_PER_ROUND: usize = 64 * 1024;
 /// A write to a next hop that makes no progress for this long fails the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -61,6 +65,7 @@ pub(super) struct ShardInit {
     pub control: Arc<Control>,
     pub stats: Arc<Vec<ShardStats>>,
     pub telemetry: Sender<TelemetryReport>,
+    pub filter_images: Sender<ShardFilterImage>,
 }
 
 /// The cross-shard channels as the core's [`HandoffSink`]: a handoff that goes in rings the
@@ -117,6 +122,10 @@ struct Shard {
     readers: RefCell<HashMap<u64, JoinHandle<()>>>,
     next_reader_id: Cell<u64>,
     telemetry: RefCell<ShardTelemetry>,
+    filter_images: Sender<ShardFilterImage>,
+    /// The save request answered last, and the copy under way for the next.
+    snapshot_epoch: Cell<u64>,
+    snapshot: RefCell<Option<SnapshotCursor>>,
 }
 
 /// The shard's main future: returns its final counts after shutdown.
@@ -160,6 +169,9 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
             init.telemetry,
             Instant::now(),
         )),
+        filter_images: init.filter_images,
+        snapshot_epoch: Cell::new(0),
+        snapshot: RefCell::new(None),
     });
     for bell in init.bells_in {
         glommio::spawn_local(listen_for_doorbell(Rc::clone(&shard), bell)).detach();
@@ -287,6 +299,38 @@ impl Shard {
             replay_filter_generations_turned: filter.generations_turned(),
         };
         self.stats[self.index].publish(&snapshot);
+    }
+
+    /// Answer a save request: copy a bounded part of the replay filter per round, and send the
+    /// image when complete. Never blocks: a full channel skips this save (the next one comes).
+    fn advance_snapshot(&self) {
+        let requested = self.control.save_epoch.load(Ordering::Acquire);
+        if requested == self.snapshot_epoch.get() {
+            return;
+        }
+        let core = self.core.borrow();
+        let filter = core.processor().replay_filter();
+        let mut slot = self.snapshot.borrow_mut();
+        let cursor = slot.get_or_insert_with(|| SnapshotCursor::new(filter));
+        if let Some(image) = cursor.advance(filter, SNAPSHOT_WORDS_PER_ROUND) {
+            *slot = None;
+            self.snapshot_epoch.set(requested);
+            let _ = self.filter_images.try_send(ShardFilterImage {
+                shard: self.index,
+                epoch: requested,
+                image,
+            });
+        }
+    }
+
+    /// The shard has stopped: send its whole filter for the final save.
+    fn send_final_image(&self) {
+        let image = FilterImage::of(self.core.borrow().processor().replay_filter());
+        let _ = self.filter_images.try_send(ShardFilterImage {
+            shard: self.index,
+            epoch: FINAL_IMAGE,
+            image,
+        });
     }
 
     /// About once a second, send the telemetry report (histograms and per-next-hop counts)
@@ -436,6 +480,7 @@ async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
         shard.run_actions();
         shard.publish();
         shard.publish_telemetry(now);
+        shard.advance_snapshot();
 
         let phase = shard.core.borrow().phase();
         match phase {
@@ -470,6 +515,7 @@ async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
     }
     let counts = shard.core.borrow().counts();
     shard.publish();
+    shard.send_final_image();
     counts
 }
 
