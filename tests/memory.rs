@@ -19,19 +19,8 @@ const FLOOD_NEXT_HOPS: usize = 6_000;
 /// Packets then sent to one fresh next hop.
 const FRESH_PACKETS: usize = 2_000;
 
-/// Sum of a per-shard metric in the node's /metrics.
 fn metric(api: SocketAddr, name: &str) -> Option<u64> {
-    let (status, body) = http_get(api, "/metrics")?;
-    if status != 200 {
-        return None;
-    }
-    let prefix = format!("{name}{{");
-    Some(
-        body.lines()
-            .filter(|line| line.starts_with(&prefix))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum(),
-    )
+    common::metric_sum(api, name, "")
 }
 
 /// Resident memory of process `pid`, in KiB.

@@ -41,6 +41,31 @@ impl Home {
         self.cmd().args(args).output().expect("spawn nym-mixnode")
     }
 
+    /// Run the binary with `args`, killing it and failing the test if it has not exited
+    /// within `timeout`.
+    pub fn run_bounded(&self, args: &[&str], timeout: Duration) -> Output {
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nym-mixnode");
+        let start = Instant::now();
+        while child.try_wait().expect("try_wait").is_none() {
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "nym-mixnode {args:?} still running after {timeout:?}\nstderr:\n{}",
+                    stderr(&out)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("output")
+    }
+
     /// Start `run --id ID --cores N` with its output piped; killed on drop.
     pub fn spawn_run(&self, id: &str, cores: u32) -> Running {
         let child = self
@@ -153,6 +178,42 @@ pub fn assert_closed_by_peer(stream: &mut TcpStream, timeout: Duration, what: &s
         }
         Err(e) => panic!("{what}: unexpected read error {e}"),
     }
+}
+
+/// Sum over shards of a per-shard metric in the /metrics of the node at `api`, for samples
+/// whose labels contain `label` (pass "" for all).
+pub fn metric_sum(api: SocketAddr, name: &str, label: &str) -> Option<u64> {
+    let (status, body) = http_get(api, "/metrics")?;
+    if status != 200 {
+        return None;
+    }
+    let prefix = format!("{name}{{");
+    Some(
+        body.lines()
+            .filter(|line| line.starts_with(&prefix) && line.contains(label))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum(),
+    )
+}
+
+/// Set `key` (the first line starting with it) to `value` in node `id`'s config.toml.
+pub fn set_config_value(home: &Home, id: &str, key: &str, value: &str) {
+    let path = home.config_file(id);
+    let text = std::fs::read_to_string(&path).expect("config readable");
+    let mut found = false;
+    let edited: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if !found && l.trim_start().starts_with(&format!("{key} ")) {
+                found = true;
+                format!("{key} = {value}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(found, "{key} not in {}", path.display());
+    std::fs::write(&path, edited.join("\n") + "\n").expect("config writable");
 }
 
 /// A child process killed on drop if still running.
