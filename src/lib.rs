@@ -6,7 +6,8 @@
 //! `shard (driver reads) -> shard::core -> framing -> sphinx -> delay -> forward -> shard (driver writes)`.
 //!
 //! - [`framing`]: the mix-port frame codec and a streaming frame decoder (pure).
-//! - [`replay`]: the Bloom filter of replay tags seen under the current key (pure).
+//! - [`replay`]: the replay filter (two generations of Bloom filter, so it never wears out)
+//!   and its snapshot file format (pure).
 //! - [`sphinx`]: the hop step, from packet bytes to next hop, delay and packet (pure).
 //! - [`delay`]: the timer wheel that holds packets until their send time (pure).
 //! - [`forward`]: the next-hop table (bounded queues, connection states, backoff, idle and
@@ -18,8 +19,8 @@
 //! - [`verloc`]: latency measurements between nodes: echo codec, figures and results (pure),
 //!   the VerLoc listener and measurer (threads).
 //! - [`topology`]: the JSON list of nodes that VerLoc measures and the localnet script writes.
-//! - [`node`]: starts and stops the services in order; the open-files limit and the summary
-//!   log line.
+//! - [`node`]: starts and stops the services in order; saving and loading the replay filters;
+//!   the open-files limit and the summary log line.
 //! - [`http`]: the HTTP API control thread.
 //! - [`config`]: `config.toml`, `description.toml`, home folders, and upgrades of old files.
 //! - [`keys`]: the identity (Ed25519) and Sphinx (X25519) key files.

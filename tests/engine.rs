@@ -450,11 +450,20 @@ fn ipv6_nodes_bind_and_forward_to_ipv6_next_hops() {
 /// still caught as replays.
 #[test]
 fn a_small_replay_filter_keeps_passing_fresh_packets_and_catching_recent_replays() {
-    const PACKETS: usize = 6_000;
-    const REPLAYED: usize = 500;
-    let (node, receiver) = single(|c| c.engine.replay_filter_packets_max = 1_000);
+    // The soak run sets more: `MIXNODE_SOAK_PACKETS=100000 cargo test --release --test engine
+    // small_replay -- --nocapture`.
+    let packets_wanted: usize = std::env::var("MIXNODE_SOAK_PACKETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6_000);
+    let filter_packets: u64 = std::env::var("MIXNODE_SOAK_FILTER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    let (packets, replayed) = (packets_wanted, (filter_packets / 2) as usize);
+    let (node, receiver) = single(|c| c.engine.replay_filter_packets_max = filter_packets);
     let h = header(Version::V8, SizeTag::Ack);
-    let frames: Vec<Vec<u8>> = (0..PACKETS)
+    let frames: Vec<Vec<u8>> = (0..packets)
         .map(|i| {
             frame(
                 h,
@@ -469,7 +478,7 @@ fn a_small_replay_filter_keeps_passing_fresh_packets_and_catching_recent_replays
     let _s = send(node.mix, &frames.concat());
     eventually(Duration::from_secs(120), "all counted", || {
         let (c, gauges) = node.totals();
-        c.received == PACKETS as u64 && c.in_flight() == 0 && gauges == 0
+        c.received == packets as u64 && c.in_flight() == 0 && gauges == 0
     });
     let c = node.totals().0;
     let turned: u64 = node
@@ -479,28 +488,28 @@ fn a_small_replay_filter_keeps_passing_fresh_packets_and_catching_recent_replays
         .map(|s| s.replay_filter_generations_turned)
         .sum();
     eprintln!(
-        "{} of {PACKETS} forwarded, {} taken for replays, generations turned {turned}",
+        "{} of {packets} forwarded, {} taken for replays, generations turned {turned}",
         c.forwarded,
         c.dropped[DropReason::Replay as usize]
     );
     assert!(turned >= 4, "the filter turned over: {turned}");
     // At 1e-5 per generation, 6,000 packets expect well under one false positive.
     assert!(
-        c.forwarded as usize * 1000 >= PACKETS * 999,
-        "{} of {PACKETS} forwarded",
+        c.forwarded as usize * 1000 >= packets * 999,
+        "{} of {packets} forwarded",
         c.forwarded
     );
     // The most recent packets, sent again: every one is a replay.
     let replays_before = c.dropped[DropReason::Replay as usize];
-    let _r = send(node.mix, &frames[PACKETS - REPLAYED..].concat());
+    let _r = send(node.mix, &frames[packets - replayed..].concat());
     eventually(Duration::from_secs(60), "replays counted", || {
-        node.totals().0.received == (PACKETS + REPLAYED) as u64
+        node.totals().0.received == (packets + replayed) as u64
     });
     assert_balanced_and_idle(&node, "settles");
     let c = node.totals().0;
     assert_eq!(
         c.dropped[DropReason::Replay as usize] - replays_before,
-        REPLAYED as u64,
+        replayed as u64,
         "every recent packet sent again is a replay"
     );
 }
