@@ -37,7 +37,7 @@ const CHECKSUM_LEN: usize = 32;
 pub const SHARDS_MAX: u32 = 1024;
 
 /// One generation of a filter, as saved.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GenerationImage {
     /// Tags inserted.
     pub items: u64,
@@ -48,7 +48,7 @@ pub struct GenerationImage {
 }
 
 /// One shard's filter, as saved.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FilterImage {
     /// Generations turned so far.
     pub generations_turned: u64,
@@ -168,24 +168,7 @@ impl SnapshotCursor {
             image.items = source.items_inserted;
             image.bits_set = image.words.iter().map(|w| u64::from(w.count_ones())).sum();
         }
-        Some(std::mem::replace(
-            &mut self.image,
-            FilterImage {
-                generations_turned: 0,
-                generations: [
-                    GenerationImage {
-                        items: 0,
-                        bits_set: 0,
-                        words: Vec::new(),
-                    },
-                    GenerationImage {
-                        items: 0,
-                        bits_set: 0,
-                        words: Vec::new(),
-                    },
-                ],
-            },
-        ))
+        Some(std::mem::take(&mut self.image))
     }
 }
 

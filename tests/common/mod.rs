@@ -44,26 +44,14 @@ impl Home {
     /// Run the binary with `args`, killing it and failing the test if it has not exited
     /// within `timeout`.
     pub fn run_bounded(&self, args: &[&str], timeout: Duration) -> Output {
-        let mut child = self
+        let child = self
             .cmd()
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn nym-mixnode");
-        let start = Instant::now();
-        while child.try_wait().expect("try_wait").is_none() {
-            if start.elapsed() > timeout {
-                let _ = child.kill();
-                let out = child.wait_with_output().expect("output");
-                panic!(
-                    "nym-mixnode {args:?} still running after {timeout:?}\nstderr:\n{}",
-                    stderr(&out)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child.wait_with_output().expect("output")
+        wait_exit(child, timeout, &format!("nym-mixnode {args:?}"))
     }
 
     /// Start `run --id ID --cores N` with its output piped; killed on drop.
@@ -216,6 +204,23 @@ pub fn set_config_value(home: &Home, id: &str, key: &str, value: &str) {
     std::fs::write(&path, edited.join("\n") + "\n").expect("config writable");
 }
 
+/// Wait for `child` to exit; past `timeout`, kill it and fail the test with its stderr.
+pub fn wait_exit(mut child: Child, timeout: Duration, what: &str) -> Output {
+    let start = Instant::now();
+    while child.try_wait().expect("try_wait").is_none() {
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{what} still running after {timeout:?}\nstderr:\n{}",
+                stderr(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
 /// A child process killed on drop if still running.
 pub struct Running(pub Option<Child>);
 
@@ -226,25 +231,11 @@ impl Running {
 
     /// Send `signal` and wait for exit; the output.
     pub fn stop_with(mut self, signal: i32, timeout: Duration) -> Output {
-        let mut child = self.0.take().expect("child");
+        let child = self.0.take().expect("child");
         unsafe {
             libc::kill(child.id() as i32, signal);
         }
-        let start = Instant::now();
-        loop {
-            if child.try_wait().expect("try_wait").is_some() {
-                return child.wait_with_output().expect("output");
-            }
-            if start.elapsed() > timeout {
-                let _ = child.kill();
-                let out = child.wait_with_output().expect("output");
-                panic!(
-                    "process did not exit within {timeout:?} of signal {signal}\nstderr:\n{}",
-                    stderr(&out)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_exit(child, timeout, &format!("process (signal {signal})"))
     }
 }
 
