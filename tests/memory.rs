@@ -5,23 +5,18 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::mixnet::{frame, header, packet, send, Receiver};
-use common::{http_get, wait_for, Home};
+use common::{metric_sum, BinaryNode};
 use nym_mixnode::framing::{SizeTag, Version};
-use nym_mixnode::keys::{KeyPaths, NodeKeys};
 use nym_mixnode::sphinx::RouteHop;
 
 /// Distinct next hops in the flood: more than the default table holds (4,096 whole node).
 const FLOOD_NEXT_HOPS: usize = 6_000;
 /// Packets then sent to one fresh next hop.
 const FRESH_PACKETS: usize = 2_000;
-
-fn metric(api: SocketAddr, name: &str) -> Option<u64> {
-    common::metric_sum(api, name, "")
-}
 
 /// Resident memory of process `pid`, in KiB.
 fn rss_kib(pid: i32) -> u64 {
@@ -34,59 +29,28 @@ fn rss_kib(pid: i32) -> u64 {
         .expect("VmRSS line")
 }
 
-/// A node of the real binary in a temporary home, with its mix and API addresses and its
-/// Sphinx hop.
+/// A running node of the real binary and its resident memory.
 struct ChildNode {
+    node: BinaryNode,
     running: common::Running,
-    mix: SocketAddr,
-    api: SocketAddr,
-    hop: RouteHop,
-    _home: Home,
 }
 
 fn start_child() -> ChildNode {
-    let home = Home::new();
-    let (mix_port, _, http_port) = home.init_local("node");
-    let data = home.node_dir("node").join("data");
-    let keys = NodeKeys::load(&KeyPaths::in_data_dir(&data)).expect("keys written by init");
-    let running = home.spawn_run("node", 2);
-    let api = SocketAddr::from((Ipv4Addr::LOCALHOST, http_port));
-    let mix = SocketAddr::from((Ipv4Addr::LOCALHOST, mix_port));
-    wait_for(Duration::from_secs(30), "the node's /metrics", || {
-        metric(api, "nym_mixnode_packets_received_total")
-    });
-    ChildNode {
-        running,
-        mix,
-        api,
-        hop: RouteHop {
-            address: mix,
-            public_key: keys.sphinx_public(),
-            delay: Duration::ZERO,
-        },
-        _home: home,
+    let node = BinaryNode::init();
+    let running = node.start(2);
+    ChildNode { node, running }
+}
+
+impl std::ops::Deref for ChildNode {
+    type Target = BinaryNode;
+    fn deref(&self) -> &BinaryNode {
+        &self.node
     }
 }
 
 impl ChildNode {
     fn rss_kib(&self) -> u64 {
         rss_kib(self.running.pid())
-    }
-
-    fn wait_received(&self, at_least: u64, timeout: Duration) {
-        wait_for(timeout, "packets counted", || {
-            let received = metric(self.api, "nym_mixnode_packets_received_total")?;
-            (received >= at_least).then_some(())
-        });
-    }
-
-    fn dropped(&self, reason: &str) -> u64 {
-        let (_, body) = http_get(self.api, "/metrics").expect("metrics");
-        let label = format!("reason=\"{reason}\"");
-        body.lines()
-            .filter(|l| l.starts_with("nym_mixnode_packets_dropped_total{") && l.contains(&label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
     }
 }
 
@@ -174,7 +138,7 @@ fn thousands_of_dead_next_hops_cannot_fill_the_table_and_memory_stays_bounded() 
     let _flood = send(mix, &flood);
     node.wait_received(FLOOD_NEXT_HOPS as u64, Duration::from_secs(120));
     let flooded_kib = node.rss_kib();
-    let table_max = metric(api, "nym_mixnode_next_hops").expect("metrics");
+    let table_max = metric_sum(api, "nym_mixnode_next_hops", "").expect("metrics");
     assert!(
         table_max <= 4_096,
         "the table stays within engine.next_hops_max: {table_max}"
@@ -197,18 +161,12 @@ fn thousands_of_dead_next_hops_cannot_fill_the_table_and_memory_stays_bounded() 
     let arrived = receiver.wait_for(FRESH_PACKETS, Duration::from_secs(120));
     let after_kib = node.rss_kib();
     let refused = node.dropped("next_hop_table_full");
-    let evicted = wait_for(Duration::from_secs(30), "evictions", || {
-        let (_, body) = http_get(api, "/metrics")?;
-        Some(
-            body.lines()
-                .filter(|l| {
-                    l.starts_with("nym_mixnode_next_hops_removed_total{")
-                        && l.contains("reason=\"evicted\"")
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum::<u64>(),
-        )
-    });
+    let evicted = metric_sum(
+        api,
+        "nym_mixnode_next_hops_removed_total",
+        "reason=\"evicted\"",
+    )
+    .expect("metrics");
     eprintln!(
         "resident memory: idle {idle_kib} KiB, after {FLOOD_NEXT_HOPS} dead next hops \
          {flooded_kib} KiB, after {FRESH_PACKETS} fresh packets {after_kib} KiB; \

@@ -204,6 +204,76 @@ pub fn set_config_value(home: &Home, id: &str, key: &str, value: &str) {
     std::fs::write(&path, edited.join("\n") + "\n").expect("config writable");
 }
 
+/// A node of the real binary, initialised in a temporary home on 127.0.0.1 with OS-chosen
+/// ports: its addresses and its Sphinx hop. [`BinaryNode::start`] runs it (again and again).
+pub struct BinaryNode {
+    pub home: Home,
+    pub mix: SocketAddr,
+    pub api: SocketAddr,
+    pub hop: nym_mixnode::sphinx::RouteHop,
+}
+
+impl BinaryNode {
+    /// The node's id in its home.
+    pub const ID: &'static str = "node";
+
+    pub fn init() -> BinaryNode {
+        use nym_mixnode::keys::{KeyPaths, NodeKeys};
+        let home = Home::new();
+        let (mix_port, _, http_port) = home.init_local(Self::ID);
+        let data = home.node_dir(Self::ID).join("data");
+        let keys = NodeKeys::load(&KeyPaths::in_data_dir(&data)).expect("keys written by init");
+        let mix = SocketAddr::from(([127, 0, 0, 1], mix_port));
+        BinaryNode {
+            hop: nym_mixnode::sphinx::RouteHop {
+                address: mix,
+                public_key: keys.sphinx_public(),
+                delay: Duration::ZERO,
+            },
+            home,
+            mix,
+            api: SocketAddr::from(([127, 0, 0, 1], http_port)),
+        }
+    }
+
+    /// Run it with `cores` shards, once its /metrics answers.
+    pub fn start(&self, cores: u32) -> Running {
+        let running = self.home.spawn_run(Self::ID, cores);
+        wait_for(Duration::from_secs(30), "the node's /metrics", || {
+            metric_sum(self.api, "nym_mixnode_packets_received_total", "")
+        });
+        running
+    }
+
+    /// Packets dropped for `reason` (its label), all shards.
+    pub fn dropped(&self, reason: &str) -> u64 {
+        metric_sum(
+            self.api,
+            "nym_mixnode_packets_dropped_total",
+            &format!("reason=\"{reason}\""),
+        )
+        .expect("metrics")
+    }
+
+    /// Wait until at least `at_least` packets were received.
+    pub fn wait_received(&self, at_least: u64, timeout: Duration) {
+        wait_for(timeout, "packets counted", || {
+            let received = metric_sum(self.api, "nym_mixnode_packets_received_total", "")?;
+            (received >= at_least).then_some(())
+        });
+    }
+
+    /// Wait until at least `at_least` packets were received and each was forwarded or dropped.
+    pub fn wait_settled(&self, at_least: u64, timeout: Duration) {
+        wait_for(timeout, "packets forwarded or dropped", || {
+            let got = metric_sum(self.api, "nym_mixnode_packets_received_total", "")?;
+            let forwarded = metric_sum(self.api, "nym_mixnode_packets_forwarded_total", "")?;
+            let dropped = metric_sum(self.api, "nym_mixnode_packets_dropped_total", "")?;
+            (got >= at_least && forwarded + dropped == got).then_some(())
+        });
+    }
+}
+
 /// Wait for `child` to exit; past `timeout`, kill it and fail the test with its stderr.
 pub fn wait_exit(mut child: Child, timeout: Duration, what: &str) -> Output {
     let start = Instant::now();
