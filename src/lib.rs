@@ -45,6 +45,7 @@ pub mod logging;
 pub mod node;
 pub mod probe;
 pub mod replay;
+pub mod rotation;
 pub mod shard;
 pub mod sphinx;
 pub mod topology;

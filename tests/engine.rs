@@ -461,7 +461,7 @@ fn a_small_replay_filter_keeps_passing_fresh_packets_and_catching_recent_replays
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000);
     let (packets, replayed) = (packets_wanted, (filter_packets / 2) as usize);
-    let (node, receiver) = single(|c| c.engine.replay_filter_packets_max = filter_packets);
+    let (node, receiver) = single(|c| c.engine.replay_filter_packets_max = Some(filter_packets));
     let h = header(Version::V8, SizeTag::Ack);
     let frames: Vec<Vec<u8>> = (0..packets)
         .map(|i| {

@@ -48,7 +48,7 @@ impl VerlocNode {
         let mut config = Config::new(&settings, &NodePaths::new(home.path(), "verloc"));
         config.engine.cores = 1;
         config.engine.drain_timeout = Duration::from_millis(100);
-        config.engine.replay_filter_packets_max = 10_000;
+        config.engine.replay_filter_packets_max = Some(10_000);
         config.engine.held_packets_max = 1_000;
         let v = &mut config.verloc;
         v.packets_per_node = 10;

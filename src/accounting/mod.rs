@@ -36,11 +36,14 @@ pub enum DropReason {
     Shutdown = 10,
     /// A packet type this node does not mix (Outfox).
     UnsupportedPacketType = 11,
+    /// The frame's rotation byte names a Sphinx key this node no longer holds (purged after
+    /// its rotation's overlap epoch), or the key was purged while the packet crossed shards.
+    ExpiredKey = 12,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::BadFrame,
         DropReason::BadPacket,
         DropReason::Replay,
@@ -53,6 +56,7 @@ impl DropReason {
         DropReason::NextHopUnreachable,
         DropReason::Shutdown,
         DropReason::UnsupportedPacketType,
+        DropReason::ExpiredKey,
     ];
 
     /// Number of reasons; sizes the counter arrays.
@@ -73,11 +77,12 @@ impl DropReason {
             DropReason::NextHopUnreachable => "next_hop_unreachable",
             DropReason::Shutdown => "shutdown",
             DropReason::UnsupportedPacketType => "unsupported_packet_type",
+            DropReason::ExpiredKey => "expired_key",
         }
     }
 }
 
-const _: () = assert!(DropReason::COUNT == DropReason::Shutdown as usize + 2);
+const _: () = assert!(DropReason::COUNT == DropReason::ExpiredKey as usize + 1);
 
 /// Packet counters of one shard. Only its shard writes them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

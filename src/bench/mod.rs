@@ -334,7 +334,7 @@ fn node_config(
     let mut config = Config::new(&settings, &NodePaths::new(home, "bench"));
     config.engine.cores = cores;
     config.engine.held_packets_max = held_max.max(config.engine.held_packets_max);
-    config.engine.replay_filter_packets_max = (packets as u64).max(100_000);
+    config.engine.replay_filter_packets_max = Some((packets as u64).max(100_000));
     config.engine.drain_timeout = Duration::from_millis(200);
     config.engine.next_hop_queue_packets_max = 20_000;
     config.engine.delay_max = config.engine.delay_max.max(delay + Duration::from_secs(1));

@@ -6,7 +6,46 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::Output;
+use crate::framing::KeyRotation;
 use crate::probe::{probe, ProbeOptions};
+
+/// The rotation byte that names the key of `rotation_id`.
+fn rotation_byte(rotation_id: u32) -> KeyRotation {
+    if rotation_id % 2 == 1 {
+        KeyRotation::Odd
+    } else {
+        KeyRotation::Even
+    }
+}
+
+/// The local node's primary key and the rotation byte for it: the static key with byte 0, or
+/// the primary the running node last wrote to `data/sphinx_keys.json`.
+fn primary_key(
+    config: &crate::config::Config,
+    keys: &crate::keys::NodeKeys,
+) -> anyhow::Result<(x25519_dalek::PublicKey, KeyRotation)> {
+    use crate::rotation::{store::KeyStore, KeyState, RotationMode};
+    if config.rotation.mode == RotationMode::Off {
+        return Ok((keys.sphinx_public(), KeyRotation::Unknown));
+    }
+    let store = KeyStore::new(crate::node::replay_store::data_dir(config));
+    let primary = store
+        .read_manifest()?
+        .filter(|m| m.mode == config.rotation.mode)
+        .and_then(|m| m.keys.into_iter().find(|k| k.state == KeyState::Primary))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the node has no rotating sphinx key yet ({} lists none): start it first",
+                store.dir().join(crate::rotation::store::MANIFEST).display()
+            )
+        })?;
+    let bytes = crate::keys::decode_base58_key(&primary.public_key)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", crate::rotation::store::MANIFEST))?;
+    Ok((
+        x25519_dalek::PublicKey::from(bytes),
+        rotation_byte(primary.rotation_id),
+    ))
+}
 
 /// Arguments of `probe`.
 #[derive(clap::Args, Debug)]
@@ -21,6 +60,10 @@ pub struct Args {
     /// The node's Sphinx public key in base58 (node-details prints it).
     #[arg(long)]
     pub sphinx_key: Option<String>,
+    /// The rotation id of --sphinx-key, if it rotates (its parity goes in each frame's
+    /// rotation byte); without it the byte is 0 and the node tries its primary key first.
+    #[arg(long, requires = "sphinx_key")]
+    pub rotation_id: Option<u32>,
     /// Test packets to send.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub count: u32,
@@ -34,7 +77,7 @@ pub struct Args {
 }
 
 pub(super) fn execute(args: Args) -> anyhow::Result<()> {
-    let (target, key) = match (&args.id, args.target, &args.sphinx_key) {
+    let (target, key, key_rotation) = match (&args.id, args.target, &args.sphinx_key) {
         (Some(id), _, _) => {
             let (config, keys) = super::load_node(id)?;
             let m = &config.mixnode;
@@ -47,18 +90,21 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
             } else {
                 m.listening_address
             };
-            (SocketAddr::new(host, m.mix_port), keys.sphinx_public())
+            let (key, rotation) = primary_key(&config, &keys)?;
+            (SocketAddr::new(host, m.mix_port), key, rotation)
         }
         (None, Some(target), Some(key)) => {
             let bytes = crate::keys::decode_base58_key(key)
                 .map_err(|e| anyhow::anyhow!("--sphinx-key: {e}"))?;
-            (target, x25519_dalek::PublicKey::from(bytes))
+            let rotation = args.rotation_id.map_or(KeyRotation::Unknown, rotation_byte);
+            (target, x25519_dalek::PublicKey::from(bytes), rotation)
         }
         _ => anyhow::bail!("pass --id, or --target with --sphinx-key"),
     };
     let options = ProbeOptions {
         target,
         sphinx_key: key,
+        key_rotation,
         count: args.count as usize,
         reply_host: args.reply_host,
         grace: Duration::from_secs(5),

@@ -191,6 +191,45 @@ pub struct Config {
     /// Log output.
     #[serde(default)]
     pub logging: LoggingSection,
+    /// Sphinx key rotation.
+    #[serde(default)]
+    pub rotation: RotationSection,
+}
+
+/// `[rotation]`: where the Sphinx key schedule comes from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RotationSection {
+    /// "off" (one static key, the 0.11 network; the default), "local" (the node's own
+    /// schedule) or "network" (nym-api's).
+    pub mode: crate::rotation::RotationMode,
+    /// nym-api's base URL for `mode = "network"`, e.g. "https://validator.nymtech.net/api".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nym_api: Option<String>,
+    /// How long an epoch lasts with `mode = "local"`.
+    #[serde(with = "humantime_serde")]
+    pub epoch: Duration,
+    /// Epochs a key is primary for with `mode = "local"`.
+    pub validity_epochs: u32,
+    /// How often nym-api is asked for the schedule with `mode = "network"`.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+/// Packets a static key's replay filter generation is sized for when
+/// `engine.replay_filter_packets_max` is unset.
+pub const REPLAY_FILTER_PACKETS_STATIC: u64 = 10_000_000;
+
+impl Default for RotationSection {
+    fn default() -> Self {
+        RotationSection {
+            mode: crate::rotation::RotationMode::Off,
+            nym_api: None,
+            epoch: Duration::from_secs(3600),
+            validity_epochs: 24,
+            poll_interval: Duration::from_secs(600),
+        }
+    }
 }
 
 /// `[mixnode]`: the fields of the operator guide.
@@ -255,8 +294,11 @@ pub struct EngineSection {
     pub held_packets_max: usize,
     /// Packets in flight on each cross-shard channel.
     pub cross_shard_packets_max: usize,
-    /// Packets the replay filter is sized for under one key (whole node).
-    pub replay_filter_packets_max: u64,
+    /// Packets one replay filter generation is sized for under one key (whole node). Unset:
+    /// 10 million with one static key, and from the measured packet rate with rotating keys
+    /// (the key's lifetime x max(rate, 200/s) x 1.12, as nym-nodes size theirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_filter_packets_max: Option<u64>,
     /// False-positive rate the replay filter keeps up to `replay_filter_packets_max`.
     pub replay_filter_false_positive_rate: f64,
     /// How often the replay filter is saved to `data/replay_filter.bin` (also at shutdown).
@@ -290,7 +332,7 @@ impl Default for EngineSection {
             next_hop_failures_max: 3,
             held_packets_max: 500_000,
             cross_shard_packets_max: 8192,
-            replay_filter_packets_max: 10_000_000,
+            replay_filter_packets_max: None,
             replay_filter_false_positive_rate: 1e-5,
             replay_filter_save_interval: Duration::from_secs(600),
             read_timeout: Duration::from_secs(10),
@@ -440,6 +482,7 @@ impl Config {
             http: HttpSection::default(),
             verloc: VerlocSection::default(),
             logging: LoggingSection::default(),
+            rotation: RotationSection::default(),
         }
     }
 
@@ -498,6 +541,56 @@ impl Config {
     }
 
     /// Check values serde accepted but the node cannot use.
+    fn validate_rotation(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: &str, problem: String, fix: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            problem,
+            fix: fix.to_string(),
+        };
+        use crate::rotation::RotationMode;
+        let r = &self.rotation;
+        match r.mode {
+            RotationMode::Off => {}
+            RotationMode::Local => {
+                if r.epoch < crate::rotation::EPOCH_MIN
+                    || r.epoch > Duration::from_secs(30 * 86_400)
+                {
+                    return Err(invalid(
+                        "rotation.epoch",
+                        format!("is {}", humantime::format_duration(r.epoch)),
+                        "set a duration from \"1s\" to \"30days\" (default \"1h\")",
+                    ));
+                }
+                if r.validity_epochs == 0 {
+                    return Err(invalid(
+                        "rotation.validity_epochs",
+                        "is 0".to_string(),
+                        "set the epochs a key is primary for, at least 1 (default 24)",
+                    ));
+                }
+            }
+            RotationMode::Network => {
+                let url = r.nym_api.as_deref().unwrap_or("");
+                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                    return Err(invalid(
+                        "rotation.nym_api",
+                        if url.is_empty() { "is not set".to_string() } else { format!("is {url:?}") },
+                        "set nym-api's base URL, e.g. rotation.nym_api = \"https://validator.nymtech.net/api\", or use mode = \"local\" or \"off\"",
+                    ));
+                }
+            }
+        }
+        if r.poll_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "rotation.poll_interval",
+                format!("is {}", humantime::format_duration(r.poll_interval)),
+                "set at least \"1s\" (default \"10m\")",
+            ));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |field: &str, problem: String, fix: &str| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -584,7 +677,7 @@ impl Config {
             ),
             (
                 "engine.replay_filter_packets_max",
-                e.replay_filter_packets_max,
+                e.replay_filter_packets_max.unwrap_or(1),
             ),
             (
                 "http.concurrent_requests_max",
@@ -600,6 +693,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_rotation(path)?;
         let rate = e.replay_filter_false_positive_rate;
         if !(rate > 0.0 && rate < 0.01) {
             return Err(invalid(

@@ -373,6 +373,7 @@ fn migrate_legacy(
         http,
         verloc,
         logging,
+        rotation: super::RotationSection::default(),
     };
     notes.push(format!(
         "listening on {listening_ip}, announcing {announce_ip}; ports mix {mix_port}, verloc {verloc_port}, http api {http_api_port}"

@@ -295,14 +295,14 @@ pub fn render(input: &MetricsInput) -> String {
     o.per_shard(
         "nym_mixnode_replay_filter_items",
         "gauge",
-        "Replay tags the shard's filter remembers now (both generations).",
+        "Replay tags the shard's filter of the primary key remembers now (both generations).",
         shards,
         |s| s.replay_filter_items,
     );
     o.per_shard(
         "nym_mixnode_replay_filter_capacity_items",
         "gauge",
-        "Replay tags each generation of the shard's filter is sized for: the most recent this many are always remembered.",
+        "Replay tags each generation of the shard's filter of the primary key is sized for: the most recent this many of the key's packets are always remembered.",
         shards,
         |s| s.replay_filter_capacity,
     );
@@ -324,6 +324,81 @@ pub fn render(input: &MetricsInput) -> String {
             &[("shard", &i.to_string())],
             s.replay_filter_fill_ppm as f64 / 1e6,
         );
+    }
+
+    if let Some(first) = shards.first() {
+        let live: Vec<_> = first.keys.iter().filter(|k| k.live).collect();
+        let primary = live
+            .iter()
+            .find(|k| k.primary)
+            .map(|k| k.rotation_id)
+            .unwrap_or(0);
+        o.family(
+            "nym_mixnode_sphinx_key_rotation_id",
+            "gauge",
+            "Rotation id of the primary Sphinx key (0 for one static key, rotation.mode = \"off\").",
+        );
+        o.sample(
+            "nym_mixnode_sphinx_key_rotation_id",
+            &[],
+            u64::from(primary),
+        );
+        o.family(
+            "nym_mixnode_sphinx_keys_live",
+            "gauge",
+            "Sphinx keys live, by rotation id and state (primary, secondary: the previous rotation's during its overlap epoch, pre_announced: the next rotation's).",
+        );
+        for key in &live {
+            let state = if key.primary {
+                "primary"
+            } else if key.rotation_id < primary {
+                "secondary"
+            } else {
+                "pre_announced"
+            };
+            o.sample(
+                "nym_mixnode_sphinx_keys_live",
+                &[
+                    ("rotation_id", &key.rotation_id.to_string()),
+                    ("state", state),
+                ],
+                1u64,
+            );
+        }
+        o.family(
+            "nym_mixnode_replay_filter_key_fill_ratio",
+            "gauge",
+            "Fraction of the bits set in the current generation of each live key's replay filter, per shard.",
+        );
+        for (i, s) in shards.iter().enumerate() {
+            for key in s.keys.iter().filter(|k| k.live) {
+                o.sample(
+                    "nym_mixnode_replay_filter_key_fill_ratio",
+                    &[
+                        ("shard", &i.to_string()),
+                        ("rotation_id", &key.rotation_id.to_string()),
+                    ],
+                    key.filter_fill_ppm as f64 / 1e6,
+                );
+            }
+        }
+        o.family(
+            "nym_mixnode_replay_filter_key_items",
+            "gauge",
+            "Replay tags each live key's filter remembers now, per shard.",
+        );
+        for (i, s) in shards.iter().enumerate() {
+            for key in s.keys.iter().filter(|k| k.live) {
+                o.sample(
+                    "nym_mixnode_replay_filter_key_items",
+                    &[
+                        ("shard", &i.to_string()),
+                        ("rotation_id", &key.rotation_id.to_string()),
+                    ],
+                    key.filter_items,
+                );
+            }
+        }
     }
 
     let t = input.telemetry;

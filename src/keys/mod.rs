@@ -255,7 +255,7 @@ fn write_pem(path: &Path, tag: &str, bytes: &[u8], private: bool) -> Result<(), 
     })
 }
 
-fn read_pem(path: &Path, tag: &'static str) -> Result<[u8; KEY_LENGTH], KeyError> {
+pub(crate) fn read_pem(path: &Path, tag: &'static str) -> Result<[u8; KEY_LENGTH], KeyError> {
     let text = fs::read_to_string(path).map_err(|source| KeyError::Read {
         path: path.to_path_buf(),
         source,

@@ -10,14 +10,16 @@ pub mod summary;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::description::Description;
 use crate::config::Config;
 use crate::http::{ApiServer, ApiState};
 use crate::keys::NodeKeys;
+use crate::rotation::controller::{self, Controller};
+use crate::rotation::store::KeyStore;
 use crate::shard::stats::{ShardCounts, ShardSnapshot};
-use crate::shard::{Engine, EngineSettings};
+use crate::shard::{Engine, EngineKey, EngineKeys, EngineSettings};
 use crate::verloc::{Verloc, VerlocResults, VerlocStats};
 
 /// Options that tests and the benchmark set; operators use the config.
@@ -60,11 +62,15 @@ pub enum StartError {
     /// The saved replay filter could not be used.
     #[error(transparent)]
     ReplayStore(#[from] replay_store::StoreError),
+    /// The Sphinx keys could not be prepared.
+    #[error(transparent)]
+    Rotation(#[from] crate::rotation::controller::RotationError),
 }
 
 /// A started node.
 pub struct RunningNode {
     engine: Engine,
+    rotation: Controller,
     saver: replay_store::Saver,
     verloc: Verloc,
     api: ApiServer,
@@ -131,38 +137,68 @@ pub fn start(
     let api_addr = SocketAddr::new(m.listening_address, m.http_api_port);
     // Bind first so that an unavailable address gets the same explanation.
     drop(bind("HTTP API port", api_addr)?);
-    let replay_file = replay_store::path_for(config);
-    let sphinx_public = keys.sphinx_public().to_bytes();
-    let replay_images = replay_store::load(&replay_file, &sphinx_public)?;
-    let engine = Engine::start(
-        EngineSettings {
-            listen: SocketAddr::new(m.listening_address, m.mix_port),
-            engine: config.engine.clone(),
-            pin: options.pin_shards,
-            replay_images,
-        },
-        &keys.sphinx,
-    )?;
     let e = &config.engine;
-    let per_shard = e
-        .replay_filter_packets_max
-        .div_ceil(engine.shard_count() as u64)
-        .max(1);
-    let (bit_count, hash_count) =
-        crate::replay::sizes_for(per_shard, e.replay_filter_false_positive_rate)
-            .map_err(|err| crate::shard::EngineError::ReplayFilter(err.to_string()))?;
-    let saver = replay_store::Saver::start(
-        replay_file,
-        crate::replay::snapshot::SnapshotHeader {
-            sphinx_public_key: sphinx_public,
-            shards: engine.shard_count() as u32,
-            hash_count,
-            capacity: per_shard,
-            bit_count,
+    let store = KeyStore::new(replay_store::data_dir(config));
+    let start_keys =
+        controller::prepare(&config.rotation, &store, &keys.sphinx, SystemTime::now())?;
+    let paths = replay_store::FilterPaths {
+        fixed: (!start_keys.rotating).then(|| replay_store::path_for(config)),
+        store: store.clone(),
+    };
+    let mut engine_keys = Vec::with_capacity(start_keys.secrets.len());
+    for (rotation_id, secret) in &start_keys.secrets {
+        let public = x25519_dalek::PublicKey::from(secret).to_bytes();
+        let sized = controller::filter_packets(
+            e.replay_filter_packets_max,
+            start_keys.schedule.as_ref(),
+            0.0,
+        );
+        let (filter_packets, saved) = match replay_store::load(&paths.path(*rotation_id), &public)?
+        {
+            // A rotating key's filter was sized from the rate when it was made: keep its size
+            // unless the config names one.
+            Some((header, images))
+                if start_keys.rotating && e.replay_filter_packets_max.is_none() =>
+            {
+                (
+                    header.capacity.saturating_mul(u64::from(header.shards)),
+                    images,
+                )
+            }
+            Some((_, images)) => (sized, images),
+            None => (sized, Vec::new()),
+        };
+        engine_keys.push(EngineKey {
+            rotation_id: *rotation_id,
+            secret: secret.clone(),
+            filter_packets,
+            saved,
+        });
+    }
+    let engine = Engine::start(EngineSettings {
+        listen: SocketAddr::new(m.listening_address, m.mix_port),
+        engine: config.engine.clone(),
+        pin: options.pin_shards,
+        keys: EngineKeys {
+            rotating: start_keys.rotating,
+            primary: start_keys.plan.primary,
+            keys: engine_keys,
         },
+    })?;
+    let saver = replay_store::Saver::start(
+        paths,
+        engine.shard_count(),
         e.replay_filter_save_interval,
         engine.save_requester(),
         engine.filter_images(),
+    );
+    let rotation = Controller::start(
+        config.rotation.clone(),
+        e.replay_filter_packets_max,
+        store,
+        &start_keys,
+        engine.key_updater(),
+        engine.stats(),
     );
     let verloc = Verloc::start(verloc_socket, keys.identity.clone(), &config.verloc)?;
     let api = ApiServer::start(
@@ -185,6 +221,7 @@ pub fn start(
     tracing::info!(mix = %addresses.mix, verloc = %addresses.verloc, http_api = %addresses.http_api, shards = engine.shard_count(), "node started");
     Ok(RunningNode {
         engine,
+        rotation,
         saver,
         verloc,
         api,
@@ -221,6 +258,7 @@ impl RunningNode {
     /// and wait. The final counts of each shard.
     pub fn shutdown(mut self) -> Vec<ShardCounts> {
         self.verloc.stop();
+        self.rotation.stop();
         self.saver.stop();
         let finals = self.engine.shutdown(self.drain_timeout);
         self.saver.save_final();

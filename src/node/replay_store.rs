@@ -1,7 +1,8 @@
 //! Saving and loading the shards' replay filters, so that a restart does not forget replays.
 //!
-//! The file is `replay_filter.bin` beside the Sphinx private key (the filters belong to that
-//! key). It is loaded before the engine starts. A thread asks the shards for copies of their
+//! The static key's filters are saved in `replay_filter.bin` beside its private key; each
+//! rotating key's in `replay_filter_<rotation id>.bin` (deleted with the key when it is
+//! purged). They are loaded before the engine starts. A thread asks the shards for copies of their
 //! filters every `engine.replay_filter_save_interval` (each shard copies a bounded part per
 //! round between packets, so no shard stalls), encodes them and writes the file atomically
 //! (temporary file, fsync, rename, fsync of the folder); at shutdown the shards' final copies
@@ -11,7 +12,6 @@
 //! interval of them) are forgotten by a SIGKILL or power loss, and a replay of one of them
 //! after the restart is mixed again. A clean stop (SIGINT, SIGTERM) saves everything.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,7 +22,8 @@ use crossbeam_channel::Receiver;
 
 use crate::config::Config;
 use crate::replay::snapshot::{self, FilterImage, SnapshotHeader};
-use crate::shard::{FilterSaveRequester, ShardFilterImage, FINAL_IMAGE};
+use crate::rotation::store::KeyStore;
+use crate::shard::{FilterMessage, FilterSaveRequester, FINAL_IMAGE};
 
 /// File name of the saved filters, in the Sphinx key's folder.
 pub const FILE_NAME: &str = "replay_filter.bin";
@@ -31,12 +32,17 @@ const ANSWER_WAIT_MAX: Duration = Duration::from_secs(60);
 /// How often the saver looks at its stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
 
-/// Where `config`'s node keeps its saved replay filters.
-pub fn path_for(config: &Config) -> PathBuf {
+/// The folder of `config`'s node keys (`data/`).
+pub fn data_dir(config: &Config) -> PathBuf {
     let key = &config.mixnode.private_sphinx_key_file;
     key.parent()
-        .map(|dir| dir.join(FILE_NAME))
-        .unwrap_or_else(|| PathBuf::from(FILE_NAME))
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Where `config`'s node keeps the static key's saved replay filter.
+pub fn path_for(config: &Config) -> PathBuf {
+    data_dir(config).join(FILE_NAME)
 }
 
 /// The saved filters could not be used.
@@ -60,14 +66,17 @@ pub enum StoreError {
     },
 }
 
-/// The saved filters at `path` for the Sphinx key `sphinx_public_key`: empty (with a line in
-/// the log) when there is no file or it belongs to another key.
-pub fn load(path: &Path, sphinx_public_key: &[u8; 32]) -> Result<Vec<FilterImage>, StoreError> {
+/// The saved filters at `path` for the Sphinx key `sphinx_public_key`, with their sizes: None
+/// (with a line in the log) when there is no file or it belongs to another key.
+pub fn load(
+    path: &Path,
+    sphinx_public_key: &[u8; 32],
+) -> Result<Option<(SnapshotHeader, Vec<FilterImage>)>, StoreError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             tracing::warn!(file = %path.display(), "no saved replay filter: starting with an empty one");
-            return Ok(Vec::new());
+            return Ok(None);
         }
         Err(cause) => {
             return Err(StoreError::Read {
@@ -82,85 +91,156 @@ pub fn load(path: &Path, sphinx_public_key: &[u8; 32]) -> Result<Vec<FilterImage
     })?;
     if &header.sphinx_public_key != sphinx_public_key {
         tracing::warn!(file = %path.display(), "the saved replay filter belongs to another Sphinx key: starting with an empty one");
-        return Ok(Vec::new());
+        return Ok(None);
     }
     tracing::info!(file = %path.display(), shards = images.len(), "loaded the saved replay filter");
-    Ok(images)
+    Ok(Some((header, images)))
 }
 
 /// Write `images` (one per shard, in shard order) to `path` atomically.
 pub fn save(path: &Path, header: &SnapshotHeader, images: &[FilterImage]) -> std::io::Result<()> {
-    let bytes = snapshot::encode(header, images);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let temporary = path.with_extension("bin.tmp");
-    {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&temporary)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&temporary, path)?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    crate::rotation::store::write_atomic(path, &snapshot::encode(header, images), 0o600)
 }
 
-/// Collects one image per shard for `epoch` from `images`, within `wait`, giving up early
-/// when `stop` is set.
+/// Where each key's filter is saved.
+#[derive(Clone, Debug)]
+pub struct FilterPaths {
+    /// The static key's file (`mode = "off"`), or None for rotating keys.
+    pub fixed: Option<PathBuf>,
+    /// The rotating keys' files.
+    pub store: KeyStore,
+}
+
+impl FilterPaths {
+    /// The file of rotation `rotation_id`'s filter.
+    pub fn path(&self, rotation_id: u32) -> PathBuf {
+        match &self.fixed {
+            Some(path) => path.clone(),
+            None => self.store.filter_path(rotation_id),
+        }
+    }
+}
+
+/// One key's images from every shard, ready to write.
+struct KeyImages {
+    rotation_id: u32,
+    header: SnapshotHeader,
+    images: Vec<Option<FilterImage>>,
+}
+
+/// Collects every shard's answer to `epoch` from `messages`, within `wait`, giving up early
+/// when `stop` is set: the keys whose images came from every shard (with one public key and
+/// one size), or None if some shard did not finish.
 fn collect(
-    images: &Receiver<ShardFilterImage>,
+    messages: &Receiver<FilterMessage>,
     shards: usize,
     epoch: u64,
     wait: Duration,
     stop: &AtomicBool,
-) -> Option<Vec<FilterImage>> {
+) -> Option<Vec<(u32, SnapshotHeader, Vec<FilterImage>)>> {
     let deadline = Instant::now() + wait;
-    let mut slots: Vec<Option<FilterImage>> = (0..shards).map(|_| None).collect();
-    while slots.iter().any(Option::is_none) {
+    let mut done = vec![false; shards];
+    let mut keys: Vec<KeyImages> = Vec::new();
+    while done.iter().any(|d| !d) {
         if stop.load(Ordering::Acquire) || Instant::now() >= deadline {
             return None;
         }
-        let Ok(answer) = images.recv_timeout(STOP_POLL) else {
+        let Ok(message) = messages.recv_timeout(STOP_POLL) else {
             continue;
         };
-        if answer.epoch == epoch && answer.shard < shards {
-            slots[answer.shard] = Some(answer.image);
+        match message {
+            FilterMessage::Done { shard, epoch: e } if e == epoch && shard < shards => {
+                done[shard] = true;
+            }
+            FilterMessage::Image {
+                shard,
+                epoch: e,
+                rotation_id,
+                public_key,
+                capacity,
+                bit_count,
+                hash_count,
+                image,
+            } if e == epoch && shard < shards => {
+                let header = SnapshotHeader {
+                    sphinx_public_key: public_key,
+                    shards: shards as u32,
+                    hash_count,
+                    capacity,
+                    bit_count,
+                };
+                let at = match keys.iter().position(|k| k.rotation_id == rotation_id) {
+                    Some(at) => at,
+                    None => {
+                        keys.push(KeyImages {
+                            rotation_id,
+                            header,
+                            images: (0..shards).map(|_| None).collect(),
+                        });
+                        keys.len() - 1
+                    }
+                };
+                let key = &mut keys[at];
+                if key.header == header {
+                    key.images[shard] = Some(image);
+                }
+            }
+            _ => {}
         }
     }
-    slots.into_iter().collect()
+    Some(
+        keys.into_iter()
+            .filter_map(|key| {
+                let images: Option<Vec<FilterImage>> = key.images.into_iter().collect();
+                images.map(|images| (key.rotation_id, key.header, images))
+            })
+            .collect(),
+    )
+}
+
+fn save_all(
+    paths: &FilterPaths,
+    keys: &[(u32, SnapshotHeader, Vec<FilterImage>)],
+    started: Instant,
+) {
+    for (rotation_id, header, images) in keys {
+        let path = paths.path(*rotation_id);
+        match save(&path, header, images) {
+            Ok(()) => {
+                tracing::info!(file = %path.display(), took_ms = started.elapsed().as_millis() as u64, "saved the replay filter")
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot save the replay filter; will try again at the next interval")
+            }
+        }
+    }
 }
 
 /// The thread that saves the filters periodically.
 pub struct Saver {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    images: Receiver<ShardFilterImage>,
-    path: PathBuf,
-    header: SnapshotHeader,
+    messages: Receiver<FilterMessage>,
+    paths: FilterPaths,
+    shards: usize,
 }
 
 impl Saver {
-    /// Save to `path` every `interval`, asking through `requester`.
+    /// Save every key's filter of `shards` shards to `paths` every `interval`, asking through
+    /// `requester`.
     pub fn start(
-        path: PathBuf,
-        header: SnapshotHeader,
+        paths: FilterPaths,
+        shards: usize,
         interval: Duration,
         requester: FilterSaveRequester,
-        images: Receiver<ShardFilterImage>,
+        messages: Receiver<FilterMessage>,
     ) -> Saver {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (stop, images, path) = (Arc::clone(&stop), images.clone(), path.clone());
+            let (stop, messages, paths) = (Arc::clone(&stop), messages.clone(), paths.clone());
             std::thread::Builder::new()
                 .name("replay-saver".into())
                 .spawn(move || {
-                    let shards = header.shards as usize;
                     let mut next = Instant::now() + interval;
                     while !stop.load(Ordering::Acquire) {
                         if Instant::now() < next {
@@ -170,11 +250,8 @@ impl Saver {
                         next = Instant::now() + interval;
                         let epoch = requester.request();
                         let started = Instant::now();
-                        match collect(&images, shards, epoch, ANSWER_WAIT_MAX, &stop) {
-                            Some(all) => match save(&path, &header, &all) {
-                                Ok(()) => tracing::info!(file = %path.display(), took_ms = started.elapsed().as_millis() as u64, "saved the replay filter"),
-                                Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot save the replay filter; will try again at the next interval"),
-                            },
+                        match collect(&messages, shards, epoch, ANSWER_WAIT_MAX, &stop) {
+                            Some(keys) => save_all(&paths, &keys, started),
                             None if stop.load(Ordering::Acquire) => {}
                             None => tracing::warn!("not every shard answered the replay filter save in time; skipping this save"),
                         }
@@ -190,9 +267,9 @@ impl Saver {
         Saver {
             stop,
             thread,
-            images,
-            path,
-            header,
+            messages,
+            paths,
+            shards,
         }
     }
 
@@ -206,22 +283,16 @@ impl Saver {
 
     /// After the engine stopped: write the shards' final images.
     pub fn save_final(&self) {
-        let shards = self.header.shards as usize;
         let never = AtomicBool::new(false);
         match collect(
-            &self.images,
-            shards,
+            &self.messages,
+            self.shards,
             FINAL_IMAGE,
             Duration::from_secs(5),
             &never,
         ) {
-            Some(all) => match save(&self.path, &self.header, &all) {
-                Ok(()) => tracing::info!(file = %self.path.display(), "saved the replay filter"),
-                Err(e) => {
-                    tracing::warn!(file = %self.path.display(), error = %e, "cannot save the replay filter at shutdown: replays of recent packets will be mixed after a restart")
-                }
-            },
-            None => tracing::warn!("not every shard sent its final replay filter; not saved"),
+            Some(keys) => save_all(&self.paths, &keys, Instant::now()),
+            None => tracing::warn!("not every shard sent its final replay filter; not saved: replays of recent packets will be mixed after a restart"),
         }
     }
 }

@@ -24,6 +24,9 @@ pub struct ProbeOptions {
     pub target: SocketAddr,
     /// The node's Sphinx public key.
     pub sphinx_key: PublicKey,
+    /// The rotation byte to send with: the parity of the key's rotation id, or
+    /// [`KeyRotation::Unknown`] (the node tries its primary, then its other key).
+    pub key_rotation: KeyRotation,
     /// Packets to send.
     pub count: usize,
     /// Address the node should send the packets back to; default: this machine's address on
@@ -136,7 +139,7 @@ pub fn probe(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
         version: Version::V8,
         size_tag: SizeTag::Regular,
         packet_type: PacketType::Sphinx,
-        key_rotation: KeyRotation::Unknown,
+        key_rotation: options.key_rotation,
     };
     let mut wire = Vec::new();
     for (i, delay) in requested.iter().enumerate() {

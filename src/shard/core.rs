@@ -42,7 +42,7 @@ use crate::forward::{
     TableLimits,
 };
 use crate::framing::FrameHeader;
-use crate::sphinx::{ExpandedPacket, HopProcessor};
+use crate::sphinx::{ExpandedPacket, HopProcessor, KeyUpdate, KeyUpdateError, LiveKey};
 
 use super::stats::ShardCounts;
 use super::tag_owner;
@@ -292,6 +292,14 @@ impl ShardCore {
         &self.processor
     }
 
+    /// Change the live keys between two packets (see [`HopProcessor::apply`]): the purged
+    /// keys come back, for the driver to free off the packet path.
+    pub fn apply_keys(&mut self, update: KeyUpdate) -> Result<Vec<LiveKey>, KeyUpdateError> {
+        let purged = self.processor.apply(update)?;
+        self.filter_generations_seen = self.processor.replay_filter().generations_turned();
+        Ok(purged)
+    }
+
     /// Packet counters.
     pub fn counts(&self) -> ShardCounts {
         self.counts
@@ -363,7 +371,7 @@ impl ShardCore {
             return self.drop_packet(reason);
         }
         let started = (self.stopwatch)();
-        let expanded = self.processor.expand(bytes);
+        let expanded = self.processor.expand_for(bytes, header.key_rotation);
         timings.expand((self.stopwatch)().saturating_duration_since(started));
         let packet = match expanded {
             Ok(packet) => packet,

@@ -38,6 +38,7 @@ use crate::accounting::PacketCounts;
 use crate::config::EngineSection;
 use crate::replay::snapshot::FilterImage;
 use crate::replay::ReplayFilter;
+use crate::sphinx::{HopProcessor, KeyUpdate, LiveKey};
 use stats::{ShardCounts, ShardSnapshot, ShardStats};
 use telemetry::TelemetryReport;
 
@@ -80,6 +81,9 @@ pub enum EngineError {
     /// The delay wheel could not be sized.
     #[error("cannot size the delay wheel: {0}. Fix: check engine.held_packets_max")]
     Wheel(String),
+    /// A shard did not take a key change in time (it has stopped, or is stuck).
+    #[error("a shard did not take a sphinx key change within 5 s")]
+    KeyUpdate,
     /// An executor could not start.
     #[error("cannot start shard {shard}: {detail}. If this mentions memory or io_uring, raise the locked-memory limit (ulimit -l, or LimitMEMLOCK= in the systemd unit)")]
     Executor {
@@ -99,18 +103,182 @@ pub struct EngineSettings {
     pub engine: EngineSection,
     /// Pin each shard to a core.
     pub pin: bool,
-    /// Saved replay filters to start from, one per shard (empty: start with empty filters).
-    pub replay_images: Vec<FilterImage>,
+    /// The Sphinx keys to start with.
+    pub keys: EngineKeys,
 }
 
-/// A copy of one shard's replay filter, taken for saving.
-pub struct ShardFilterImage {
-    /// The shard.
-    pub shard: usize,
-    /// The save request it answers ([`FilterSaveRequester::request`]), or [`FINAL_IMAGE`].
-    pub epoch: u64,
-    /// The filter.
-    pub image: FilterImage,
+/// One Sphinx key to start the engine with.
+pub struct EngineKey {
+    /// Its rotation id (0 for a static key).
+    pub rotation_id: u32,
+    /// The secret.
+    pub secret: StaticSecret,
+    /// Packets the whole node's filter for this key is sized for (split between the shards).
+    pub filter_packets: u64,
+    /// Saved filter images for it, one per shard (empty: start empty).
+    pub saved: Vec<FilterImage>,
+}
+
+impl std::fmt::Debug for EngineKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineKey")
+            .field("rotation_id", &self.rotation_id)
+            .field("filter_packets", &self.filter_packets)
+            .field("saved", &self.saved.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Clone for EngineKey {
+    fn clone(&self) -> Self {
+        EngineKey {
+            rotation_id: self.rotation_id,
+            secret: self.secret.clone(),
+            filter_packets: self.filter_packets,
+            saved: self.saved.clone(),
+        }
+    }
+}
+
+/// The Sphinx keys the engine starts with.
+#[derive(Clone, Debug)]
+pub struct EngineKeys {
+    /// False: one static key (the first), which answers every rotation byte.
+    pub rotating: bool,
+    /// The primary's rotation id.
+    pub primary: u32,
+    /// The live keys (at most two; rotating keys of adjacent rotations).
+    pub keys: Vec<EngineKey>,
+}
+
+impl EngineKeys {
+    /// One static key, its filter sized for `filter_packets`, starting from `saved`.
+    pub fn fixed(secret: StaticSecret, filter_packets: u64, saved: Vec<FilterImage>) -> EngineKeys {
+        EngineKeys {
+            rotating: false,
+            primary: 0,
+            keys: vec![EngineKey {
+                rotation_id: 0,
+                secret,
+                filter_packets,
+                saved,
+            }],
+        }
+    }
+}
+
+/// What shards send the saver: copies of their replay filters, one per live key, then a
+/// mark that the answer to a request is complete.
+pub enum FilterMessage {
+    /// A copy of one key's filter on one shard.
+    Image {
+        /// The shard.
+        shard: usize,
+        /// The save request it answers ([`FilterSaveRequester::request`]), or [`FINAL_IMAGE`].
+        epoch: u64,
+        /// The key's rotation id.
+        rotation_id: u32,
+        /// The key's public key.
+        public_key: [u8; 32],
+        /// Tags per generation, on this shard.
+        capacity: u64,
+        /// Bits per generation.
+        bit_count: u64,
+        /// Probes per tag.
+        hash_count: u32,
+        /// The filter.
+        image: FilterImage,
+    },
+    /// Every image of `epoch` from `shard` was sent.
+    Done {
+        /// The shard.
+        shard: usize,
+        /// The request.
+        epoch: u64,
+    },
+}
+
+impl FilterMessage {
+    pub(crate) fn image(shard: usize, epoch: u64, key: &LiveKey, image: FilterImage) -> Self {
+        let filter = key.replay_filter();
+        let (bit_count, hash_count) = filter.sizes();
+        FilterMessage::Image {
+            shard,
+            epoch,
+            rotation_id: key.rotation_id(),
+            public_key: key.public_key().to_bytes(),
+            capacity: filter.capacity(),
+            bit_count,
+            hash_count,
+            image,
+        }
+    }
+}
+
+/// A shard's share of a whole-node filter size.
+pub fn per_shard_packets(filter_packets: u64, shards: usize) -> u64 {
+    filter_packets.div_ceil(shards.max(1) as u64).max(1)
+}
+
+/// Hands key changes to every shard, with the filters for new keys allocated here (on the
+/// caller's thread, off the packet path). See [`Engine::key_updater`].
+#[derive(Clone)]
+pub struct KeyUpdater {
+    senders: Vec<crossbeam_channel::Sender<KeyUpdate>>,
+    purged: crossbeam_channel::Receiver<LiveKey>,
+    false_positive_rate: f64,
+}
+
+/// A key to install with [`KeyUpdater::update`].
+pub struct NewKey {
+    /// Its rotation id.
+    pub rotation_id: u32,
+    /// The secret.
+    pub secret: StaticSecret,
+    /// Packets the whole node's filter for it is sized for.
+    pub filter_packets: u64,
+}
+
+/// How long [`KeyUpdater::update`] waits for a shard's channel to take a change.
+const KEY_UPDATE_WAIT: Duration = Duration::from_secs(5);
+
+impl KeyUpdater {
+    /// Purge the keys `purge`, install `install` and make `primary` the primary, on every
+    /// shard. Each shard applies the change between two packets; a shard's refusal (a bug)
+    /// is logged there.
+    pub fn update(
+        &self,
+        purge: &[u32],
+        install: &[NewKey],
+        primary: u32,
+    ) -> Result<(), EngineError> {
+        let shards = self.senders.len();
+        for sender in &self.senders {
+            let mut keys = Vec::with_capacity(install.len());
+            for key in install {
+                let filter = ReplayFilter::new(
+                    per_shard_packets(key.filter_packets, shards),
+                    self.false_positive_rate,
+                )
+                .map_err(|err| EngineError::ReplayFilter(err.to_string()))?;
+                keys.push(LiveKey::new(key.rotation_id, key.secret.clone(), filter));
+            }
+            let update = KeyUpdate {
+                purge: purge.to_vec(),
+                install: keys,
+                primary,
+            };
+            if sender.send_timeout(update, KEY_UPDATE_WAIT).is_err() {
+                return Err(EngineError::KeyUpdate);
+            }
+        }
+        Ok(())
+    }
+
+    /// Free the keys (and their filters) the shards purged.
+    pub fn free_purged(&self) -> usize {
+        self.purged.try_iter().count()
+    }
 }
 
 /// Asks the shards for copies of their replay filters (see [`Engine::save_requester`]).
@@ -154,11 +322,89 @@ impl Control {
 /// A running engine.
 pub struct Engine {
     handles: Vec<glommio::ExecutorJoinHandle<ShardCounts>>,
+    key_updater: KeyUpdater,
     control: Arc<Control>,
     stats: Arc<Vec<ShardStats>>,
     telemetry: crossbeam_channel::Receiver<TelemetryReport>,
-    filter_images: crossbeam_channel::Receiver<ShardFilterImage>,
+    filter_images: crossbeam_channel::Receiver<FilterMessage>,
     local_addr: SocketAddr,
+}
+
+/// Key changes queued per shard (the controller sends a few a day).
+const KEY_UPDATES_QUEUED_MAX: usize = 4;
+
+/// Each shard's hop processor for `keys`: filters sized to its share, restored from the saved
+/// images where they fit.
+fn shard_processors(
+    keys: &EngineKeys,
+    shards: usize,
+    e: &EngineSection,
+) -> Result<Vec<HopProcessor>, EngineError> {
+    let rate = e.replay_filter_false_positive_rate;
+    let mut per_key: Vec<Vec<LiveKey>> = Vec::with_capacity(keys.keys.len());
+    for key in &keys.keys {
+        let per_shard = per_shard_packets(key.filter_packets, shards);
+        let restoring = key.saved.len() == shards;
+        if !key.saved.is_empty() && !restoring {
+            tracing::warn!(
+                rotation_id = key.rotation_id,
+                saved = key.saved.len(),
+                shards,
+                "the saved replay filter is for another shard count; starting with an empty one"
+            );
+        }
+        let mut images = key.saved.iter().cloned();
+        let mut live = Vec::with_capacity(shards);
+        for index in 0..shards {
+            let saved = if restoring { images.next() } else { None };
+            let restored = saved.and_then(|image| {
+                let filter = ReplayFilter::restore(per_shard, rate, image);
+                if filter.is_none() {
+                    tracing::warn!(
+                        shard = index,
+                        rotation_id = key.rotation_id,
+                        "the saved replay filter has other sizes than the configuration gives; this shard starts empty"
+                    );
+                }
+                filter
+            });
+            let filter = match restored {
+                Some(filter) => filter,
+                None => ReplayFilter::new(per_shard, rate)
+                    .map_err(|err| EngineError::ReplayFilter(err.to_string()))?,
+            };
+            live.push(LiveKey::new(key.rotation_id, key.secret.clone(), filter));
+        }
+        per_key.push(live);
+    }
+    let mut processors = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let mut mine: Vec<LiveKey> = per_key.iter_mut().map(|live| live.remove(0)).collect();
+        let processor = if keys.rotating {
+            let at = mine
+                .iter()
+                .position(|k| k.rotation_id() == keys.primary)
+                .ok_or_else(|| EngineError::ReplayFilter("the primary key is missing".into()))?;
+            let primary = mine.remove(at);
+            let other = mine.pop();
+            if other
+                .as_ref()
+                .is_some_and(|o| (o.rotation_id() ^ primary.rotation_id()) & 1 == 0)
+            {
+                return Err(EngineError::ReplayFilter(
+                    "two live keys of the same rotation parity".into(),
+                ));
+            }
+            HopProcessor::rotating(primary, other, e.hop_processor)
+        } else {
+            let key = mine
+                .pop()
+                .ok_or_else(|| EngineError::ReplayFilter("no sphinx key".into()))?;
+            HopProcessor::from_key(key, e.hop_processor)
+        };
+        processors.push(processor);
+    }
+    Ok(processors)
 }
 
 /// Shards to run for a configured `cores` (0: one per available core).
@@ -193,7 +439,7 @@ fn listener(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
 
 impl Engine {
     /// Bind the mix port once per shard and start the shards.
-    pub fn start(settings: EngineSettings, secret: &StaticSecret) -> Result<Engine, EngineError> {
+    pub fn start(settings: EngineSettings) -> Result<Engine, EngineError> {
         let e = &settings.engine;
         let shards = shard_count(e.cores);
         let first = listener(settings.listen).map_err(|cause| EngineError::Bind {
@@ -239,7 +485,6 @@ impl Engine {
         }
         let mut bells_out = bells_out.into_iter();
         let mut bells_in = bells_in.into_iter();
-        let per_shard_tags = e.replay_filter_packets_max.div_ceil(shards as u64).max(1);
         let control = Arc::new(Control {
             stop: AtomicBool::new(false),
             deadline: OnceLock::new(),
@@ -247,17 +492,24 @@ impl Engine {
             running: AtomicUsize::new(0),
             save_epoch: AtomicU64::new(0),
         });
-        // Room for one answer to a request and the final image of every shard.
-        let (images_tx, filter_images) = crossbeam_channel::bounded(2 * shards);
-        let restoring = settings.replay_images.len() == shards;
-        if !settings.replay_images.is_empty() && !restoring {
-            tracing::warn!(
-                saved = settings.replay_images.len(),
-                shards,
-                "the saved replay filters are for another shard count; starting with empty filters"
-            );
+        // Room for the answers to one request and the final images of every shard: two keys
+        // and a completion mark each.
+        let (images_tx, filter_images) = crossbeam_channel::bounded(6 * shards);
+        let mut processors = shard_processors(&settings.keys, shards, e)?;
+        let mut key_senders = Vec::with_capacity(shards);
+        let mut key_receivers = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (tx, rx) = crossbeam_channel::bounded(KEY_UPDATES_QUEUED_MAX);
+            key_senders.push(tx);
+            key_receivers.push(rx);
         }
-        let mut images = settings.replay_images.into_iter();
+        let (purged_tx, purged_rx) = crossbeam_channel::bounded(4 * shards);
+        let key_updater = KeyUpdater {
+            senders: key_senders,
+            purged: purged_rx,
+            false_positive_rate: e.replay_filter_false_positive_rate,
+        };
+        let mut key_receivers = key_receivers.into_iter();
         let stats: Arc<Vec<ShardStats>> =
             Arc::new((0..shards).map(|_| ShardStats::default()).collect());
         let (telemetry_tx, telemetry) =
@@ -270,23 +522,6 @@ impl Engine {
 
         let mut handles = Vec::with_capacity(shards);
         for (index, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
-            let saved = if restoring { images.next() } else { None };
-            let restored = saved.and_then(|image| {
-                let filter =
-                    ReplayFilter::restore(per_shard_tags, e.replay_filter_false_positive_rate, image);
-                if filter.is_none() {
-                    tracing::warn!(
-                        shard = index,
-                        "the saved replay filter has other sizes than engine.replay_filter_packets_max gives; this shard starts empty"
-                    );
-                }
-                filter
-            });
-            let filter = match restored {
-                Some(filter) => filter,
-                None => ReplayFilter::new(per_shard_tags, e.replay_filter_false_positive_rate)
-                    .map_err(|err| EngineError::ReplayFilter(err.to_string()))?,
-            };
             let placement = match cores.get(index) {
                 Some(core) if shards <= cores.len() => glommio::Placement::Fixed(core.id),
                 _ => glommio::Placement::Unbound,
@@ -299,8 +534,9 @@ impl Engine {
                 senders: senders.clone(),
                 bells_out: bells_out.next().unwrap_or_default(),
                 bells_in: bells_in.next().unwrap_or_default(),
-                secret: secret.clone(),
-                filter,
+                processor: processors.remove(0),
+                key_updates: key_receivers.next().expect("one per shard"),
+                purged_keys: purged_tx.clone(),
                 engine: e.clone(),
                 control: Arc::clone(&control),
                 stats: Arc::clone(&stats),
@@ -317,6 +553,7 @@ impl Engine {
                     // Stop the shards already running before reporting.
                     let started = Engine {
                         handles,
+                        key_updater,
                         control,
                         stats,
                         local_addr,
@@ -334,6 +571,7 @@ impl Engine {
         tracing::info!(shards, listen = %local_addr, "packet engine started");
         Ok(Engine {
             handles,
+            key_updater,
             control,
             stats,
             telemetry,
@@ -377,9 +615,14 @@ impl Engine {
     }
 
     /// Where shards send the copies of their replay filters: answers to
-    /// [`Self::request_filter_images`], and one [`FINAL_IMAGE`] from each shard as it stops.
-    pub fn filter_images(&self) -> crossbeam_channel::Receiver<ShardFilterImage> {
+    /// [`FilterSaveRequester::request`], and the [`FINAL_IMAGE`]s of each shard as it stops.
+    pub fn filter_images(&self) -> crossbeam_channel::Receiver<FilterMessage> {
         self.filter_images.clone()
+    }
+
+    /// A handle that changes the live Sphinx keys of every shard (the rotation controller's).
+    pub fn key_updater(&self) -> KeyUpdater {
+        self.key_updater.clone()
     }
 
     /// Stop accepting, forward what falls due within `drain`, drop the rest as shutdown, and

@@ -2,7 +2,11 @@
 //! channels, under a virtual clock, with a model of the driver's link tasks and of next hops
 //! that refuse connections, stall writes, drop connections and come back. Frames arrive in
 //! bursts: real Sphinx packets (some replays, some asking for delays over the cap), junk,
-//! final hops, bad addresses and bad frames.
+//! final hops, bad addresses and bad frames. The keys rotate during the run, as the rotation
+//! controller changes them: the next key is pre-announced a third of the way in, becomes
+//! primary halfway, and the old one is purged at two thirds, while frames for either key
+//! come with the right rotation byte, with none (v7 and byte 0), or with a byte naming a
+//! key not live (dropped as expired).
 //!
 //! After every step it checks, for each core, that its counters and its measured gauges
 //! agree ([`ShardCore::check_conservation`]), and across the cores that
@@ -20,7 +24,8 @@ use super::core::{Action, CoreConfig, NoTimings, Outcome, Phase, ShardCore};
 use super::testkit::{self, header, outfox_header, Packets, VirtualChannels};
 use crate::accounting::DropReason;
 use crate::forward::{LinkId, LinkStep};
-use crate::framing::SizeTag;
+use crate::framing::{FrameHeader, KeyRotation, SizeTag};
+use crate::sphinx::KeyUpdate;
 use crate::testing::{seed, SplitMix64, SEED_ENV};
 
 const SHARDS: usize = 3;
@@ -73,8 +78,11 @@ struct Sim {
     shards: Vec<Shard>,
     channels: VirtualChannels,
     peers: HashMap<SocketAddr, PeerModel>,
-    pool: Vec<Vec<u8>>,
-    used: Vec<Vec<u8>>,
+    /// Packets not yet sent, and whether each is for the next rotation's key.
+    pool: Vec<(Vec<u8>, bool)>,
+    used: Vec<(Vec<u8>, bool)>,
+    /// Key changes made so far (0 to 3).
+    rotations_done: usize,
     packets: Packets,
     written: u64,
     /// Packets held past the drain deadline, sent just before shutdown.
@@ -100,7 +108,7 @@ impl Sim {
         let now = Instant::now();
         let shards = (0..SHARDS)
             .map(|index| Shard {
-                core: testkit::core(config(index), &packets, now),
+                core: testkit::rotating_core(config(index), &packets, now),
                 links: BTreeMap::new(),
             })
             .collect();
@@ -120,10 +128,17 @@ impl Sim {
             } else {
                 Duration::from_micros(rng.below(600_000))
             };
-            pool.push(packets.forward(peer_address(peer), delay));
+            // One in four for the next rotation's key.
+            if rng.chance(1, 4) {
+                pool.push((packets.forward_rotated(peer_address(peer), delay), true));
+            } else {
+                pool.push((packets.forward(peer_address(peer), delay), false));
+            }
         }
         let late = (0..12)
-            .map(|i| packets.forward(peer_address(i % REGULAR_PEERS), Duration::from_millis(900)))
+            .map(|i| {
+                packets.forward_rotated(peer_address(i % REGULAR_PEERS), Duration::from_millis(900))
+            })
             .collect();
         let peers = (0..REGULAR_PEERS + RARE_PEERS)
             .map(|i| {
@@ -144,6 +159,7 @@ impl Sim {
             peers,
             pool,
             used: Vec::new(),
+            rotations_done: 0,
             packets,
             written: 0,
             late,
@@ -187,13 +203,14 @@ impl Sim {
         let (frame_header, bytes) = match roll {
             0..=69 if !self.pool.is_empty() => {
                 let index = self.rng.below(self.pool.len() as u64) as usize;
-                let packet = self.pool.swap_remove(index);
-                self.used.push(packet.clone());
-                (header(), packet)
+                let (packet, rotated) = self.pool.swap_remove(index);
+                self.used.push((packet.clone(), rotated));
+                (self.rotation_header(rotated), packet)
             }
             0..=79 if !self.used.is_empty() => {
                 let index = self.rng.below(self.used.len() as u64) as usize;
-                (header(), self.used[index].clone())
+                let rotated = self.used[index].1;
+                (self.rotation_header(rotated), self.used[index].0.clone())
             }
             85..=92 => (header(), self.packets.junk()),
             93..=94 => (header(), self.packets.final_hop()),
@@ -218,6 +235,61 @@ impl Sim {
             assert!(due > now, "held only when not yet due");
         }
         self.take_actions(shard);
+    }
+
+    /// The header a sender would use for a packet of the first key or the next one: mostly
+    /// the key's rotation byte, sometimes none (v7, or byte 0), rarely the other key's byte.
+    fn rotation_header(&mut self, rotated: bool) -> FrameHeader {
+        let own = if rotated {
+            KeyRotation::Odd
+        } else {
+            KeyRotation::Even
+        };
+        match self.rng.below(10) {
+            0 => testkit::header_v7(),
+            1 => testkit::header_for(KeyRotation::Unknown),
+            2 if self.rng.chance(1, 4) => testkit::header_for(if rotated {
+                KeyRotation::Even
+            } else {
+                KeyRotation::Odd
+            }),
+            _ => testkit::header_for(own),
+        }
+    }
+
+    /// The controller's key changes, on every core at once: pre-announce the next key,
+    /// promote it, purge the first.
+    fn rotate(&mut self) {
+        let first = testkit::FIRST_ROTATION;
+        for shard in &mut self.shards {
+            let update = match self.rotations_done {
+                0 => KeyUpdate {
+                    purge: vec![],
+                    install: vec![self.packets.rotated_key()],
+                    primary: first,
+                },
+                1 => KeyUpdate {
+                    purge: vec![],
+                    install: vec![],
+                    primary: first + 1,
+                },
+                _ => KeyUpdate {
+                    purge: vec![first],
+                    install: vec![],
+                    primary: first + 1,
+                },
+            };
+            let purged = shard.core.apply_keys(update).expect("a valid key change");
+            assert_eq!(purged.len(), usize::from(self.rotations_done == 2));
+            let live: Vec<u32> = shard
+                .core
+                .processor()
+                .keys()
+                .map(|k| k.rotation_id())
+                .collect();
+            assert!(live.len() <= 2, "at most two live keys");
+        }
+        self.rotations_done += 1;
     }
 
     fn take_actions(&mut self, shard: usize) {
@@ -405,7 +477,7 @@ impl Sim {
             let now = self.now;
             let shard = index % SHARDS;
             self.shards[shard].core.on_frame(
-                header(),
+                testkit::header_for(KeyRotation::Odd),
                 &packet,
                 now,
                 &mut self.channels,
@@ -451,9 +523,16 @@ fn three_real_cores_conserve_packets_under_faults() {
     let seed = seed();
     eprintln!("simulation seed {seed} (set {SEED_ENV} to replay)");
     let mut sim = Sim::new(seed);
-    for _ in 0..STEPS {
+    for step in 0..STEPS {
+        if step > 0 && step % (STEPS / 3) == 0 && sim.rotations_done < 3 {
+            sim.rotate();
+        }
+        if step == STEPS - 1 && sim.rotations_done < 3 {
+            sim.rotate();
+        }
         sim.step();
     }
+    assert_eq!(sim.rotations_done, 3);
     sim.shut_down();
     let mut total = crate::accounting::PacketCounts::default();
     let mut evicted = 0;

@@ -39,6 +39,49 @@ pub struct ShardStats {
     replay_filter_capacity: AtomicU64,
     replay_filter_fill_ppm: AtomicU64,
     replay_filter_generations_turned: AtomicU64,
+    keys: [[AtomicU64; KEY_FIGURES]; 2],
+}
+
+/// Figures of one live key, as published ([`ShardSnapshot::keys`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyFigures {
+    /// Whether a key is live in this slot.
+    pub live: bool,
+    /// Its rotation id.
+    pub rotation_id: u32,
+    /// Whether it is the primary key.
+    pub primary: bool,
+    /// Tags in its filter's generations.
+    pub filter_items: u64,
+    /// Tags its filter's generation is sized for (this shard's share).
+    pub filter_capacity: u64,
+    /// Its filter's current generation's fill, in parts per million.
+    pub filter_fill_ppm: u64,
+}
+
+const KEY_FIGURES: usize = 5;
+
+impl KeyFigures {
+    fn to_words(self) -> [u64; KEY_FIGURES] {
+        [
+            u64::from(self.live) | (u64::from(self.primary) << 1),
+            u64::from(self.rotation_id),
+            self.filter_items,
+            self.filter_capacity,
+            self.filter_fill_ppm,
+        ]
+    }
+
+    fn from_words(words: [u64; KEY_FIGURES]) -> KeyFigures {
+        KeyFigures {
+            live: words[0] & 1 != 0,
+            primary: words[0] & 2 != 0,
+            rotation_id: words[1] as u32,
+            filter_items: words[2],
+            filter_capacity: words[3],
+            filter_fill_ppm: words[4],
+        }
+    }
 }
 
 /// A copy of one shard's figures.
@@ -83,6 +126,8 @@ pub struct ShardSnapshot {
     pub replay_filter_fill_ppm: u64,
     /// Times the filter cleared its older generation to make room.
     pub replay_filter_generations_turned: u64,
+    /// The live keys, by slot (rotation id parity).
+    pub keys: [KeyFigures; 2],
 }
 
 /// One shard's packet counts. A packet may enter a shard from the network (`received`) or
@@ -155,6 +200,11 @@ impl ShardStats {
             .store(s.replay_filter_fill_ppm, r);
         self.replay_filter_generations_turned
             .store(s.replay_filter_generations_turned, r);
+        for (slots, figures) in self.keys.iter().zip(s.keys.iter()) {
+            for (slot, word) in slots.iter().zip(figures.to_words()) {
+                slot.store(word, r);
+            }
+        }
         self.sequence
             .store(sequence.wrapping_add(2), Ordering::Release);
     }
@@ -209,6 +259,9 @@ impl ShardStats {
             replay_filter_capacity: self.replay_filter_capacity.load(r),
             replay_filter_fill_ppm: self.replay_filter_fill_ppm.load(r),
             replay_filter_generations_turned: self.replay_filter_generations_turned.load(r),
+            keys: std::array::from_fn(|slot| {
+                KeyFigures::from_words(std::array::from_fn(|i| self.keys[slot][i].load(r)))
+            }),
         }
     }
 }

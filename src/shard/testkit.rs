@@ -14,7 +14,7 @@ use super::tag_owner;
 use crate::forward::{Backoff, TableLimits};
 use crate::framing::{FrameHeader, KeyRotation, PacketType, SizeTag, Version};
 use crate::replay::ReplayFilter;
-use crate::sphinx::{build_packet, encode_node_address, HopProcessor, RouteHop};
+use crate::sphinx::{build_packet, encode_node_address, HopProcessor, LiveKey, RouteHop};
 use crate::testing::SplitMix64;
 
 /// The node's own address in test packets.
@@ -28,11 +28,27 @@ pub const SIZE: SizeTag = SizeTag::Ack;
 
 /// The frame header tests send packets with.
 pub fn header() -> FrameHeader {
+    header_for(KeyRotation::Even)
+}
+
+/// A frame header naming `key_rotation` (a v7 header for [`KeyRotation::Unknown`] half the
+/// time would need a coin: callers pick [`header_v7`]).
+pub fn header_for(key_rotation: KeyRotation) -> FrameHeader {
     FrameHeader {
         version: Version::V8,
         size_tag: SIZE,
         packet_type: PacketType::Sphinx,
-        key_rotation: KeyRotation::Even,
+        key_rotation,
+    }
+}
+
+/// A v7 frame header (no rotation byte).
+pub fn header_v7() -> FrameHeader {
+    FrameHeader {
+        version: Version::V7,
+        size_tag: SIZE,
+        packet_type: PacketType::Sphinx,
+        key_rotation: KeyRotation::Unknown,
     }
 }
 
@@ -59,7 +75,13 @@ pub struct Packets {
     secret: StaticSecret,
     public_key: PublicKey,
     next_key: PublicKey,
+    /// The node's key of the next rotation (see [`Packets::rotating_processor`]).
+    rotated_secret: StaticSecret,
+    rotated_public: PublicKey,
 }
+
+/// The rotation id of [`Packets`]' first key in a rotating processor (even).
+pub const FIRST_ROTATION: u32 = 4;
 
 impl Packets {
     /// Keys drawn from `seed`.
@@ -68,11 +90,15 @@ impl Packets {
         let secret = StaticSecret::from(rng.tag());
         let public_key = PublicKey::from(&secret);
         let next_key = PublicKey::from(&StaticSecret::from(rng.tag()));
+        let rotated_secret = StaticSecret::from(rng.tag());
+        let rotated_public = PublicKey::from(&rotated_secret);
         Packets {
             rng,
             secret,
             public_key,
             next_key,
+            rotated_secret,
+            rotated_public,
         }
     }
 
@@ -82,12 +108,39 @@ impl Packets {
         HopProcessor::new(self.secret.clone(), filter)
     }
 
+    /// A processor whose primary is the first key as rotation [`FIRST_ROTATION`], with no
+    /// other key yet.
+    pub fn rotating_processor(&self) -> HopProcessor {
+        let filter = ReplayFilter::with_default_rate(1_000_000).expect("valid size");
+        HopProcessor::rotating(
+            LiveKey::new(FIRST_ROTATION, self.secret.clone(), filter),
+            None,
+            crate::sphinx::HopProcessorKind::default(),
+        )
+    }
+
+    /// The next rotation's key, with a fresh filter, to install.
+    pub fn rotated_key(&self) -> LiveKey {
+        let filter = ReplayFilter::with_default_rate(1_000_000).expect("valid size");
+        LiveKey::new(FIRST_ROTATION + 1, self.rotated_secret.clone(), filter)
+    }
+
+    /// A packet the node forwards to `next_hop` after `delay`, built for the next rotation's
+    /// key.
+    pub fn forward_rotated(&mut self, next_hop: SocketAddr, delay: Duration) -> Vec<u8> {
+        self.forward_for(self.rotated_public, next_hop, delay)
+    }
+
     /// A packet the node forwards to `next_hop` after `delay`.
     pub fn forward(&mut self, next_hop: SocketAddr, delay: Duration) -> Vec<u8> {
+        self.forward_for(self.public_key, next_hop, delay)
+    }
+
+    fn forward_for(&mut self, key: PublicKey, next_hop: SocketAddr, delay: Duration) -> Vec<u8> {
         let route = [
             RouteHop {
                 address: NODE,
-                public_key: self.public_key,
+                public_key: key,
                 delay,
             },
             RouteHop {
@@ -187,6 +240,12 @@ pub fn config(index: usize, shards: usize) -> CoreConfig {
 /// A core for `config` with the keys of `packets`, its clock starting at `now`.
 pub fn core(config: CoreConfig, packets: &Packets, now: Instant) -> ShardCore {
     ShardCore::new(config, packets.processor(), now, frozen_stopwatch).expect("valid config")
+}
+
+/// A core with [`Packets::rotating_processor`].
+pub fn rotating_core(config: CoreConfig, packets: &Packets, now: Instant) -> ShardCore {
+    ShardCore::new(config, packets.rotating_processor(), now, frozen_stopwatch)
+        .expect("valid config")
 }
 
 /// The simulation's stopwatch: processing takes no virtual time.

@@ -19,20 +19,18 @@ use glommio::channels::shared_channel::ConnectedSender;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
 use glommio::task::JoinHandle;
-use x25519_dalek::StaticSecret;
 
 use super::core::{
     Action, CoreConfig, Handoff, HandoffRefused, HandoffSink, Outcome, Phase, ShardCore,
 };
-use super::stats::{ShardCounts, ShardSnapshot, ShardStats};
+use super::stats::{KeyFigures, ShardCounts, ShardSnapshot, ShardStats};
 use super::telemetry::{PeerCounts, ShardTelemetry, TelemetryReport};
-use super::{Control, Doorbell, DoorbellReceiver, ShardFilterImage, FINAL_IMAGE};
+use super::{Control, Doorbell, DoorbellReceiver, FilterMessage, FINAL_IMAGE};
 use crate::config::EngineSection;
 use crate::forward::{LinkId, LinkStep};
 use crate::framing::{FrameDecoder, FrameHeader};
 use crate::replay::snapshot::{FilterImage, SnapshotCursor};
-use crate::replay::ReplayFilter;
-use crate::sphinx::HopProcessor;
+use crate::sphinx::{HopProcessor, KeyUpdate, LiveKey};
 
 /// Longest sleep of an idle pump: bounds how late a shard notices a shutdown request and how
 /// old its published figures get. Handoffs (doorbell) and packets held for less than this
@@ -59,13 +57,16 @@ pub(super) struct ShardInit {
     pub bells_out: Vec<Option<Doorbell>>,
     /// This shard's doorbell, one receiver per other shard.
     pub bells_in: Vec<DoorbellReceiver>,
-    pub secret: StaticSecret,
-    pub filter: ReplayFilter,
+    pub processor: HopProcessor,
+    /// Key changes from the rotation controller, applied between packets.
+    pub key_updates: Receiver<KeyUpdate>,
+    /// Where purged keys go to be freed off the packet path.
+    pub purged_keys: Sender<LiveKey>,
     pub engine: EngineSection,
     pub control: Arc<Control>,
     pub stats: Arc<Vec<ShardStats>>,
     pub telemetry: Sender<TelemetryReport>,
-    pub filter_images: Sender<ShardFilterImage>,
+    pub filter_images: Sender<FilterMessage>,
 }
 
 /// The cross-shard channels as the core's [`HandoffSink`]: a handoff that goes in rings the
@@ -122,10 +123,14 @@ struct Shard {
     readers: RefCell<HashMap<u64, JoinHandle<()>>>,
     next_reader_id: Cell<u64>,
     telemetry: RefCell<ShardTelemetry>,
-    filter_images: Sender<ShardFilterImage>,
-    /// The save request answered last, and the copy under way for the next.
+    filter_images: Sender<FilterMessage>,
+    /// The save request answered last.
     snapshot_epoch: Cell<u64>,
-    snapshot: RefCell<Option<SnapshotCursor>>,
+    /// The keys still to copy for the request under way, and the copy under way.
+    snapshot_pending: RefCell<Vec<u32>>,
+    snapshot: RefCell<Option<(u32, SnapshotCursor)>>,
+    key_updates: Receiver<KeyUpdate>,
+    purged_keys: Sender<LiveKey>,
 }
 
 /// The shard's main future: returns its final counts after shutdown.
@@ -134,8 +139,7 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
     let listener = unsafe { TcpListener::from_raw_fd(init.listener_fd) };
     let shards = init.shards;
     let config = CoreConfig::new(&init.engine, init.index, shards);
-    let processor = HopProcessor::with_kind(init.secret, init.filter, init.engine.hop_processor);
-    let core = match ShardCore::new(config, processor, Instant::now(), Instant::now) {
+    let core = match ShardCore::new(config, init.processor, Instant::now(), Instant::now) {
         Ok(core) => core,
         Err(err) => {
             tracing::error!(shard = init.index, error = %err, "cannot size the delay wheel");
@@ -171,7 +175,10 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
         )),
         filter_images: init.filter_images,
         snapshot_epoch: Cell::new(0),
+        snapshot_pending: RefCell::new(Vec::new()),
         snapshot: RefCell::new(None),
+        key_updates: init.key_updates,
+        purged_keys: init.purged_keys,
     });
     for bell in init.bells_in {
         glommio::spawn_local(listen_for_doorbell(Rc::clone(&shard), bell)).detach();
@@ -297,39 +304,99 @@ impl Shard {
             replay_filter_capacity: filter.capacity(),
             replay_filter_fill_ppm: (filter.fill_ratio() * 1e6) as u64,
             replay_filter_generations_turned: filter.generations_turned(),
+            keys: key_figures(core.processor()),
         };
         self.stats[self.index].publish(&snapshot);
     }
 
-    /// Answer a save request: copy a bounded part of the replay filter per round, and send the
-    /// image when complete. Never blocks: a full channel skips this save (the next one comes).
+    /// Apply the key changes the rotation controller sent, between packets. Purged keys go
+    /// back to be freed elsewhere (a filter can be tens of MiB).
+    fn apply_key_updates(&self) {
+        while let Ok(update) = self.key_updates.try_recv() {
+            let primary = update.primary;
+            match self.core.borrow_mut().apply_keys(update) {
+                Ok(purged) => {
+                    tracing::info!(
+                        shard = self.index,
+                        primary,
+                        purged = purged.len(),
+                        "sphinx keys changed"
+                    );
+                    for key in purged {
+                        let _ = self.purged_keys.try_send(key);
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(shard = self.index, error = %err, "refused a sphinx key change; the keys stay as they were")
+                }
+            }
+        }
+    }
+
+    /// Answer a save request: copy a bounded part of each live key's replay filter per round,
+    /// and send each image when complete, then say the answer is done. Never blocks: a full
+    /// channel skips this save (the next one comes).
     fn advance_snapshot(&self) {
         let requested = self.control.save_epoch.load(Ordering::Acquire);
         if requested == self.snapshot_epoch.get() {
             return;
         }
         let core = self.core.borrow();
-        let filter = core.processor().replay_filter();
+        let processor = core.processor();
+        let mut pending = self.snapshot_pending.borrow_mut();
         let mut slot = self.snapshot.borrow_mut();
-        let cursor = slot.get_or_insert_with(|| SnapshotCursor::new(filter));
-        if let Some(image) = cursor.advance(filter, SNAPSHOT_WORDS_PER_ROUND) {
-            *slot = None;
+        if pending.is_empty() && slot.is_none() {
+            pending.extend(processor.keys().map(|key| key.rotation_id()));
+            pending.reverse();
+        }
+        if slot.is_none() {
+            if let Some(rotation_id) = pending.pop() {
+                if let Some(key) = processor.keys().find(|k| k.rotation_id() == rotation_id) {
+                    *slot = Some((rotation_id, SnapshotCursor::new(key.replay_filter())));
+                }
+            }
+        }
+        if let Some((rotation_id, cursor)) = slot.as_mut() {
+            let rotation_id = *rotation_id;
+            match processor.keys().find(|k| k.rotation_id() == rotation_id) {
+                // Purged meanwhile: nothing to save for it.
+                None => *slot = None,
+                Some(key) => {
+                    if let Some(image) =
+                        cursor.advance(key.replay_filter(), SNAPSHOT_WORDS_PER_ROUND)
+                    {
+                        *slot = None;
+                        let _ = self
+                            .filter_images
+                            .try_send(FilterMessage::image(self.index, requested, key, image));
+                    }
+                }
+            }
+        }
+        if slot.is_none() && pending.is_empty() {
             self.snapshot_epoch.set(requested);
-            let _ = self.filter_images.try_send(ShardFilterImage {
+            let _ = self.filter_images.try_send(FilterMessage::Done {
                 shard: self.index,
                 epoch: requested,
-                image,
             });
         }
     }
 
-    /// The shard has stopped: send its whole filter for the final save.
+    /// The shard has stopped: send every key's whole filter for the final save.
     fn send_final_image(&self) {
-        let image = FilterImage::of(self.core.borrow().processor().replay_filter());
-        let _ = self.filter_images.try_send(ShardFilterImage {
+        let core = self.core.borrow();
+        for key in core.processor().keys() {
+            let image = FilterImage::of(key.replay_filter());
+            let _ = self.filter_images.try_send(FilterMessage::image(
+                self.index,
+                FINAL_IMAGE,
+                key,
+                image,
+            ));
+        }
+        let _ = self.filter_images.try_send(FilterMessage::Done {
             shard: self.index,
             epoch: FINAL_IMAGE,
-            image,
         });
     }
 
@@ -480,6 +547,7 @@ async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
         shard.run_actions();
         shard.publish();
         shard.publish_telemetry(now);
+        shard.apply_key_updates();
         shard.advance_snapshot();
 
         let phase = shard.core.borrow().phase();
@@ -656,4 +724,27 @@ async fn writer(shard: Rc<Shard>, task: Rc<LinkTask>, link: LinkId, next_hop: So
             .set(shard.connections_outbound.get() - 1);
     }
     shard.links.borrow_mut().remove(&link);
+}
+
+/// The published figures of `processor`'s live keys, by slot.
+fn key_figures(processor: &HopProcessor) -> [KeyFigures; 2] {
+    let mut figures = [KeyFigures::default(); 2];
+    let primary = processor.primary_rotation_id();
+    for key in processor.keys() {
+        let slot = if processor.is_rotating() {
+            (key.rotation_id() & 1) as usize
+        } else {
+            0
+        };
+        let filter = key.replay_filter();
+        figures[slot] = KeyFigures {
+            live: true,
+            rotation_id: key.rotation_id(),
+            primary: key.rotation_id() == primary,
+            filter_items: filter.items_inserted(),
+            filter_capacity: filter.capacity(),
+            filter_fill_ppm: (filter.fill_ratio() * 1e6) as u64,
+        };
+    }
+    figures
 }

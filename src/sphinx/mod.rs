@@ -41,7 +41,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::accounting::DropReason;
-use crate::framing::SizeTag;
+use crate::framing::{KeyRotation, SizeTag};
 use crate::replay::ReplayFilter;
 
 pub use address::{encode_node_address, parse_node_address, NODE_ADDRESS_LEN};
@@ -133,35 +133,157 @@ impl From<HopProcessorKind> for String {
     }
 }
 
-/// Processes Sphinx packets with one node key, dropping replays.
-pub struct HopProcessor {
+/// One live Sphinx key: its rotation id, the secret, and the replay filter of the tags seen
+/// under it.
+pub struct LiveKey {
+    rotation_id: u32,
     secret: StaticSecret,
     /// The key's bytes for the fast path (it clamps them on use, as the crate does).
     secret_bytes: Zeroizing<[u8; 32]>,
     public_key: PublicKey,
     replay_filter: ReplayFilter,
+}
+
+impl LiveKey {
+    /// The key `secret` of rotation `rotation_id`, remembering tags in `replay_filter`.
+    pub fn new(rotation_id: u32, secret: StaticSecret, replay_filter: ReplayFilter) -> LiveKey {
+        LiveKey {
+            rotation_id,
+            secret_bytes: Zeroizing::new(secret.to_bytes()),
+            public_key: PublicKey::from(&secret),
+            secret,
+            replay_filter,
+        }
+    }
+
+    /// The rotation the key belongs to.
+    pub fn rotation_id(&self) -> u32 {
+        self.rotation_id
+    }
+
+    /// The public key senders build packets for.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public_key
+    }
+
+    /// The key's replay filter.
+    pub fn replay_filter(&self) -> &ReplayFilter {
+        &self.replay_filter
+    }
+
+    /// Gives up the key and keeps its filter (for dropping it off the packet path).
+    pub fn into_replay_filter(self) -> ReplayFilter {
+        self.replay_filter
+    }
+}
+
+/// A change of the live keys, applied between two packets: purge, install, then make
+/// `primary` the primary.
+pub struct KeyUpdate {
+    /// Rotation ids of keys to forget, with their filters.
+    pub purge: Vec<u32>,
+    /// New keys (with filters allocated by the caller, off the packet path).
+    pub install: Vec<LiveKey>,
+    /// The rotation id of the primary key afterwards.
+    pub primary: u32,
+}
+
+/// Why a [`KeyUpdate`] was refused (a bug of the caller's: the keys stay as they were).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyUpdateError {
+    /// The processor holds one static key, which never changes.
+    #[error("this processor holds one static key")]
+    Static,
+    /// A key would be installed where one of the same parity is live.
+    #[error("a key of rotation {0} would replace a live key of the same parity")]
+    SlotTaken(u32),
+    /// The primary named is not live after the update.
+    #[error("rotation {0} is not live after the update")]
+    NoPrimary(u32),
+}
+
+/// Which key or keys a packet is tried with.
+enum Choice {
+    /// This slot.
+    One(usize),
+    /// The primary's slot; if the header MAC does not verify under it, the other slot.
+    PrimaryThen(usize, usize),
+}
+
+/// Processes Sphinx packets with at most two live keys, dropping replays.
+///
+/// Keys live in two slots by the parity of their rotation id (two live keys always belong to
+/// adjacent rotations), so that a v8 frame's rotation byte (1 odd, 2 even) names a slot
+/// directly; a packet naming an empty slot is dropped as [`DropReason::ExpiredKey`]. A frame
+/// without one (v7, or byte 0) is tried with the primary key and, if its header MAC does not
+/// verify under it, with the other key: two scalar multiplications for packets under the
+/// second key, and for junk while two keys are live. A processor made by [`Self::new`] holds one
+/// static key (the 0.11 network's) that answers every rotation byte.
+pub struct HopProcessor {
+    keys: [Option<LiveKey>; 2],
+    primary: usize,
+    /// False for a static key: every rotation byte means it.
+    parity_checked: bool,
     kind: HopProcessorKind,
 }
 
+fn slot_of(rotation_id: u32) -> usize {
+    (rotation_id & 1) as usize
+}
+
 impl HopProcessor {
-    /// A processor for the node key `secret`, remembering tags in `replay_filter`, using the
-    /// default (fast) implementation.
+    /// A processor for the one static node key `secret`, remembering tags in
+    /// `replay_filter`, using the default (fast) implementation.
     pub fn new(secret: StaticSecret, replay_filter: ReplayFilter) -> Self {
         Self::with_kind(secret, replay_filter, HopProcessorKind::default())
     }
 
-    /// A processor using the implementation `kind`.
+    /// A processor for one static key using the implementation `kind`.
     pub fn with_kind(
         secret: StaticSecret,
         replay_filter: ReplayFilter,
         kind: HopProcessorKind,
     ) -> Self {
-        let public_key = PublicKey::from(&secret);
         HopProcessor {
-            secret_bytes: Zeroizing::new(secret.to_bytes()),
-            secret,
-            public_key,
-            replay_filter,
+            keys: [Some(LiveKey::new(0, secret, replay_filter)), None],
+            primary: 0,
+            parity_checked: false,
+            kind,
+        }
+    }
+
+    /// A processor for one static key already made (its rotation id is ignored).
+    pub fn from_key(key: LiveKey, kind: HopProcessorKind) -> Self {
+        HopProcessor {
+            keys: [Some(key), None],
+            primary: 0,
+            parity_checked: false,
+            kind,
+        }
+    }
+
+    /// A processor for rotating keys: `primary`, and optionally the other live key (the
+    /// previous rotation's, or the next one's pre-announced).
+    ///
+    /// # Panics
+    /// If both keys have the same parity: a caller bug.
+    pub fn rotating(primary: LiveKey, other: Option<LiveKey>, kind: HopProcessorKind) -> Self {
+        let primary_slot = slot_of(primary.rotation_id);
+        let mut keys = [None, None];
+        if let Some(other) = other {
+            assert_ne!(
+                slot_of(other.rotation_id),
+                primary_slot,
+                "two live keys of the same parity"
+            );
+            let slot = slot_of(other.rotation_id);
+            keys[slot] = Some(other);
+        }
+        keys[primary_slot] = Some(primary);
+        HopProcessor {
+            keys,
+            primary: primary_slot,
+            parity_checked: true,
             kind,
         }
     }
@@ -171,22 +293,130 @@ impl HopProcessor {
         self.kind
     }
 
-    /// The public key senders build packets for.
+    fn primary_key(&self) -> &LiveKey {
+        self.keys[self.primary]
+            .as_ref()
+            .expect("the primary slot is always filled")
+    }
+
+    fn primary_key_mut(&mut self) -> &mut LiveKey {
+        self.keys[self.primary]
+            .as_mut()
+            .expect("the primary slot is always filled")
+    }
+
+    /// The primary key's public key.
     pub fn public_key(&self) -> &PublicKey {
-        &self.public_key
+        &self.primary_key().public_key
     }
 
-    /// The replay filter, for its fill and capacity figures.
+    /// The primary key's rotation id (0 for a static key).
+    pub fn primary_rotation_id(&self) -> u32 {
+        self.primary_key().rotation_id
+    }
+
+    /// Whether keys rotate (false: one static key).
+    pub fn is_rotating(&self) -> bool {
+        self.parity_checked
+    }
+
+    /// The live keys, primary first.
+    pub fn keys(&self) -> impl Iterator<Item = &LiveKey> {
+        let other = 1 - self.primary;
+        self.keys[self.primary]
+            .iter()
+            .chain(self.keys[other].iter())
+    }
+
+    /// The primary key's replay filter, for its fill and capacity figures.
     pub fn replay_filter(&self) -> &ReplayFilter {
-        &self.replay_filter
+        &self.primary_key().replay_filter
     }
 
-    /// The replay filter, to clear it.
+    /// The primary key's replay filter, to clear it.
     pub fn replay_filter_mut(&mut self) -> &mut ReplayFilter {
-        &mut self.replay_filter
+        &mut self.primary_key_mut().replay_filter
     }
 
-    /// Processes one packet into a freshly allocated buffer. See [`Self::process_into`].
+    /// Purge, install and promote keys as `update` says, all at once; the purged keys come
+    /// back so that the caller can free their filters where it likes. Refused (nothing
+    /// changed) if it would leave two keys of one parity or no primary.
+    pub fn apply(&mut self, update: KeyUpdate) -> Result<Vec<LiveKey>, KeyUpdateError> {
+        if !self.parity_checked {
+            return Err(KeyUpdateError::Static);
+        }
+        let mut keep = [true, true];
+        for (slot, key) in self.keys.iter().enumerate() {
+            if let Some(key) = key {
+                keep[slot] = !update.purge.contains(&key.rotation_id);
+            }
+        }
+        let mut filled = [
+            self.keys[0].is_some() && keep[0],
+            self.keys[1].is_some() && keep[1],
+        ];
+        for key in &update.install {
+            let slot = slot_of(key.rotation_id);
+            if filled[slot] {
+                return Err(KeyUpdateError::SlotTaken(key.rotation_id));
+            }
+            filled[slot] = true;
+        }
+        let primary_slot = slot_of(update.primary);
+        let primary_live = update
+            .install
+            .iter()
+            .any(|k| k.rotation_id == update.primary)
+            || (keep[primary_slot]
+                && self.keys[primary_slot]
+                    .as_ref()
+                    .is_some_and(|k| k.rotation_id == update.primary));
+        if !primary_live {
+            return Err(KeyUpdateError::NoPrimary(update.primary));
+        }
+        let mut purged = Vec::new();
+        for (slot, keep) in keep.iter().enumerate() {
+            if !keep {
+                purged.extend(self.keys[slot].take());
+            }
+        }
+        for key in update.install {
+            let slot = slot_of(key.rotation_id);
+            self.keys[slot] = Some(key);
+        }
+        self.primary = primary_slot;
+        Ok(purged)
+    }
+
+    fn choose(&self, rotation: KeyRotation) -> Result<Choice, DropReason> {
+        if !self.parity_checked {
+            return Ok(Choice::One(self.primary));
+        }
+        let named = match rotation {
+            KeyRotation::Unknown => {
+                let other = 1 - self.primary;
+                return Ok(if self.keys[other].is_some() {
+                    Choice::PrimaryThen(self.primary, other)
+                } else {
+                    Choice::One(self.primary)
+                });
+            }
+            KeyRotation::Odd => 1,
+            KeyRotation::Even => 0,
+        };
+        if self.keys[named].is_some() {
+            Ok(Choice::One(named))
+        } else {
+            Err(DropReason::ExpiredKey)
+        }
+    }
+
+    fn key(&self, slot: usize) -> &LiveKey {
+        self.keys[slot].as_ref().expect("chosen slots are filled")
+    }
+
+    /// Processes one packet into a freshly allocated buffer, as a frame without a rotation
+    /// byte. See [`Self::process_into_for`].
     pub fn process(
         &mut self,
         packet_bytes: &[u8],
@@ -202,89 +432,178 @@ impl HopProcessor {
         })
     }
 
-    /// Processes one packet, writing the next hop's packet into `out` (a pooled buffer). The
-    /// fast implementation allocates nothing.
-    ///
-    /// Drops with [`DropReason::BadPacket`] (unparsable, MAC or unwrap failure),
-    /// [`DropReason::Replay`], [`DropReason::FinalHop`], or [`DropReason::BadNextHopAddress`];
-    /// a delay above `delay_max` is clamped to it (as nym-node does). The replay tag is recorded
-    /// once the header MAC verified, even if a later check drops the packet: the header is
-    /// genuine, so a second copy is a replay whatever its fate.
-    ///
-    /// # Panics
-    /// If `out` is not exactly as long as `packet_bytes`: a caller bug.
+    /// [`Self::process_into_for`] a frame without a rotation byte.
     pub fn process_into(
         &mut self,
         packet_bytes: &[u8],
         delay_max: Duration,
         out: &mut [u8],
     ) -> Result<ForwardMeta, DropReason> {
+        self.process_into_for(packet_bytes, KeyRotation::Unknown, delay_max, out)
+    }
+
+    /// Processes one packet that came with `rotation`, writing the next hop's packet into
+    /// `out` (a pooled buffer). The fast implementation allocates nothing.
+    ///
+    /// Drops with [`DropReason::BadPacket`] (unparsable, MAC or unwrap failure),
+    /// [`DropReason::Replay`], [`DropReason::FinalHop`], [`DropReason::BadNextHopAddress`] or
+    /// [`DropReason::ExpiredKey`]; a delay above `delay_max` is clamped to it (as nym-node
+    /// does). The replay tag is recorded once the header MAC verified, even if a later check
+    /// drops the packet: the header is genuine, so a second copy is a replay whatever its fate.
+    ///
+    /// # Panics
+    /// If `out` is not exactly as long as `packet_bytes`: a caller bug.
+    pub fn process_into_for(
+        &mut self,
+        packet_bytes: &[u8],
+        rotation: KeyRotation,
+        delay_max: Duration,
+        out: &mut [u8],
+    ) -> Result<ForwardMeta, DropReason> {
         assert_eq!(out.len(), packet_bytes.len(), "output buffer length");
+        let choice = self.choose(rotation)?;
         match self.kind {
             HopProcessorKind::Fast => {
                 fast::check_len(packet_bytes).map_err(|_| DropReason::BadPacket)?;
-                let expanded =
-                    fast::Expanded::new(&self.secret_bytes, fast::alpha_of(packet_bytes));
+                let (slot, expanded) = self.expand_fast(choice, packet_bytes);
                 out.copy_from_slice(packet_bytes);
-                self.finish_fast(&expanded, out, delay_max)
+                let key = self.keys[slot].as_mut().expect("chosen slots are filled");
+                finish_fast(&mut key.replay_filter, &expanded, out, delay_max)
             }
             HopProcessorKind::Crate => {
-                let (packet, secret) = self.expand_crate(packet_bytes)?;
-                let (next_packet, meta) = self.finish_crate(packet, secret, delay_max)?;
+                let (slot, packet, secret) = self.expand_crate(choice, packet_bytes)?;
+                let key = self.keys[slot].as_mut().expect("chosen slots are filled");
+                let (next_packet, meta) =
+                    finish_crate(&mut key.replay_filter, packet, secret, delay_max)?;
                 write_packet(&next_packet, out)?;
                 Ok(meta)
             }
         }
     }
 
-    /// The first half of [`Self::process_into`]: parse and derive the shared secret (the first
-    /// scalar multiplication). The result's [`ExpandedPacket::replay_tag`] says which replay
-    /// filter must judge it; [`Self::finish`] on the processor holding that filter does the
-    /// rest. With the fast implementation the packet is copied into the buffer that becomes
-    /// the next hop's packet, its one allocation.
-    pub fn expand(&self, packet_bytes: &[u8]) -> Result<ExpandedPacket, DropReason> {
-        let inner = match self.kind {
-            HopProcessorKind::Fast => {
-                fast::check_len(packet_bytes).map_err(|_| DropReason::BadPacket)?;
-                let expanded =
-                    fast::Expanded::new(&self.secret_bytes, fast::alpha_of(packet_bytes));
-                ExpandedInner::Fast {
-                    packet: packet_bytes.to_vec(),
-                    expanded,
+    /// The first multiplication with the chosen key (or keys): the slot whose key to finish
+    /// with, and the fast path's state.
+    fn expand_fast(&self, choice: Choice, packet_bytes: &[u8]) -> (usize, fast::Expanded) {
+        let alpha = fast::alpha_of(packet_bytes);
+        match choice {
+            Choice::One(slot) => (
+                slot,
+                fast::Expanded::new(&self.key(slot).secret_bytes, alpha),
+            ),
+            Choice::PrimaryThen(primary, other) => {
+                let expanded = fast::Expanded::new(&self.key(primary).secret_bytes, alpha);
+                if expanded.verify_header_mac(&packet_bytes[..HEADER_SIZE]) {
+                    (primary, expanded)
+                } else {
+                    (
+                        other,
+                        fast::Expanded::new(&self.key(other).secret_bytes, alpha),
+                    )
                 }
             }
-            HopProcessorKind::Crate => {
-                let (packet, secret) = self.expand_crate(packet_bytes)?;
-                ExpandedInner::Crate { packet, secret }
-            }
-        };
-        Ok(ExpandedPacket { inner })
+        }
     }
 
     fn expand_crate(
         &self,
+        choice: Choice,
         packet_bytes: &[u8],
-    ) -> Result<(SphinxPacket, ExpandedSharedSecret), DropReason> {
+    ) -> Result<(usize, SphinxPacket, ExpandedSharedSecret), DropReason> {
         let packet = SphinxPacket::from_bytes(packet_bytes).map_err(|_| DropReason::BadPacket)?;
-        let secret = packet.header.compute_expanded_shared_secret(&self.secret);
-        Ok((packet, secret))
+        let (slot, secret) = match choice {
+            Choice::One(slot) => (
+                slot,
+                packet
+                    .header
+                    .compute_expanded_shared_secret(&self.key(slot).secret),
+            ),
+            Choice::PrimaryThen(primary, other) => {
+                let secret = packet
+                    .header
+                    .compute_expanded_shared_secret(&self.key(primary).secret);
+                if packet.header.ensure_header_integrity(&secret).is_ok() {
+                    (primary, secret)
+                } else {
+                    (
+                        other,
+                        packet
+                            .header
+                            .compute_expanded_shared_secret(&self.key(other).secret),
+                    )
+                }
+            }
+        };
+        Ok((slot, packet, secret))
     }
 
-    /// The second half of [`Self::process_into`]: replay check, MAC, record the tag, unwrap
-    /// (the second multiplication), address and delay checks. The next hop's packet comes back
-    /// in a buffer as long as the packet that came in. Either processor kind can finish what
-    /// either expanded.
+    /// [`Self::expand_for`] a frame without a rotation byte.
+    pub fn expand(&self, packet_bytes: &[u8]) -> Result<ExpandedPacket, DropReason> {
+        self.expand_for(packet_bytes, KeyRotation::Unknown)
+    }
+
+    /// The first half of [`Self::process_into_for`]: choose the key `rotation` names, parse
+    /// and derive the shared secret (the first scalar multiplication; two when a frame
+    /// without a rotation byte is not for the primary key). The result's
+    /// [`ExpandedPacket::replay_tag`] says which replay filter must judge it; [`Self::finish`]
+    /// on the processor holding that filter does the rest. With the fast implementation the
+    /// packet is copied into the buffer that becomes the next hop's packet, its one
+    /// allocation.
+    pub fn expand_for(
+        &self,
+        packet_bytes: &[u8],
+        rotation: KeyRotation,
+    ) -> Result<ExpandedPacket, DropReason> {
+        let choice = self.choose(rotation)?;
+        let (slot, inner) = match self.kind {
+            HopProcessorKind::Fast => {
+                fast::check_len(packet_bytes).map_err(|_| DropReason::BadPacket)?;
+                let (slot, expanded) = self.expand_fast(choice, packet_bytes);
+                (
+                    slot,
+                    ExpandedInner::Fast {
+                        packet: packet_bytes.to_vec(),
+                        expanded,
+                    },
+                )
+            }
+            HopProcessorKind::Crate => {
+                let (slot, packet, secret) = self.expand_crate(choice, packet_bytes)?;
+                (slot, ExpandedInner::Crate { packet, secret })
+            }
+        };
+        Ok(ExpandedPacket {
+            rotation_id: self.key(slot).rotation_id,
+            inner,
+        })
+    }
+
+    /// The second half of [`Self::process_into_for`]: replay check in the filter of the key
+    /// the packet was expanded with, MAC, record the tag, unwrap (the second multiplication),
+    /// address and delay checks. The next hop's packet comes back in a buffer as long as the
+    /// packet that came in. Either processor kind can finish what either expanded. A packet
+    /// whose key was purged since it was expanded is dropped as [`DropReason::ExpiredKey`].
     pub fn finish(
         &mut self,
         expanded: ExpandedPacket,
         delay_max: Duration,
     ) -> Result<ForwardHop, DropReason> {
+        let rotation_id = expanded.rotation_id;
+        let slot = if self.parity_checked {
+            slot_of(rotation_id)
+        } else {
+            self.primary
+        };
+        let key = self.keys[slot]
+            .as_mut()
+            .filter(|key| key.rotation_id == rotation_id)
+            .ok_or(DropReason::ExpiredKey)?;
+        let filter = &mut key.replay_filter;
         match expanded.inner {
             ExpandedInner::Fast {
                 mut packet,
                 expanded,
             } => {
-                let meta = self.finish_fast(&expanded, &mut packet, delay_max)?;
+                let meta = finish_fast(filter, &expanded, &mut packet, delay_max)?;
                 Ok(ForwardHop {
                     packet,
                     next_hop: meta.next_hop,
@@ -294,7 +613,7 @@ impl HopProcessor {
             }
             ExpandedInner::Crate { packet, secret } => {
                 let len = packet.len();
-                let (next_packet, meta) = self.finish_crate(packet, secret, delay_max)?;
+                let (next_packet, meta) = finish_crate(filter, packet, secret, delay_max)?;
                 let mut packet = vec![0u8; len];
                 write_packet(&next_packet, &mut packet)?;
                 Ok(ForwardHop {
@@ -306,64 +625,64 @@ impl HopProcessor {
             }
         }
     }
+}
 
-    /// Replay check, MAC, record, unwrap `packet` in place, address and delay checks.
-    fn finish_fast(
-        &mut self,
-        expanded: &fast::Expanded,
-        packet: &mut [u8],
-        delay_max: Duration,
-    ) -> Result<ForwardMeta, DropReason> {
-        let replay_tag = expanded.replay_tag();
-        if self.replay_filter.contains(replay_tag) {
-            return Err(DropReason::Replay);
-        }
-        if !expanded.verify_header_mac(&packet[..HEADER_SIZE]) {
-            return Err(DropReason::BadPacket);
-        }
-        self.replay_filter.insert(replay_tag);
-        match expanded.unwrap_in_place(packet) {
-            Err(_) => Err(DropReason::BadPacket),
-            Ok(fast::Hop::Final { .. }) => Err(DropReason::FinalHop),
-            Ok(fast::Hop::Forward {
-                next_hop_address,
-                delay_nanos,
-            }) => check_forward(&next_hop_address, delay_nanos, delay_max),
-        }
+/// Replay check, MAC, record, unwrap `packet` in place, address and delay checks.
+fn finish_fast(
+    filter: &mut ReplayFilter,
+    expanded: &fast::Expanded,
+    packet: &mut [u8],
+    delay_max: Duration,
+) -> Result<ForwardMeta, DropReason> {
+    let replay_tag = expanded.replay_tag();
+    if filter.contains(replay_tag) {
+        return Err(DropReason::Replay);
     }
-
-    fn finish_crate(
-        &mut self,
-        packet: SphinxPacket,
-        secret: ExpandedSharedSecret,
-        delay_max: Duration,
-    ) -> Result<(SphinxPacket, ForwardMeta), DropReason> {
-        let replay_tag = *secret.replay_tag();
-        if self.replay_filter.contains(&replay_tag) {
-            return Err(DropReason::Replay);
-        }
-        packet
-            .header
-            .ensure_header_integrity(&secret)
-            .map_err(|_| DropReason::BadPacket)?;
-        self.replay_filter.insert(&replay_tag);
-
-        // The crate verifies the MAC once more inside; an HMAC over 300 bytes is noise next to
-        // the scalar multiplication, and the crate offers no unchecked path.
-        let processed = packet
-            .process_with_expanded_secret(&secret)
-            .map_err(|_| DropReason::BadPacket)?;
-        let (next_packet, next_hop_address, delay) = match processed.data {
-            ProcessedPacketData::ForwardHop {
-                next_hop_packet,
-                next_hop_address,
-                delay,
-            } => (next_hop_packet, next_hop_address, delay),
-            ProcessedPacketData::FinalHop { .. } => return Err(DropReason::FinalHop),
-        };
-        let meta = check_forward(next_hop_address.as_bytes(), delay.to_nanos(), delay_max)?;
-        Ok((next_packet, meta))
+    if !expanded.verify_header_mac(&packet[..HEADER_SIZE]) {
+        return Err(DropReason::BadPacket);
     }
+    filter.insert(replay_tag);
+    match expanded.unwrap_in_place(packet) {
+        Err(_) => Err(DropReason::BadPacket),
+        Ok(fast::Hop::Final { .. }) => Err(DropReason::FinalHop),
+        Ok(fast::Hop::Forward {
+            next_hop_address,
+            delay_nanos,
+        }) => check_forward(&next_hop_address, delay_nanos, delay_max),
+    }
+}
+
+fn finish_crate(
+    filter: &mut ReplayFilter,
+    packet: SphinxPacket,
+    secret: ExpandedSharedSecret,
+    delay_max: Duration,
+) -> Result<(SphinxPacket, ForwardMeta), DropReason> {
+    let replay_tag = *secret.replay_tag();
+    if filter.contains(&replay_tag) {
+        return Err(DropReason::Replay);
+    }
+    packet
+        .header
+        .ensure_header_integrity(&secret)
+        .map_err(|_| DropReason::BadPacket)?;
+    filter.insert(&replay_tag);
+
+    // The crate verifies the MAC once more inside; an HMAC over 300 bytes is noise next to
+    // the scalar multiplication, and the crate offers no unchecked path.
+    let processed = packet
+        .process_with_expanded_secret(&secret)
+        .map_err(|_| DropReason::BadPacket)?;
+    let (next_packet, next_hop_address, delay) = match processed.data {
+        ProcessedPacketData::ForwardHop {
+            next_hop_packet,
+            next_hop_address,
+            delay,
+        } => (next_hop_packet, next_hop_address, delay),
+        ProcessedPacketData::FinalHop { .. } => return Err(DropReason::FinalHop),
+    };
+    let meta = check_forward(next_hop_address.as_bytes(), delay.to_nanos(), delay_max)?;
+    Ok((next_packet, meta))
 }
 
 /// The address and delay checks both implementations share.
@@ -385,6 +704,8 @@ fn check_forward(
 /// [`HopProcessor::expand`] and [`HopProcessor::finish`], small enough to cross shards
 /// (boxed in the handoff).
 pub struct ExpandedPacket {
+    /// The rotation of the key it was expanded with (0 for a static key).
+    rotation_id: u32,
     inner: ExpandedInner,
 }
 
@@ -809,5 +1130,173 @@ mod tests {
                 assert_eq!(forwarded.next_hop, fixture.route[1].address);
             }
         }
+    }
+
+    /// Packets for the fixture's first hop built for `public_key`.
+    fn packet_for(fixture: &mut Fixture, public_key: PublicKey) -> Vec<u8> {
+        let mut route = fixture.route.clone();
+        route[0].public_key = public_key;
+        let initial = StaticSecret::from(fixture.rng.tag());
+        build_packet(&route, [7u8; 32], SizeTag::Ack, b"rotation", &initial).expect("valid route")
+    }
+
+    fn live(rotation_id: u32, secret: &StaticSecret) -> LiveKey {
+        LiveKey::new(
+            rotation_id,
+            secret.clone(),
+            ReplayFilter::with_default_rate(1000).expect("valid size"),
+        )
+    }
+
+    #[test]
+    fn the_rotation_byte_picks_the_key_of_its_parity_and_no_byte_tries_both() {
+        for kind in HopProcessorKind::ALL {
+            let mut fixture = Fixture::new(kind);
+            let old = fixture.secrets[0].clone();
+            let new = StaticSecret::from(fixture.rng.tag());
+            // Rotation 6 primary (even), 7 pre-announced (odd).
+            let mut processor = HopProcessor::rotating(live(6, &old), Some(live(7, &new)), kind);
+            let for_old = packet_for(&mut fixture, PublicKey::from(&old));
+            let for_new = packet_for(&mut fixture, PublicKey::from(&new));
+            let mut out = vec![0u8; for_old.len()];
+            let mut process = |p: &mut HopProcessor, packet: &[u8], rotation| {
+                p.process_into_for(packet, rotation, DELAY_MAX_DEFAULT, &mut out)
+                    .map(|meta| meta.next_hop)
+            };
+            let next = Ok(fixture.route[1].address);
+            // The wrong parity's key cannot verify the MAC.
+            assert_eq!(
+                process(&mut processor, &for_old, KeyRotation::Odd),
+                Err(DropReason::BadPacket),
+                "{kind}"
+            );
+            assert_eq!(
+                process(&mut processor, &for_old, KeyRotation::Even),
+                next,
+                "{kind}"
+            );
+            assert_eq!(
+                process(&mut processor, &for_new, KeyRotation::Unknown),
+                next,
+                "{kind}: secondary tried"
+            );
+            // Each key's own filter remembers its tags, whichever byte the copy comes with.
+            assert_eq!(
+                process(&mut processor, &for_new, KeyRotation::Odd),
+                Err(DropReason::Replay),
+                "{kind}"
+            );
+            assert_eq!(
+                process(&mut processor, &for_old, KeyRotation::Unknown),
+                Err(DropReason::Replay),
+                "{kind}"
+            );
+            let filters: Vec<u64> = processor
+                .keys()
+                .map(|k| k.replay_filter().items_inserted())
+                .collect();
+            assert_eq!(filters, vec![1, 1], "{kind}: one tag in each key's filter");
+
+            // Promote 7, then purge 6: a packet naming the even key is now expired, one
+            // without a byte is tried with 7 alone and fails its MAC.
+            processor
+                .apply(KeyUpdate {
+                    purge: vec![],
+                    install: vec![],
+                    primary: 7,
+                })
+                .expect("promotes");
+            assert_eq!(processor.primary_rotation_id(), 7);
+            let late_old = packet_for(&mut fixture, PublicKey::from(&old));
+            let expanded = processor
+                .expand_for(&late_old, KeyRotation::Even)
+                .expect("6 still live");
+            let purged = processor
+                .apply(KeyUpdate {
+                    purge: vec![6],
+                    install: vec![],
+                    primary: 7,
+                })
+                .expect("purges");
+            assert_eq!(purged.len(), 1);
+            assert_eq!(
+                processor
+                    .finish(expanded, DELAY_MAX_DEFAULT)
+                    .map(|h| h.next_hop),
+                Err(DropReason::ExpiredKey),
+                "{kind}: expanded before the purge, finished after it"
+            );
+            assert_eq!(
+                process(&mut processor, &late_old, KeyRotation::Even),
+                Err(DropReason::ExpiredKey),
+                "{kind}"
+            );
+            assert_eq!(
+                process(&mut processor, &late_old, KeyRotation::Unknown),
+                Err(DropReason::BadPacket),
+                "{kind}"
+            );
+            assert_eq!(processor.keys().count(), 1);
+        }
+    }
+
+    #[test]
+    fn key_updates_that_would_break_the_slots_are_refused_and_change_nothing() {
+        let mut fixture = Fixture::new(HopProcessorKind::Fast);
+        let a = StaticSecret::from(fixture.rng.tag());
+        let mut processor = HopProcessor::rotating(live(2, &a), None, HopProcessorKind::Fast);
+        assert_eq!(
+            processor
+                .apply(KeyUpdate {
+                    purge: vec![],
+                    install: vec![live(4, &a)],
+                    primary: 4
+                })
+                .err(),
+            Some(KeyUpdateError::SlotTaken(4))
+        );
+        assert_eq!(
+            processor
+                .apply(KeyUpdate {
+                    purge: vec![2],
+                    install: vec![],
+                    primary: 2
+                })
+                .err(),
+            Some(KeyUpdateError::NoPrimary(2))
+        );
+        assert_eq!(
+            processor
+                .keys()
+                .map(|k| k.rotation_id())
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
+        // Purging 2 and installing 4 in one update is fine: the slot is free by then.
+        processor
+            .apply(KeyUpdate {
+                purge: vec![2],
+                install: vec![live(4, &a)],
+                primary: 4,
+            })
+            .expect("replaces");
+        assert_eq!(processor.primary_rotation_id(), 4);
+        let mut fixed = fixture.processor(0);
+        assert_eq!(
+            fixed
+                .apply(KeyUpdate {
+                    purge: vec![],
+                    install: vec![],
+                    primary: 0
+                })
+                .err(),
+            Some(KeyUpdateError::Static)
+        );
+        // A static key answers every rotation byte.
+        let packet = fixture.packet(SizeTag::Ack);
+        let mut out = vec![0u8; packet.len()];
+        assert!(fixed
+            .process_into_for(&packet, KeyRotation::Odd, DELAY_MAX_DEFAULT, &mut out)
+            .is_ok());
     }
 }

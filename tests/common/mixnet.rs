@@ -24,6 +24,8 @@ pub struct TestNode {
     pub node: Option<RunningNode>,
     pub public_key: PublicKey,
     pub mix: SocketAddr,
+    /// The node's `data/` folder (keys, saved filters, the key manifest).
+    pub data_dir: std::path::PathBuf,
     _home: tempfile::TempDir,
 }
 
@@ -52,7 +54,7 @@ impl TestNode {
         config.engine.cores = shards;
         config.engine.drain_timeout = Duration::from_millis(300);
         config.engine.connect_timeout = Duration::from_millis(500);
-        config.engine.replay_filter_packets_max = 100_000;
+        config.engine.replay_filter_packets_max = Some(100_000);
         config.engine.held_packets_max = 50_000;
         tune(&mut config);
         let keys = NodeKeys::generate().unwrap();
@@ -65,10 +67,12 @@ impl TestNode {
         )
         .expect("node starts");
         let mix = node.addresses.mix;
+        let data_dir = nym_mixnode::node::replay_store::data_dir(&config);
         TestNode {
             node: Some(node),
             public_key,
             mix,
+            data_dir,
             _home: home,
         }
     }
