@@ -8,7 +8,10 @@
 //! - [`framing`]: the mix-port frame codec and a streaming frame decoder (pure).
 //! - [`replay`]: the replay filter (two generations of Bloom filter, so it never wears out)
 //!   and its snapshot file format (pure).
-//! - [`sphinx`]: the hop step, from packet bytes to next hop, delay and packet (pure).
+//! - [`sphinx`]: the hop step, from packet bytes to next hop, delay and packet, with up to two
+//!   live keys chosen by the frame's rotation byte (pure).
+//! - [`rotation`]: the Sphinx key schedule (which keys are live when, pure), the key files,
+//!   and the thread that follows nym-api's or the local schedule.
 //! - [`delay`]: the timer wheel that holds packets until their send time (pure).
 //! - [`forward`]: the next-hop table (bounded queues, connection states, backoff, idle and
 //!   failing eviction) and which shard owns a next hop (pure).

@@ -16,7 +16,7 @@ use nym_mixnode::forward::{Backoff, LinkStep, NextHopTable, TableLimits};
 use nym_mixnode::framing::{FrameDecoder, FrameHeader, KeyRotation, PacketType, SizeTag, Version};
 use nym_mixnode::replay::ReplayFilter;
 use nym_mixnode::sphinx::{
-    build_packet, HopProcessor, HopProcessorKind, RouteHop, DELAY_MAX_DEFAULT,
+    build_packet, HopProcessor, HopProcessorKind, KeyUpdate, LiveKey, RouteHop, DELAY_MAX_DEFAULT,
 };
 use x25519_dalek::{PublicKey, StaticSecret};
 
@@ -236,5 +236,43 @@ fn fast_sphinx_step_does_not_allocate_per_packet() {
         });
         eprintln!("fast sphinx step, {size_tag:?}: 0 allocations in process_into, {split} in expand+finish");
         assert_eq!(split, 1, "{size_tag:?}: allocations in expand+finish");
+
+        // Two live keys: a packet for the secondary without a rotation byte is tried with the
+        // primary first, and still allocates nothing; so does one naming a purged key.
+        let primary = StaticSecret::from([77u8; 32]);
+        let mut two = HopProcessor::rotating(
+            LiveKey::new(
+                9,
+                primary,
+                ReplayFilter::with_default_rate(100).expect("valid size"),
+            ),
+            Some(LiveKey::new(
+                8,
+                secrets[0].clone(),
+                ReplayFilter::with_default_rate(100).expect("valid size"),
+            )),
+            HopProcessorKind::Fast,
+        );
+        two.process_into_for(&packets[0], KeyRotation::Even, DELAY_MAX_DEFAULT, &mut out)
+            .expect("forwards");
+        let two_keys = allocations_during(|| {
+            for packet in &packets[1..4] {
+                two.process_into_for(packet, KeyRotation::Unknown, DELAY_MAX_DEFAULT, &mut out)
+                    .expect("forwards under the secondary");
+            }
+        });
+        assert_eq!(two_keys, 0, "{size_tag:?}: allocations with two keys");
+        two.apply(KeyUpdate {
+            purge: vec![8],
+            install: vec![],
+            primary: 9,
+        })
+        .expect("purges");
+        let expired = allocations_during(|| {
+            assert!(two
+                .process_into_for(&packets[4], KeyRotation::Even, DELAY_MAX_DEFAULT, &mut out)
+                .is_err());
+        });
+        assert_eq!(expired, 0, "{size_tag:?}: an expired key's packet");
     }
 }

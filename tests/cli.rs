@@ -83,6 +83,12 @@ fn init_creates_config_and_keys_with_private_modes() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{private}");
     }
+    // With rotation off (the default), the static key is the one live key.
+    assert_eq!(d["rotation_mode"], "off");
+    assert_eq!(
+        d["sphinx_keys"],
+        serde_json::json!([{"rotation_id": 0, "public_key": d["sphinx_key"], "state": "primary"}])
+    );
     // Keys decode to 32 bytes in base58.
     for k in ["identity_key", "sphinx_key"] {
         assert_eq!(
@@ -394,6 +400,33 @@ fn bad_configs_are_refused_with_file_field_and_fix() {
     )
     .unwrap();
     check("bad duration", &[&file_name, "delay_max", "Fix"]);
+
+    fs::write(
+        &file,
+        good.replace("mode = \"off\"", "mode = \"sometimes\""),
+    )
+    .unwrap();
+    check(
+        "unknown rotation mode",
+        &[&file_name, "mode", "line", "Fix"],
+    );
+
+    fs::write(&file, good.replace("mode = \"off\"", "mode = \"network\"")).unwrap();
+    check(
+        "network rotation without nym-api",
+        &[&file_name, "rotation.nym_api", "is not set", "https://"],
+    );
+
+    fs::write(
+        &file,
+        good.replace("mode = \"off\"", "mode = \"local\"")
+            .replace("validity_epochs = 24", "validity_epochs = 0"),
+    )
+    .unwrap();
+    check(
+        "no epochs a rotation",
+        &[&file_name, "rotation.validity_epochs", "Fix"],
+    );
 
     fs::write(&file, &good).unwrap();
     let sphinx_public = data.join("public_sphinx.pem");

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use common::mixnet::{frame, header, packet, send, Receiver};
-use common::{set_config_value, stderr, wait_for, BinaryNode};
+use common::{add_config_line, set_config_value, stderr, wait_for, BinaryNode};
 use nym_mixnode::framing::{SizeTag, Version};
 
 const FRAMES: usize = 300;
@@ -136,4 +136,91 @@ fn a_corrupt_saved_filter_is_refused_with_the_file_and_the_fix() {
             "{what}: {text}"
         );
     }
+}
+
+#[test]
+fn rotating_keys_and_their_filters_survive_a_restart() {
+    use nym_mixnode::framing::{FrameHeader, KeyRotation, PacketType};
+    use nym_mixnode::rotation::store::KeyStore;
+    let node = BinaryNode::init();
+    // A local schedule of 30-day epochs: no key change during the test.
+    set_config_value(&node.home, BinaryNode::ID, "mode", "\"local\"");
+    set_config_value(&node.home, BinaryNode::ID, "epoch", "\"30days\"");
+    add_config_line(
+        &node.home,
+        BinaryNode::ID,
+        "engine",
+        "replay_filter_packets_max = 100000",
+    );
+    let data = node.home.node_dir(BinaryNode::ID).join("data");
+    let store = KeyStore::new(data);
+    let receiver = Receiver::start();
+    let running = node.start(2);
+    let manifest = store.read_manifest().unwrap().expect("keys listed");
+    let primary = manifest.keys[0].clone();
+    // node-details lists what the node holds, the primary first, and names it sphinx_key.
+    let out = node
+        .home
+        .run(&["node-details", "--id", BinaryNode::ID, "--output", "json"]);
+    let details: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(details["rotation_mode"], "local");
+    assert_eq!(details["sphinx_key"], primary.public_key.as_str());
+    assert_eq!(
+        details["sphinx_keys"][0]["rotation_id"],
+        primary.rotation_id
+    );
+    assert_eq!(details["sphinx_keys"][0]["state"], "primary");
+    assert_eq!(
+        details["sphinx_keys"].as_array().map(Vec::len),
+        Some(manifest.keys.len())
+    );
+    let key = nym_mixnode::keys::decode_base58_key(&primary.public_key).unwrap();
+    let hop = nym_mixnode::sphinx::RouteHop {
+        public_key: x25519_dalek::PublicKey::from(key),
+        ..node.hop
+    };
+    assert_ne!(
+        hop.public_key, node.hop.public_key,
+        "a rotating key, not the static one"
+    );
+    let h = FrameHeader {
+        version: Version::V8,
+        size_tag: SizeTag::Ack,
+        packet_type: PacketType::Sphinx,
+        key_rotation: if primary.rotation_id % 2 == 1 {
+            KeyRotation::Odd
+        } else {
+            KeyRotation::Even
+        },
+    };
+    let wire: Vec<u8> = (0..FRAMES)
+        .flat_map(|i| {
+            frame(
+                h,
+                &packet(
+                    &[hop, receiver.hop()],
+                    SizeTag::Ack,
+                    format!("{i}").as_bytes(),
+                ),
+            )
+        })
+        .collect();
+    let _s = send(node.mix, &wire);
+    assert_eq!(
+        receiver.wait_for(FRAMES, Duration::from_secs(60)).len(),
+        FRAMES
+    );
+    let out = running.stop_with(libc::SIGTERM, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        store.filter_path(primary.rotation_id).exists(),
+        "the key's filter is saved under its rotation id"
+    );
+    let _running = node.start(2);
+    let after = store.read_manifest().unwrap().expect("keys listed");
+    assert_eq!(after.keys[0], primary, "the same key after the restart");
+    let _s = send(node.mix, &wire);
+    node.wait_settled(FRAMES as u64, Duration::from_secs(60));
+    assert_eq!(node.dropped("replay"), FRAMES as u64);
+    assert_eq!(receiver.count(), FRAMES);
 }

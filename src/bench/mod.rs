@@ -47,6 +47,12 @@ pub struct BenchOptions {
     pub size: SizeTag,
     /// Hop processors to run each shard count with, in order (`engine.hop_processor`).
     pub hop_processors: Vec<HopProcessorKind>,
+    /// Live Sphinx keys to run each shard count with, in order: 1 (one static key) or 2 (two
+    /// rotating keys, the packets for the one that is not primary).
+    pub keys: Vec<u8>,
+    /// With two keys, send frames without a rotation byte (byte 0), so the node tries its
+    /// primary key first: the worst case. Otherwise the byte names the key.
+    pub unnamed_key: bool,
     /// Show progress on the terminal.
     pub progress: bool,
 }
@@ -86,6 +92,10 @@ pub struct RunResult {
     pub cores: usize,
     /// The node's `engine.hop_processor` in this run.
     pub hop_processor: HopProcessorKind,
+    /// Live Sphinx keys in this run (2: packets for the one that is not primary).
+    pub keys: u8,
+    /// The rotation byte the frames carried (0 unknown, 1 odd, 2 even).
+    pub rotation_byte: u8,
     /// Measured window, s.
     pub window_s: f64,
     /// Open-loop rate asked for, if any.
@@ -143,6 +153,23 @@ pub struct BenchResult {
     pub scaling: Option<f64>,
     /// Fast over crate hop processor, per shard count, when both ran.
     pub hop_processor_ratios: Vec<HopProcessorRatio>,
+    /// Two live keys over one, per shard count and hop processor, when both ran.
+    pub key_ratios: Vec<KeyRatio>,
+}
+
+/// Two live keys' figures over one key's, for one shard count and hop processor.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyRatio {
+    /// Shards.
+    pub cores: usize,
+    /// The hop processor.
+    pub hop_processor: HopProcessorKind,
+    /// The rotation byte of the two-key run's frames.
+    pub rotation_byte: u8,
+    /// forwarded/s with two keys over forwarded/s with one.
+    pub forwarded: f64,
+    /// forwarded/s per core busy in the node (CPU time), two keys over one.
+    pub forwarded_per_node_core: f64,
 }
 
 /// The fast hop processor's figures over the crate's, for one shard count, from one
@@ -228,49 +255,62 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult, BenchError> {
     )
     .map_err(setup("building packets"))?;
     let Prepared {
-        frames,
+        mut frames,
         fingerprints,
         delay,
     } = prepared;
+    // The two-key runs: the primary is a fresh key of rotation `primary`, the frames' key is
+    // the pre-announced one of rotation `primary + 1` (a local schedule of one-epoch
+    // rotations always has both live).
+    let two_keys = TwoKeys::new(options.unnamed_key);
     let sink = sink::Sink::start(listeners, hops, fingerprints, frames.len(), delay)
         .map_err(setup("starting the sink"))?;
 
     let mut runs = Vec::new();
     for &cores in &options.cores {
         for &hop_processor in &options.hop_processors {
-            if options.progress {
-                eprintln!(
-                    "running {cores} shard(s), hop processor {hop_processor}, for {:?}...",
+            for &key_count in &options.keys {
+                let rotation_byte = if key_count == 2 {
+                    two_keys.rotation_byte
+                } else {
+                    0
+                };
+                for frame in frames.iter_mut() {
+                    frame[crate::framing::HEADER_LEN_V8 - 1] = rotation_byte;
+                }
+                if options.progress {
+                    eprintln!(
+                    "running {cores} shard(s), hop processor {hop_processor}, {key_count} key(s), rotation byte {rotation_byte}, for {:?}...",
                     options.duration
                 );
+                }
+                // The ceiling right before and right after this run; the machine's speed drifts,
+                // so the run is compared with the mean of both.
+                let burst = Duration::from_millis(700);
+                let before = prepare::ceiling(&frames, header_len, &node_secret, burst);
+                let hop_step =
+                    prepare::hop_step_rate(&frames, header_len, &node_secret, hop_processor, burst);
+                let spec = RunSpec {
+                    cores,
+                    hop_processor,
+                    two_keys: (key_count == 2).then_some(&two_keys),
+                };
+                let mut run = run_once(options, spec, &keys, &frames, &sink.shared, before)?;
+                run.rotation_byte = rotation_byte;
+                let after = prepare::ceiling(&frames, header_len, &node_secret, burst);
+                run.ceiling_per_s = (before + after) / 2.0;
+                run.ceiling_before_after_per_s = (before, after);
+                run.efficiency = run.forwarded_per_s / (run.ceiling_per_s * cores as f64);
+                run.hop_step_per_s = hop_step;
+                runs.push(run);
             }
-            // The ceiling right before and right after this run; the machine's speed drifts,
-            // so the run is compared with the mean of both.
-            let burst = Duration::from_millis(700);
-            let before = prepare::ceiling(&frames, header_len, &node_secret, burst);
-            let hop_step =
-                prepare::hop_step_rate(&frames, header_len, &node_secret, hop_processor, burst);
-            let mut run = run_once(
-                options,
-                cores,
-                hop_processor,
-                &keys,
-                &frames,
-                &sink.shared,
-                before,
-            )?;
-            let after = prepare::ceiling(&frames, header_len, &node_secret, burst);
-            run.ceiling_per_s = (before + after) / 2.0;
-            run.ceiling_before_after_per_s = (before, after);
-            run.efficiency = run.forwarded_per_s / (run.ceiling_per_s * cores as f64);
-            run.hop_step_per_s = hop_step;
-            runs.push(run);
         }
     }
     let first_kind = options.hop_processors.first().copied();
+    let first_keys = options.keys.first().copied().unwrap_or(1);
     let first_kind_runs: Vec<&RunResult> = runs
         .iter()
-        .filter(|run| Some(run.hop_processor) == first_kind)
+        .filter(|run| Some(run.hop_processor) == first_kind && run.keys == first_keys)
         .collect();
     let scaling = match (first_kind_runs.first(), first_kind_runs.last()) {
         (Some(a), Some(b)) if first_kind_runs.len() > 1 && a.forwarded_per_s > 0.0 => {
@@ -279,13 +319,82 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult, BenchError> {
         _ => None,
     };
     let hop_processor_ratios = hop_processor_ratios(&runs);
+    let key_ratios = key_ratios(&runs);
     Ok(BenchResult {
+        key_ratios,
         size: format!("{:?}", options.size),
         delay_ms: options.delay.as_millis() as u64,
         runs,
         scaling,
         hop_processor_ratios,
     })
+}
+
+/// The keys of the two-key runs.
+struct TwoKeys {
+    primary: u32,
+    rotation_byte: u8,
+    epoch: Duration,
+}
+
+impl TwoKeys {
+    fn new(unnamed: bool) -> TwoKeys {
+        let epoch = Duration::from_secs(30 * 86_400);
+        let schedule = crate::rotation::Schedule::local(epoch, 1, std::time::SystemTime::now());
+        let primary = schedule.plan(schedule.current_epoch).primary;
+        let named = if (primary + 1) % 2 == 1 {
+            crate::framing::KeyRotation::Odd
+        } else {
+            crate::framing::KeyRotation::Even
+        };
+        TwoKeys {
+            primary,
+            rotation_byte: if unnamed { 0 } else { named as u8 },
+            epoch,
+        }
+    }
+
+    /// Set `config` to the one-epoch local schedule and write the two keys where the node
+    /// will load them: a fresh primary, and `frames_key` as the pre-announced one.
+    fn install(
+        &self,
+        config: &mut Config,
+        frames_key: &x25519_dalek::StaticSecret,
+    ) -> Result<(), BenchError> {
+        config.rotation.mode = crate::rotation::RotationMode::Local;
+        config.rotation.epoch = self.epoch;
+        config.rotation.validity_epochs = 1;
+        let store =
+            crate::rotation::store::KeyStore::new(crate::node::replay_store::data_dir(config));
+        store
+            .load_or_generate(self.primary)
+            .map_err(setup("writing the primary key"))?;
+        store
+            .store(self.primary + 1, frames_key)
+            .map_err(setup("writing the second key"))?;
+        Ok(())
+    }
+}
+
+/// Two keys over one for every shard count and hop processor that ran with both.
+fn key_ratios(runs: &[RunResult]) -> Vec<KeyRatio> {
+    let mut ratios = Vec::new();
+    for two in runs.iter().filter(|run| run.keys == 2) {
+        let Some(one) = runs.iter().find(|run| {
+            run.keys == 1 && run.cores == two.cores && run.hop_processor == two.hop_processor
+        }) else {
+            continue;
+        };
+        let per_core = |run: &RunResult| run.forwarded_per_s / run.cpu.node.max(1e-9);
+        ratios.push(KeyRatio {
+            cores: two.cores,
+            hop_processor: two.hop_processor,
+            rotation_byte: two.rotation_byte,
+            forwarded: two.forwarded_per_s / one.forwarded_per_s.max(1e-9),
+            forwarded_per_node_core: per_core(two) / per_core(one).max(1e-9),
+        });
+    }
+    ratios
 }
 
 /// Fast over crate for every shard count that ran with both (the first run of each kind).
@@ -296,7 +405,7 @@ fn hop_processor_ratios(runs: &[RunResult]) -> Vec<HopProcessorRatio> {
     for cores in shard_counts {
         let find = |kind| {
             runs.iter()
-                .find(|run| run.cores == cores && run.hop_processor == kind)
+                .find(|run| run.cores == cores && run.hop_processor == kind && run.keys == 1)
         };
         let (Some(fast), Some(reference)) =
             (find(HopProcessorKind::Fast), find(HopProcessorKind::Crate))
@@ -341,15 +450,26 @@ fn node_config(
     config
 }
 
-fn run_once(
-    options: &BenchOptions,
+/// What one run varies: shards, hop processor, and the two-key setup if any.
+struct RunSpec<'a> {
     cores: usize,
     hop_processor: HopProcessorKind,
+    two_keys: Option<&'a TwoKeys>,
+}
+
+fn run_once(
+    options: &BenchOptions,
+    spec: RunSpec<'_>,
     keys: &NodeKeys,
     frames: &[Vec<u8>],
     shared: &Arc<SinkShared>,
     ceiling: f64,
 ) -> Result<RunResult, BenchError> {
+    let RunSpec {
+        cores,
+        hop_processor,
+        two_keys,
+    } = spec;
     shared.reset();
     let home = tempfile_dir()?;
     let expected_held =
@@ -362,6 +482,9 @@ fn run_once(
         &home.0,
     );
     config.engine.hop_processor = hop_processor;
+    if let Some(two) = two_keys {
+        two.install(&mut config, &keys.sphinx)?;
+    }
     let node_keys = NodeKeys {
         identity: keys.identity.clone(),
         sphinx: keys.sphinx.clone(),
@@ -490,6 +613,8 @@ fn run_once(
     Ok(RunResult {
         cores,
         hop_processor,
+        keys: if two_keys.is_some() { 2 } else { 1 },
+        rotation_byte: 0,
         window_s,
         rate_asked: options.rate,
         forwarded_per_s,

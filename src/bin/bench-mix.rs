@@ -36,6 +36,15 @@ struct Args {
     /// crate,fast that runs every shard count with each in turn and reports fast over crate.
     #[arg(long, value_delimiter = ',', default_value = "fast")]
     hop_processor: Vec<HopProcessorKind>,
+    /// Live Sphinx keys: 1 (one static key), 2 (two rotating keys; the packets are for the
+    /// one that is not primary), or a list such as 1,2 that runs each and reports two over
+    /// one.
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u8).range(1..=2))]
+    keys: Vec<u8>,
+    /// With two keys, send frames with rotation byte 0 instead of the byte naming the key, so
+    /// that the node tries its primary key first (the worst case: two scalar multiplications).
+    #[arg(long)]
+    unnamed_key: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -87,6 +96,8 @@ fn main() -> ExitCode {
         delay: Duration::from_millis(args.delay_ms),
         size: args.size.into(),
         hop_processors: args.hop_processor.clone(),
+        keys: args.keys.clone(),
+        unnamed_key: args.unnamed_key,
         progress: !args.json,
     };
     let result = match bench::run(&options) {
@@ -127,9 +138,11 @@ fn print_text(result: &BenchResult) {
     for r in &result.runs {
         println!();
         println!(
-            "shards: {}   hop processor: {}   window: {:.1} s{}",
+            "shards: {}   hop processor: {}   keys: {} (rotation byte {})   window: {:.1} s{}",
             r.cores,
             r.hop_processor,
+            r.keys,
+            r.rotation_byte,
             r.window_s,
             r.rate_asked
                 .map_or(String::new(), |x| format!("   open-loop rate: {x:.0}/s"))
@@ -207,6 +220,17 @@ fn print_text(result: &BenchResult) {
         println!(
             "fast over crate, {} shard(s): forwarded/s {:.2}x, forwarded per node core {:.2}x, hop step {:.2}x",
             ratio.cores, ratio.forwarded, ratio.forwarded_per_node_core, ratio.hop_step
+        );
+    }
+    for ratio in &result.key_ratios {
+        println!();
+        println!(
+            "two keys over one, {} shard(s), {}, rotation byte {}: forwarded/s {:.2}x, forwarded per node core {:.2}x",
+            ratio.cores,
+            ratio.hop_processor,
+            ratio.rotation_byte,
+            ratio.forwarded,
+            ratio.forwarded_per_node_core
         );
     }
 }

@@ -34,6 +34,10 @@ const STOP_POLL: Duration = Duration::from_millis(100);
 pub const FILTER_RATE_MIN: f64 = 200.0;
 /// Headroom over the rate measured (as nym-node).
 pub const FILTER_RATE_HEADROOM: f64 = 1.12;
+/// Most packets a filter is sized for from the rate (about 750 MB a generation at 1e-5):
+/// a long schedule times a high rate must not ask for more memory than a machine has. Set
+/// `engine.replay_filter_packets_max` to bound it lower.
+pub const FILTER_PACKETS_FROM_RATE_MAX: u64 = 250_000_000;
 
 /// The keys could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +213,8 @@ pub fn filter_packets(packets_max: Option<u64>, schedule: Option<&Schedule>, rat
         None => REPLAY_FILTER_PACKETS_STATIC,
         Some(schedule) => {
             let seconds = schedule.filter_lifetime().as_secs_f64();
-            (seconds * rate.max(FILTER_RATE_MIN) * FILTER_RATE_HEADROOM).round() as u64
+            let wanted = (seconds * rate.max(FILTER_RATE_MIN) * FILTER_RATE_HEADROOM).round();
+            (wanted as u64).min(FILTER_PACKETS_FROM_RATE_MAX)
         }
     }
 }

@@ -149,6 +149,15 @@ struct ApiRotationInfo {
 
 /// Shortest epoch a schedule may have.
 pub const EPOCH_MIN: Duration = Duration::from_secs(1);
+/// Longest epoch a schedule from nym-api may have (today's are about an hour).
+pub const EPOCH_MAX: Duration = Duration::from_secs(365 * 86_400);
+
+/// `start + step * count`, or a time far in the future where that does not fit.
+fn time_after(start: SystemTime, step: Duration, count: u32) -> SystemTime {
+    step.checked_mul(count)
+        .and_then(|d| start.checked_add(d))
+        .unwrap_or_else(|| UNIX_EPOCH + Duration::from_secs(1 << 40))
+}
 
 impl Schedule {
     /// The local schedule at `now`: epoch `n` runs from `n * epoch` to `(n + 1) * epoch`
@@ -161,7 +170,7 @@ impl Schedule {
             validity_epochs: validity_epochs.max(1),
             initial_epoch: 0,
             current_epoch: number,
-            current_epoch_start: UNIX_EPOCH + epoch * number,
+            current_epoch_start: time_after(UNIX_EPOCH, epoch, number),
             epoch_duration: epoch,
         }
     }
@@ -190,6 +199,9 @@ impl Schedule {
         if epoch_duration < EPOCH_MIN {
             return Err(ScheduleError::Figures("epoch_duration is under a second"));
         }
+        if epoch_duration > EPOCH_MAX {
+            return Err(ScheduleError::Figures("epoch_duration is over a year"));
+        }
         if info.key_rotation_state.validity_epochs == 0 {
             return Err(ScheduleError::Figures("validity_epochs is 0"));
         }
@@ -211,10 +223,10 @@ impl Schedule {
     pub fn epoch_start(&self, epoch: u32) -> SystemTime {
         let d = self.epoch_duration;
         if epoch >= self.current_epoch {
-            self.current_epoch_start + d * (epoch - self.current_epoch)
+            time_after(self.current_epoch_start, d, epoch - self.current_epoch)
         } else {
-            self.current_epoch_start
-                .checked_sub(d * (self.current_epoch - epoch))
+            d.checked_mul(self.current_epoch - epoch)
+                .and_then(|back| self.current_epoch_start.checked_sub(back))
                 .unwrap_or(UNIX_EPOCH)
         }
     }
@@ -255,7 +267,9 @@ impl Schedule {
     /// How long a key's replay filter is sized to be used for, as nym-node sizes it: its
     /// rotation and the overlap epoch after it.
     pub fn filter_lifetime(&self) -> Duration {
-        self.epoch_duration * (self.validity_epochs.saturating_add(1))
+        self.epoch_duration
+            .checked_mul(self.validity_epochs.saturating_add(1))
+            .unwrap_or(Duration::MAX)
     }
 }
 

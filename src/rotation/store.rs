@@ -156,14 +156,19 @@ impl KeyStore {
         let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
         getrandom::fill(&mut bytes[..]).map_err(|e| StoreError::Random(e.to_string()))?;
         let secret = StaticSecret::from(*bytes);
+        self.store(id, &secret)?;
+        Ok((secret, true))
+    }
+
+    /// Write `secret` as the key of rotation `id` (replacing any).
+    pub fn store(&self, id: u32, secret: &StaticSecret) -> Result<(), StoreError> {
         let text = zeroize::Zeroizing::new(pem::encode(&pem::Pem::new(
             PEM_TAG_SPHINX_PRIVATE,
-            bytes.to_vec(),
+            secret.to_bytes().to_vec(),
         )));
         let path = self.key_path(id);
         write_atomic(&path, text.as_bytes(), 0o600)
-            .map_err(|cause| StoreError::Write { path, cause })?;
-        Ok((secret, true))
+            .map_err(|cause| StoreError::Write { path, cause })
     }
 
     /// Delete rotation `id`'s key file and saved filter (missing files are fine).

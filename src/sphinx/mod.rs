@@ -19,7 +19,8 @@
 //! crate after the MAC, having recorded the tag.
 //!
 //! What it deliberately does not do: framing (see [`crate::framing`]), waiting out the delay
-//! (see [`crate::delay`]), key rotation (a processor holds one key and one filter), or
+//! (see [`crate::delay`]), deciding when keys change (see [`crate::rotation`]; a processor
+//! holds the live keys, each with its filter, and applies a [`KeyUpdate`] it is given), or
 //! counting: the caller counts the returned reason. Per-hop integrity covers the header only:
 //! Sphinx payloads carry no per-hop MAC, so a copy of a whole header with a different body is
 //! indistinguishable from the genuine packet here, and whichever arrives first is mixed.

@@ -184,6 +184,20 @@ pub fn metric_sum(api: SocketAddr, name: &str, label: &str) -> Option<u64> {
     )
 }
 
+/// Add `line` at the start of table `[section]` of node `id`'s config.toml.
+pub fn add_config_line(home: &Home, id: &str, section: &str, line: &str) {
+    let path = home.config_file(id);
+    let text = std::fs::read_to_string(&path).expect("config readable");
+    let header = format!("[{section}]\n");
+    assert!(
+        text.contains(&header),
+        "[{section}] not in {}",
+        path.display()
+    );
+    let edited = text.replacen(&header, &format!("{header}{line}\n"), 1);
+    std::fs::write(&path, edited).expect("config writable");
+}
+
 /// Set `key` (the first line starting with it) to `value` in node `id`'s config.toml.
 pub fn set_config_value(home: &Home, id: &str, key: &str, value: &str) {
     let path = home.config_file(id);
