@@ -276,8 +276,18 @@ pub struct EngineSection {
     /// On shutdown, how long to keep forwarding packets that fall due.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
-    /// Inbound connections open at once, whole node; more are refused and counted.
+    /// Inbound connections open at once, whole node (split between shards). When a shard is
+    /// full, a new connection closes the one longest without a whole frame.
     pub connections_inbound_max: usize,
+    /// Inbound connections from one source address, whole node (split between shards); more
+    /// are refused and counted.
+    pub connections_per_ip_max: usize,
+    /// An inbound connection must deliver its first whole frame within this of the accept.
+    #[serde(with = "humantime_serde")]
+    pub first_frame_timeout: Duration,
+    /// An inbound connection silent between frames for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub connection_idle_timeout: Duration,
     /// Next hops with state (queue, connection) at once, whole node (split between shards).
     /// When full, a new next hop takes the place of the least useful quiet one.
     #[serde(alias = "peers_max")]
@@ -304,7 +314,7 @@ pub struct EngineSection {
     /// How often the replay filter is saved to `data/replay_filter.bin` (also at shutdown).
     #[serde(with = "humantime_serde")]
     pub replay_filter_save_interval: Duration,
-    /// A connection that stops mid-frame for this long is closed.
+    /// A frame must be whole within this of its first byte, or its connection is closed.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
     /// Outbound connect timeout.
@@ -326,6 +336,9 @@ impl Default for EngineSection {
             delay_max: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(2),
             connections_inbound_max: 4096,
+            connections_per_ip_max: 256,
+            first_frame_timeout: Duration::from_secs(10),
+            connection_idle_timeout: Duration::from_secs(600),
             next_hops_max: 4096,
             next_hop_queue_packets_max: 2000,
             next_hop_idle_timeout: Duration::from_secs(30),
@@ -656,10 +669,14 @@ impl Config {
             }
         }
         let e = &self.engine;
-        let positive: [(&str, u64); 8] = [
+        let positive: [(&str, u64); 9] = [
             (
                 "engine.connections_inbound_max",
                 e.connections_inbound_max as u64,
+            ),
+            (
+                "engine.connections_per_ip_max",
+                e.connections_per_ip_max as u64,
             ),
             ("engine.next_hops_max", e.next_hops_max as u64),
             (
@@ -747,6 +764,8 @@ impl Config {
             ("verloc.read_timeout", v.read_timeout),
             ("verloc.connection_lifetime_max", v.connection_lifetime_max),
             ("engine.read_timeout", e.read_timeout),
+            ("engine.first_frame_timeout", e.first_frame_timeout),
+            ("engine.connection_idle_timeout", e.connection_idle_timeout),
             ("engine.connect_timeout", e.connect_timeout),
             ("engine.next_hop_idle_timeout", e.next_hop_idle_timeout),
             (

@@ -281,16 +281,37 @@ pub fn render(input: &MetricsInput) -> String {
     o.per_shard(
         "nym_mixnode_connections_refused_total",
         "counter",
-        "Inbound connections refused because the connection limit was reached.",
+        "Inbound connections refused because their source address held engine.connections_per_ip_max (its share on this shard).",
         shards,
         |s| s.connections_refused,
     );
     o.per_shard(
         "nym_mixnode_connections_read_timeouts_total",
         "counter",
-        "Inbound connections closed because they stalled mid-frame.",
+        "Inbound connections closed because a frame did not complete within engine.read_timeout of its first byte.",
         shards,
         |s| s.read_timeouts,
+    );
+    o.per_shard(
+        "nym_mixnode_connections_evicted_total",
+        "counter",
+        "Inbound connections closed to make room for a new one when the shard was full (the one longest without a whole frame).",
+        shards,
+        |s| s.connections_evicted,
+    );
+    o.per_shard(
+        "nym_mixnode_connections_closed_idle_total",
+        "counter",
+        "Inbound connections closed after engine.connection_idle_timeout without a frame.",
+        shards,
+        |s| s.connections_closed_idle,
+    );
+    o.per_shard(
+        "nym_mixnode_connections_closed_first_frame_total",
+        "counter",
+        "Inbound connections closed without a whole first frame within engine.first_frame_timeout of the accept.",
+        shards,
+        |s| s.connections_closed_first_frame,
     );
     o.per_shard(
         "nym_mixnode_replay_filter_items",

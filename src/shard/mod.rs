@@ -18,6 +18,7 @@
 //! [`crate::sphinx`]), or decide policy (limits come from [`crate::config::EngineSection`]).
 
 pub mod core;
+pub mod inbound;
 #[cfg(test)]
 mod sim;
 pub mod stats;

@@ -35,6 +35,9 @@ pub struct ShardStats {
     connections_refused: AtomicU64,
     accept_errors: AtomicU64,
     read_timeouts: AtomicU64,
+    connections_evicted: AtomicU64,
+    connections_closed_idle: AtomicU64,
+    connections_closed_first_frame: AtomicU64,
     replay_filter_items: AtomicU64,
     replay_filter_capacity: AtomicU64,
     replay_filter_fill_ppm: AtomicU64,
@@ -117,6 +120,13 @@ pub struct ShardSnapshot {
     pub accept_errors: u64,
     /// Inbound connections closed because they stalled mid-frame.
     pub read_timeouts: u64,
+    /// Inbound connections closed to make room for a new one (the longest without a frame).
+    pub connections_evicted: u64,
+    /// Inbound connections closed after `engine.connection_idle_timeout` without a frame.
+    pub connections_closed_idle: u64,
+    /// Inbound connections closed without a whole first frame within
+    /// `engine.first_frame_timeout`.
+    pub connections_closed_first_frame: u64,
     /// Tags this shard's replay filter remembers now (both generations).
     pub replay_filter_items: u64,
     /// Tags each generation of this shard's replay filter is sized for: it always remembers
@@ -193,6 +203,11 @@ impl ShardStats {
         self.connections_refused.store(s.connections_refused, r);
         self.accept_errors.store(s.accept_errors, r);
         self.read_timeouts.store(s.read_timeouts, r);
+        self.connections_evicted.store(s.connections_evicted, r);
+        self.connections_closed_idle
+            .store(s.connections_closed_idle, r);
+        self.connections_closed_first_frame
+            .store(s.connections_closed_first_frame, r);
         self.replay_filter_items.store(s.replay_filter_items, r);
         self.replay_filter_capacity
             .store(s.replay_filter_capacity, r);
@@ -255,6 +270,9 @@ impl ShardStats {
             connections_refused: self.connections_refused.load(r),
             accept_errors: self.accept_errors.load(r),
             read_timeouts: self.read_timeouts.load(r),
+            connections_evicted: self.connections_evicted.load(r),
+            connections_closed_idle: self.connections_closed_idle.load(r),
+            connections_closed_first_frame: self.connections_closed_first_frame.load(r),
             replay_filter_items: self.replay_filter_items.load(r),
             replay_filter_capacity: self.replay_filter_capacity.load(r),
             replay_filter_fill_ppm: self.replay_filter_fill_ppm.load(r),

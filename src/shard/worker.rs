@@ -23,6 +23,7 @@ use glommio::task::JoinHandle;
 use super::core::{
     Action, CoreConfig, Handoff, HandoffRefused, HandoffSink, Outcome, Phase, ShardCore,
 };
+use super::inbound::{Admit, CloseReason, InboundLimits, InboundTable};
 use super::stats::{KeyFigures, ShardCounts, ShardSnapshot, ShardStats};
 use super::telemetry::{PeerCounts, ShardTelemetry, TelemetryReport};
 use super::{Control, Doorbell, DoorbellReceiver, FilterMessage, FINAL_IMAGE};
@@ -113,13 +114,15 @@ struct Shard {
     /// When the sleeping pump will wake on its own; None while it runs.
     pump_sleeping_until: Cell<Option<Instant>>,
     links: RefCell<HashMap<LinkId, Rc<LinkTask>>>,
-    /// This shard's share of `engine.connections_inbound_max`.
-    connections_max: usize,
-    connections_inbound: Cell<u64>,
+    /// Inbound connections: admission and deadlines.
+    inbound: RefCell<InboundTable>,
     connections_outbound: Cell<u64>,
     connections_refused: Cell<u64>,
     accept_errors: Cell<u64>,
     read_timeouts: Cell<u64>,
+    connections_evicted: Cell<u64>,
+    connections_closed_idle: Cell<u64>,
+    connections_closed_first_frame: Cell<u64>,
     readers: RefCell<HashMap<u64, JoinHandle<()>>>,
     next_reader_id: Cell<u64>,
     telemetry: RefCell<ShardTelemetry>,
@@ -160,12 +163,20 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
         pump_wake: Semaphore::new(0),
         pump_sleeping_until: Cell::new(None),
         links: RefCell::new(HashMap::new()),
-        connections_max: init.engine.connections_inbound_max.div_ceil(shards).max(1),
-        connections_inbound: Cell::new(0),
+        inbound: RefCell::new(InboundTable::new(InboundLimits {
+            connections_max: init.engine.connections_inbound_max.div_ceil(shards).max(1),
+            per_ip_max: init.engine.connections_per_ip_max.div_ceil(shards).max(1),
+            first_frame_timeout: init.engine.first_frame_timeout,
+            frame_timeout: init.engine.read_timeout,
+            idle_timeout: init.engine.connection_idle_timeout,
+        })),
         connections_outbound: Cell::new(0),
         connections_refused: Cell::new(0),
         accept_errors: Cell::new(0),
         read_timeouts: Cell::new(0),
+        connections_evicted: Cell::new(0),
+        connections_closed_idle: Cell::new(0),
+        connections_closed_first_frame: Cell::new(0),
         readers: RefCell::new(HashMap::new()),
         next_reader_id: Cell::new(0),
         telemetry: RefCell::new(ShardTelemetry::new(
@@ -273,6 +284,17 @@ impl Shard {
         }
     }
 
+    /// Count an inbound connection closed by a deadline.
+    fn count_close(&self, reason: CloseReason) {
+        let counter = match reason {
+            CloseReason::FirstFrame => &self.connections_closed_first_frame,
+            CloseReason::SlowFrame => &self.read_timeouts,
+            CloseReason::Idle => &self.connections_closed_idle,
+            CloseReason::Evicted => &self.connections_evicted,
+        };
+        counter.set(counter.get() + 1);
+    }
+
     /// Wake the pump if it sleeps; at most one wake per sleep.
     fn wake_pump(&self) {
         if self.pump_sleeping_until.take().is_some() {
@@ -295,11 +317,14 @@ impl Shard {
             next_hops_forgotten_idle: figures.table.forgotten_idle,
             next_hops_forgotten_failing: figures.table.forgotten_failing,
             delays_clamped: figures.delays_clamped,
-            connections_inbound: self.connections_inbound.get(),
+            connections_inbound: self.inbound.borrow().len() as u64,
             connections_outbound: self.connections_outbound.get(),
             connections_refused: self.connections_refused.get(),
             accept_errors: self.accept_errors.get(),
             read_timeouts: self.read_timeouts.get(),
+            connections_evicted: self.connections_evicted.get(),
+            connections_closed_idle: self.connections_closed_idle.get(),
+            connections_closed_first_frame: self.connections_closed_first_frame.get(),
             replay_filter_items: filter.items_inserted(),
             replay_filter_capacity: filter.capacity(),
             replay_filter_fill_ppm: (filter.fill_ratio() * 1e6) as u64,
@@ -425,15 +450,36 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                if shard.connections_inbound.get() as usize >= shard.connections_max {
-                    shard
-                        .connections_refused
-                        .set(shard.connections_refused.get() + 1);
-                    drop(stream);
+                let Ok(peer) = stream.peer_addr() else {
                     continue;
+                };
+                let admit = shard.inbound.borrow().admit(peer.ip());
+                match admit {
+                    Admit::RefusePerIp => {
+                        shard
+                            .connections_refused
+                            .set(shard.connections_refused.get() + 1);
+                        drop(stream);
+                        continue;
+                    }
+                    Admit::AcceptEvicting(victim) => {
+                        // A cancelled reader does not run its own bookkeeping.
+                        if let Some(task) = shard.readers.borrow_mut().remove(&victim) {
+                            task.cancel();
+                        }
+                        shard.inbound.borrow_mut().remove(victim);
+                        shard
+                            .connections_evicted
+                            .set(shard.connections_evicted.get() + 1);
+                    }
+                    Admit::Accept => {}
                 }
                 let id = shard.next_reader_id.get();
                 shard.next_reader_id.set(id + 1);
+                shard
+                    .inbound
+                    .borrow_mut()
+                    .insert(id, peer.ip(), Instant::now());
                 let task = glommio::spawn_local(reader(Rc::clone(&shard), stream, id)).detach();
                 shard.readers.borrow_mut().insert(id, task);
             }
@@ -474,30 +520,44 @@ fn log_accept_error(shard: usize, accept_errors: u64, error: &glommio::GlommioEr
 }
 
 async fn reader(shard: Rc<Shard>, mut stream: TcpStream, id: u64) {
-    shard
-        .connections_inbound
-        .set(shard.connections_inbound.get() + 1);
     let mut decoder = FrameDecoder::new();
     let mut turn_started = Instant::now();
+    // When the first byte of the frame not yet whole arrived.
+    let mut partial_since: Option<Instant> = None;
     'connection: loop {
-        let timeout = (decoder.buffered_len() > 0).then_some(shard.engine.read_timeout);
-        if stream.set_read_timeout(timeout).is_err() {
+        let Some((deadline, reason)) = shard.inbound.borrow().deadline(id, partial_since) else {
+            break;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            shard.count_close(reason);
             break;
         }
-        match stream.read(decoder.spare_mut()).await {
+        if stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        let read_at = match stream.read(decoder.spare_mut()).await {
             Ok(0) => break,
-            Ok(n) => decoder.advance(n),
+            Ok(n) => {
+                decoder.advance(n);
+                Instant::now()
+            }
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::TimedOut {
-                    shard.read_timeouts.set(shard.read_timeouts.get() + 1);
+                    shard.count_close(reason);
                 }
                 break;
             }
-        }
+        };
+        let mut completed = false;
         loop {
             let now = Instant::now();
             match decoder.next_frame() {
-                Ok(Some(frame)) => shard.on_frame(frame.header, frame.packet, now),
+                Ok(Some(frame)) => {
+                    completed = true;
+                    shard.inbound.borrow_mut().on_frame(id, now);
+                    shard.on_frame(frame.header, frame.packet, now)
+                }
                 Ok(None) => break,
                 Err(e) => {
                     // The stream cannot be resynchronised: count the bad frame and close.
@@ -515,15 +575,20 @@ async fn reader(shard: Rc<Shard>, mut stream: TcpStream, id: u64) {
                 turn_started = Instant::now();
             }
         }
+        partial_since = match decoder.buffered_len() {
+            0 => None,
+            // What is left began with this read (a frame just completed), or is the rest of
+            // the frame already under way.
+            _ if completed || partial_since.is_none() => Some(read_at),
+            _ => partial_since,
+        };
         // The pump may sleep for a while: publish what this read changed.
         shard.publish();
         // Also after each read's frames, so that writers run between reads.
         futures_lite::future::yield_now().await;
         turn_started = Instant::now();
     }
-    shard
-        .connections_inbound
-        .set(shard.connections_inbound.get() - 1);
+    shard.inbound.borrow_mut().remove(id);
     shard.readers.borrow_mut().remove(&id);
 }
 
@@ -559,9 +624,8 @@ async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
                     }
                     let readers: Vec<_> = shard.readers.borrow_mut().drain().collect();
                     // A cancelled reader does not run its own bookkeeping.
-                    let open = shard.connections_inbound.get();
-                    shard.connections_inbound.set(open - readers.len() as u64);
-                    for (_, task) in readers {
+                    for (id, task) in readers {
+                        shard.inbound.borrow_mut().remove(id);
                         task.cancel();
                     }
                     shard.core.borrow_mut().begin_drain(deadline);

@@ -1,0 +1,225 @@
+//! Inbound connections cannot lock the node: over real sockets on loopback, thousands of idle
+//! connections and slowly trickling ones, then a new sender whose packets are still forwarded;
+//! and each deadline closes what it should and counts it.
+//!
+//! Attacking connections come from many loopback source addresses (127.1.x.y), so that the
+//! per-address cap does not stop them first; the honest sender uses 127.0.0.1.
+
+mod common;
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::mixnet::{frame, header, packet, send, Receiver, TestNode};
+use nym_mixnode::framing::{SizeTag, Version};
+
+/// Raise this process's open-files limit to its hard limit (the node runs in-process).
+fn raise_files_limit() -> u64 {
+    let (_, hard) = rlimit::Resource::NOFILE.get().expect("getrlimit");
+    let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    rlimit::Resource::NOFILE.get().expect("getrlimit").0
+}
+
+/// A connection to `to` from the loopback address 127.1.(n / 200).(n % 200 + 1).
+fn connect_from(n: usize, to: SocketAddr) -> Option<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let source = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(127, 1, (n / 200) as u8, (n % 200) as u8 + 1)),
+        0,
+    );
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
+    socket.bind(&source.into()).ok()?;
+    socket
+        .connect_timeout(&to.into(), Duration::from_secs(2))
+        .ok()?;
+    Some(socket.into())
+}
+
+/// `count` frames for `node` that end at `receiver`.
+fn wire(node: &TestNode, receiver: &Receiver, count: usize) -> Vec<u8> {
+    let h = header(Version::V8, SizeTag::Ack);
+    (0..count)
+        .flat_map(|i| {
+            frame(
+                h,
+                &packet(
+                    &[node.hop(Duration::ZERO), receiver.hop()],
+                    SizeTag::Ack,
+                    format!("{i}").as_bytes(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn sum(node: &TestNode, f: impl Fn(&nym_mixnode::shard::stats::ShardSnapshot) -> u64) -> u64 {
+    node.node().snapshots().iter().map(f).sum()
+}
+
+#[test]
+fn thousands_of_idle_connections_do_not_lock_out_a_new_sender() {
+    let limit = raise_files_limit();
+    let idle = 3000usize.min((limit as usize).saturating_sub(400) / 2);
+    assert!(
+        idle >= 1000,
+        "open-files limit {limit} is too low for this test"
+    );
+    let receiver = Receiver::start();
+    let node = TestNode::start(2, |c| {
+        c.engine.connections_inbound_max = 1024;
+    });
+    let mut held = Vec::with_capacity(idle);
+    for n in 0..idle {
+        if let Some(stream) = connect_from(n, node.mix) {
+            held.push(stream);
+        }
+    }
+    assert!(
+        held.len() >= idle * 9 / 10,
+        "opened {} of {idle}",
+        held.len()
+    );
+    // Give the shards time to accept them all.
+    common::mixnet::eventually(
+        Duration::from_secs(20),
+        "the idle connections accepted",
+        || sum(&node, |s| s.connections_inbound + s.connections_evicted) >= held.len() as u64,
+    );
+    let open = sum(&node, |s| s.connections_inbound);
+    assert!(open <= 1024, "the cap holds: {open} open");
+    assert!(
+        sum(&node, |s| s.connections_evicted) > 0,
+        "the cap was reached"
+    );
+
+    let started = Instant::now();
+    let _sender = send(node.mix, &wire(&node, &receiver, 50));
+    let arrived = receiver.wait_for(50, Duration::from_secs(10));
+    assert_eq!(arrived.len(), 50, "a new sender's packets are forwarded");
+    eprintln!(
+        "{} idle connections held, {open} open in the node, {} evicted; a new sender's 50 packets arrived in {:?}",
+        held.len(),
+        sum(&node, |s| s.connections_evicted),
+        started.elapsed()
+    );
+    assert_eq!(sum(&node, |s| s.connections_refused), 0);
+}
+
+#[test]
+fn trickling_and_silent_connections_are_closed_by_their_deadlines_and_counted() {
+    let receiver = Receiver::start();
+    let node = TestNode::start(1, |c| {
+        c.engine.read_timeout = Duration::from_secs(1);
+        c.engine.first_frame_timeout = Duration::from_secs(1);
+        c.engine.connection_idle_timeout = Duration::from_secs(2);
+    });
+    const EACH: usize = 20;
+    // Silent from the start.
+    let silent: Vec<TcpStream> = (0..EACH)
+        .filter_map(|n| connect_from(n, node.mix))
+        .collect();
+    // A whole frame, then silence.
+    let quiet: Vec<TcpStream> = (0..EACH)
+        .filter_map(|n| {
+            let mut s = connect_from(100 + n, node.mix)?;
+            s.write_all(&wire(&node, &receiver, 1)).ok()?;
+            Some(s)
+        })
+        .collect();
+    // A whole frame, then a v8 header and one byte every 200 ms: each read is quick, the
+    // second frame never whole. (Without the first frame, the first-frame deadline closes
+    // it: counted below as silent.)
+    let mut trickling: Vec<TcpStream> = (0..EACH)
+        .filter_map(|n| {
+            let mut s = connect_from(200 + n, node.mix)?;
+            s.write_all(&wire(&node, &receiver, 1)).ok()?;
+            s.write_all(&[8, 2, 0, 0]).ok()?;
+            Some(s)
+        })
+        .collect();
+    // The same from a fresh connection.
+    let mut trickling_first: Vec<TcpStream> = (0..EACH)
+        .filter_map(|n| {
+            let mut s = connect_from(300 + n, node.mix)?;
+            s.write_all(&[8, 2, 0, 0]).ok()?;
+            Some(s)
+        })
+        .collect();
+    assert_eq!(
+        silent.len() + quiet.len() + trickling.len() + trickling_first.len(),
+        4 * EACH
+    );
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(3500) {
+        for s in trickling.iter_mut().chain(trickling_first.iter_mut()) {
+            let _ = s.write_all(&[0]);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Still trickling: the frame deadline (1 s from the header) has long passed, whatever the
+    // bytes since.
+    assert_eq!(
+        sum(&node, |s| s.read_timeouts),
+        EACH as u64,
+        "trickling connections closed while they still trickle"
+    );
+    common::mixnet::eventually(Duration::from_secs(10), "every deadline fired", || {
+        sum(&node, |s| s.connections_inbound) == 0
+    });
+    assert_eq!(
+        sum(&node, |s| s.connections_closed_first_frame),
+        2 * EACH as u64,
+        "silent connections and fresh trickling ones: first-frame deadline"
+    );
+    assert_eq!(
+        sum(&node, |s| s.read_timeouts),
+        EACH as u64,
+        "trickling connections: the frame deadline counts from its first byte"
+    );
+    assert_eq!(
+        sum(&node, |s| s.connections_closed_idle),
+        EACH as u64,
+        "connections quiet after a frame: idle deadline"
+    );
+    assert_eq!(
+        receiver.wait_for(2 * EACH, Duration::from_secs(5)).len(),
+        2 * EACH
+    );
+    // A connection that keeps sending whole frames stays open past every deadline.
+    let mut steady = TcpStream::connect(node.mix).unwrap();
+    let frames = wire(&node, &receiver, 6);
+    let per_frame = frames.len() / 6;
+    for chunk in frames.chunks(per_frame) {
+        steady.write_all(chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert_eq!(
+        receiver
+            .wait_for(2 * EACH + 6, Duration::from_secs(5))
+            .len(),
+        2 * EACH + 6
+    );
+    assert_eq!(
+        sum(&node, |s| s.connections_inbound),
+        1,
+        "the steady sender is still connected"
+    );
+    drop((silent, quiet));
+}
+
+#[test]
+fn one_address_is_capped_and_others_still_get_in() {
+    let receiver = Receiver::start();
+    let node = TestNode::start(1, |c| {
+        c.engine.connections_per_ip_max = 10;
+    });
+    let same: Vec<TcpStream> = (0..30).filter_map(|_| connect_from(7, node.mix)).collect();
+    common::mixnet::eventually(Duration::from_secs(10), "refusals counted", || {
+        sum(&node, |s| s.connections_refused) >= 20
+    });
+    assert_eq!(sum(&node, |s| s.connections_inbound), 10);
+    let _sender = send(node.mix, &wire(&node, &receiver, 5));
+    assert_eq!(receiver.wait_for(5, Duration::from_secs(10)).len(), 5);
+    drop(same);
+}
