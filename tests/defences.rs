@@ -223,3 +223,53 @@ fn one_address_is_capped_and_others_still_get_in() {
     assert_eq!(receiver.wait_for(5, Duration::from_secs(10)).len(), 5);
     drop(same);
 }
+
+/// Start a node on `mix_port` in a fresh home; the error's text if it does not start.
+fn start_on_port(mix_port: u16) -> Result<nym_mixnode::node::RunningNode, String> {
+    use nym_mixnode::config::{Config, InitSettings, NodePaths};
+    let home = tempfile::tempdir().unwrap();
+    let settings = InitSettings {
+        id: "second".into(),
+        host: "127.0.0.1".parse().unwrap(),
+        announce_host: None,
+        mix_port,
+        verloc_port: 0,
+        http_api_port: 0,
+    };
+    let mut config = Config::new(&settings, &NodePaths::new(home.path(), "second"));
+    config.engine.cores = 1;
+    config.engine.replay_filter_packets_max = Some(10_000);
+    nym_mixnode::node::start(
+        &config,
+        nym_mixnode::keys::NodeKeys::generate().unwrap(),
+        Default::default(),
+        nym_mixnode::node::NodeOptions { pin_shards: false },
+    )
+    .map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_second_listener_on_the_mix_port_is_refused_naming_the_port() {
+    let node = TestNode::start(2, |_| {});
+    let port = node.mix.port();
+    let message = match start_on_port(port) {
+        Ok(_) => panic!("a second node started on mix port {port}"),
+        Err(e) => e,
+    };
+    assert!(
+        message.contains(&format!("already listens on port {port}"))
+            && message.contains("mix_port"),
+        "{message}"
+    );
+    // Any other process's listener too.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = other.local_addr().unwrap().port();
+    let message = match start_on_port(port) {
+        Ok(_) => panic!("started on a port another process listens on"),
+        Err(e) => e,
+    };
+    assert!(message.contains(&format!("port {port}")), "{message}");
+    // Once the other listener is gone, the port is free again.
+    drop(other);
+    start_on_port(port).expect("the port is free").shutdown();
+}

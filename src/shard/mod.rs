@@ -419,6 +419,23 @@ pub fn shard_count(cores: usize) -> usize {
     }
 }
 
+/// Bind `addr` without SO_REUSEPORT, and let go: fails if any socket listens there.
+fn exclusive_probe(addr: SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    // Connections of an earlier run in TIME_WAIT must not count as a listener.
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())
+}
+
 fn listener(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let domain = if addr.is_ipv6() {
@@ -443,6 +460,23 @@ impl Engine {
     pub fn start(settings: EngineSettings) -> Result<Engine, EngineError> {
         let e = &settings.engine;
         let shards = shard_count(e.cores);
+        // SO_REUSEPORT would let this node share the port with another listener (another
+        // node, or any process of this user) and split the traffic with it: check first with
+        // a plain bind, which fails if anything listens there.
+        if settings.listen.port() != 0 {
+            exclusive_probe(settings.listen).map_err(|cause| EngineError::Bind {
+                addr: settings.listen,
+                hint: if cause.kind() == std::io::ErrorKind::AddrInUse {
+                    format!(
+                        "\nAnother process already listens on port {} (another node?). Stop it, or give this node another mix_port in config.toml; two listeners on one mix port would split its packets.",
+                        settings.listen.port()
+                    )
+                } else {
+                    crate::node::bind_hint(settings.listen, &cause)
+                },
+                cause,
+            })?;
+        }
         let first = listener(settings.listen).map_err(|cause| EngineError::Bind {
             addr: settings.listen,
             hint: crate::node::bind_hint(settings.listen, &cause),
