@@ -273,3 +273,75 @@ fn a_second_listener_on_the_mix_port_is_refused_naming_the_port() {
     drop(other);
     start_on_port(port).expect("the port is free").shutdown();
 }
+
+#[test]
+fn more_cores_than_the_machine_has_are_capped_and_the_node_serves_and_stops() {
+    let node = common::BinaryNode::init();
+    let running = node.start(64);
+    let (status, body) = common::http_get(node.api, "/health").expect("/health answers");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"shards_stalled\":[]"), "{body}");
+    let started = Instant::now();
+    let out = running.stop_with(libc::SIGTERM, Duration::from_secs(20));
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stopped in {:?}",
+        started.elapsed()
+    );
+    let text = common::stderr(&out);
+    assert!(
+        text.contains("asks for more shards than the CPUs"),
+        "{text}"
+    );
+}
+
+/// Start, traffic, SIGINT or SIGTERM, again and again: every round must stop, exit 0 and
+/// account for every packet, within a bound. `MIXNODE_STRESS_ROUNDS` sets the rounds (a few
+/// here; hundreds in a soak).
+#[test]
+fn start_traffic_and_stop_again_and_again_never_hangs() {
+    let rounds: usize = std::env::var("MIXNODE_STRESS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let node = common::BinaryNode::init();
+    let receiver = Receiver::start();
+    for round in 0..rounds {
+        let running = node.start(2);
+        let h = header(Version::V8, SizeTag::Ack);
+        let wire: Vec<u8> = (0..200)
+            .flat_map(|i| {
+                frame(
+                    h,
+                    &packet(
+                        &[node.hop, receiver.hop()],
+                        SizeTag::Ack,
+                        format!("{round}-{i}").as_bytes(),
+                    ),
+                )
+            })
+            .collect();
+        let _s = send(node.mix, &wire);
+        node.wait_received(200, Duration::from_secs(30));
+        let signal = if round % 2 == 0 {
+            libc::SIGINT
+        } else {
+            libc::SIGTERM
+        };
+        let started = Instant::now();
+        let out = running.stop_with(signal, Duration::from_secs(30));
+        let text = common::stderr(&out);
+        assert!(out.status.success(), "round {round}: {text}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "round {round}: stopping took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            text.contains("packet engine stopped"),
+            "round {round}: {text}"
+        );
+    }
+    eprintln!("{rounds} rounds of start, 200 packets, SIGINT/SIGTERM: every one exited 0");
+}

@@ -48,6 +48,8 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
     println!();
 
     let shards = crate::shard::shard_count(config.engine.cores);
+    // Capped (with a warning) if more than the CPUs this node may use.
+    config.engine.cores = shards;
     node::limits::raise_open_files_limit(node::limits::descriptors_needed(&config, shards))?;
     let running = node::start(&config, keys, description, NodeOptions::default())?;
     let mut summary = node::summary::Summarizer::default();

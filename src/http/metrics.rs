@@ -293,6 +293,20 @@ pub fn render(input: &MetricsInput) -> String {
         |s| s.read_timeouts,
     );
     o.per_shard(
+        "nym_mixnode_shard_stalls_total",
+        "counter",
+        "Times the watchdog saw the shard make no progress for 2 s although it was rung every 50 ms.",
+        shards,
+        |s| s.stalls,
+    );
+    o.per_shard(
+        "nym_mixnode_shard_stalled",
+        "gauge",
+        "1 while the shard is stalled (see nym_mixnode_shard_stalls_total); /health then answers 503.",
+        shards,
+        |s| u64::from(s.stalled),
+    );
+    o.per_shard(
         "nym_mixnode_connections_evicted_total",
         "counter",
         "Inbound connections closed to make room for a new one when the shard was full (the one longest without a whole frame).",

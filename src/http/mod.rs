@@ -149,10 +149,26 @@ pub fn route(target: &str, cx: &RouteContext) -> Response {
             body: page::page(&live()),
         },
         "/live" => json(200, &live()),
-        "/health" => json(
-            200,
-            &serde_json::json!({"status": "up", "uptime_s": uptime.as_secs()}),
-        ),
+        "/health" => {
+            let stalled: Vec<usize> = cx
+                .shards
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.stalled)
+                .map(|(i, _)| i)
+                .collect();
+            if stalled.is_empty() {
+                json(
+                    200,
+                    &serde_json::json!({"status": "up", "uptime_s": uptime.as_secs(), "shards_stalled": []}),
+                )
+            } else {
+                json(
+                    503,
+                    &serde_json::json!({"status": "stalled", "uptime_s": uptime.as_secs(), "shards_stalled": stalled}),
+                )
+            }
+        }
         "/description" => json(
             200,
             &serde_json::to_value(&state.description).unwrap_or_default(),

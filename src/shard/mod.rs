@@ -25,6 +25,7 @@ pub mod stats;
 pub mod telemetry;
 #[cfg(test)]
 mod testkit;
+pub mod watchdog;
 mod worker;
 
 use std::net::SocketAddr;
@@ -329,6 +330,7 @@ pub struct Engine {
     telemetry: crossbeam_channel::Receiver<TelemetryReport>,
     filter_images: crossbeam_channel::Receiver<FilterMessage>,
     local_addr: SocketAddr,
+    watchdog: Option<watchdog::Watchdog>,
 }
 
 /// Key changes queued per shard (the controller sends a few a day).
@@ -408,14 +410,24 @@ fn shard_processors(
     Ok(processors)
 }
 
-/// Shards to run for a configured `cores` (0: one per available core).
+/// Shards to run for a configured `cores` (0: one per available core). More shards than the
+/// CPUs this process may use (its affinity and cgroup quota) would only share CPUs and starve
+/// one another, so a larger number is capped to that, with a warning.
 pub fn shard_count(cores: usize) -> usize {
-    if cores > 0 {
-        cores
-    } else {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+    let available = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    match cores {
+        0 => available,
+        n if n > available => {
+            tracing::warn!(
+                configured = n,
+                available,
+                "engine.cores (or --cores) asks for more shards than the CPUs this node may use; running {available}"
+            );
+            available
+        }
+        n => n,
     }
 }
 
@@ -555,6 +567,19 @@ impl Engine {
             Vec::new()
         };
 
+        // Each shard's end of a socket pair the watchdog rings.
+        let mut watch_ends = Vec::with_capacity(shards);
+        let mut shard_ends = Vec::with_capacity(shards);
+        for index in 0..shards {
+            let (watch_end, shard_end) =
+                std::os::unix::net::UnixStream::pair().map_err(|e| EngineError::Executor {
+                    shard: index,
+                    detail: format!("cannot make its watchdog socket: {e}"),
+                })?;
+            watch_ends.push(watch_end);
+            shard_ends.push(shard_end);
+        }
+        let mut shard_ends = shard_ends.into_iter();
         let mut handles = Vec::with_capacity(shards);
         for (index, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
             let placement = match cores.get(index) {
@@ -569,6 +594,7 @@ impl Engine {
                 senders: senders.clone(),
                 bells_out: bells_out.next().unwrap_or_default(),
                 bells_in: bells_in.next().unwrap_or_default(),
+                watchdog_fd: shard_ends.next().expect("one per shard").into_raw_fd(),
                 processor: processors.remove(0),
                 key_updates: key_receivers.next().expect("one per shard"),
                 purged_keys: purged_tx.clone(),
@@ -588,6 +614,7 @@ impl Engine {
                     // Stop the shards already running before reporting.
                     let started = Engine {
                         handles,
+                        watchdog: None,
                         key_updater,
                         control,
                         stats,
@@ -604,8 +631,16 @@ impl Engine {
             }
         }
         tracing::info!(shards, listen = %local_addr, "packet engine started");
+        let watchdog = match watchdog::Watchdog::start(watch_ends, Arc::clone(&stats)) {
+            Ok(watchdog) => Some(watchdog),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the shard watchdog: a stalled shard will not be woken or reported");
+                None
+            }
+        };
         Ok(Engine {
             handles,
+            watchdog,
             key_updater,
             control,
             stats,
@@ -677,6 +712,9 @@ impl Engine {
                     finals.push(self.stats[index].snapshot().counts);
                 }
             }
+        }
+        if let Some(mut watchdog) = self.watchdog {
+            watchdog.stop();
         }
         let total = finals.iter().fold(PacketCounts::default(), |mut t, c| {
             t.add(&c.packets);

@@ -43,6 +43,14 @@ pub struct ShardStats {
     replay_filter_fill_ppm: AtomicU64,
     replay_filter_generations_turned: AtomicU64,
     keys: [[AtomicU64; KEY_FIGURES]; 2],
+    /// Pump rounds so far: the shard's sign of life (written by the shard, read by the
+    /// watchdog; outside the seqlock).
+    heartbeat: AtomicU64,
+    /// Set by the shard when its pump has ended (a stopped shard is not stalled).
+    ended: std::sync::atomic::AtomicBool,
+    /// Stalls the watchdog saw, and whether one is under way (written by the watchdog).
+    stalls: AtomicU64,
+    stalled: std::sync::atomic::AtomicBool,
 }
 
 /// Figures of one live key, as published ([`ShardSnapshot::keys`]).
@@ -138,6 +146,10 @@ pub struct ShardSnapshot {
     pub replay_filter_generations_turned: u64,
     /// The live keys, by slot (rotation id parity).
     pub keys: [KeyFigures; 2],
+    /// Stalls the watchdog saw (filled in by [`ShardStats::snapshot`], not published).
+    pub stalls: u64,
+    /// Whether the shard is stalled now (likewise).
+    pub stalled: bool,
 }
 
 /// One shard's packet counts. A packet may enter a shard from the network (`received`) or
@@ -225,6 +237,45 @@ impl ShardStats {
     }
 
     /// Read the last whole publication.
+    /// One more pump round (the shard).
+    pub fn beat(&self) {
+        self.heartbeat.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Pump rounds so far.
+    pub fn heartbeat(&self) -> u64 {
+        self.heartbeat.load(Ordering::Relaxed)
+    }
+
+    /// The shard's pump has ended.
+    pub fn mark_ended(&self) {
+        self.ended.store(true, Ordering::Release);
+    }
+
+    /// Whether the shard's pump has ended.
+    pub fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// The watchdog saw a stall begin (`true`) or end (`false`).
+    pub fn set_stalled(&self, stalled: bool) {
+        if stalled && !self.stalled.swap(true, Ordering::AcqRel) {
+            self.stalls.fetch_add(1, Ordering::Relaxed);
+        } else if !stalled {
+            self.stalled.store(false, Ordering::Release);
+        }
+    }
+
+    /// Stalls seen so far.
+    pub fn stalls(&self) -> u64 {
+        self.stalls.load(Ordering::Relaxed)
+    }
+
+    /// Whether the shard is stalled now.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.load(Ordering::Acquire)
+    }
+
     pub fn snapshot(&self) -> ShardSnapshot {
         loop {
             let before = self.sequence.load(Ordering::Acquire);
@@ -232,9 +283,11 @@ impl ShardStats {
                 std::hint::spin_loop();
                 continue;
             }
-            let snapshot = self.read();
+            let mut snapshot = self.read();
             std::sync::atomic::fence(Ordering::Acquire);
             if self.sequence.load(Ordering::Relaxed) == before {
+                snapshot.stalls = self.stalls();
+                snapshot.stalled = self.is_stalled();
                 return snapshot;
             }
         }
@@ -280,6 +333,8 @@ impl ShardStats {
             keys: std::array::from_fn(|slot| {
                 KeyFigures::from_words(std::array::from_fn(|i| self.keys[slot][i].load(r)))
             }),
+            stalls: 0,
+            stalled: false,
         }
     }
 }

@@ -58,6 +58,8 @@ pub(super) struct ShardInit {
     pub bells_out: Vec<Option<Doorbell>>,
     /// This shard's doorbell, one receiver per other shard.
     pub bells_in: Vec<DoorbellReceiver>,
+    /// This shard's end of the watchdog's socket pair.
+    pub watchdog_fd: RawFd,
     pub processor: HopProcessor,
     /// Key changes from the rotation controller, applied between packets.
     pub key_updates: Receiver<KeyUpdate>,
@@ -194,6 +196,7 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
     for bell in init.bells_in {
         glommio::spawn_local(listen_for_doorbell(Rc::clone(&shard), bell)).detach();
     }
+    glommio::spawn_local(listen_for_watchdog(Rc::clone(&shard), init.watchdog_fd)).detach();
     // Connected before accepting: a handoff never goes out without its ring. Each connect
     // waits for the other shard's receiver, which that shard connects in a task of its own.
     for (target, bell) in init.bells_out.into_iter().enumerate() {
@@ -330,6 +333,9 @@ impl Shard {
             replay_filter_fill_ppm: (filter.fill_ratio() * 1e6) as u64,
             replay_filter_generations_turned: filter.generations_turned(),
             keys: key_figures(core.processor()),
+            // The watchdog's figures; filled in when read.
+            stalls: 0,
+            stalled: false,
         };
         self.stats[self.index].publish(&snapshot);
     }
@@ -596,6 +602,7 @@ async fn reader(shard: Rc<Shard>, mut stream: TcpStream, id: u64) {
 async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
     let mut accept = Some(accept);
     loop {
+        shard.stats[shard.index].beat();
         let mut work = 0usize;
         for _ in 0..INBOX_BATCH_MAX {
             match shard.inbox.try_recv() {
@@ -634,6 +641,9 @@ async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
             }
             Phase::Draining(_) => {}
             Phase::Closed => {
+                // Closing waits on the other shards and the link tasks, not on this pump's
+                // rounds: not watched from here on.
+                shard.stats[shard.index].mark_ended();
                 close(&shard).await;
                 break;
             }
@@ -648,6 +658,7 @@ async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
     let counts = shard.core.borrow().counts();
     shard.publish();
     shard.send_final_image();
+    shard.stats[shard.index].mark_ended();
     counts
 }
 
@@ -665,6 +676,20 @@ async fn pump_sleep(shard: &Rc<Shard>, now: Instant) {
     };
     futures_lite::future::or(sleep, woken).await;
     shard.pump_sleeping_until.set(None);
+}
+
+/// Hears the watchdog's rings and wakes the pump: a completed read also wakes an executor
+/// that parked with work pending. Ends when the watchdog stops.
+async fn listen_for_watchdog(shard: Rc<Shard>, fd: RawFd) {
+    // SAFETY: the fd is this shard's end of a socket pair made for it, owned by nothing else.
+    let mut stream = unsafe { glommio::net::UnixStream::from_raw_fd(fd) };
+    let mut rings = [0u8; 64];
+    while let Ok(n) = stream.read(&mut rings).await {
+        if n == 0 {
+            break;
+        }
+        shard.wake_pump();
+    }
 }
 
 /// Hears one other shard's doorbell and wakes the pump, which drains the inbox. Ends when that
