@@ -39,11 +39,14 @@ pub enum DropReason {
     /// The frame's rotation byte names a Sphinx key this node no longer holds (purged after
     /// its rotation's overlap epoch), or the key was purged while the packet crossed shards.
     ExpiredKey = 12,
+    /// The packets held by the shard (wheel and next-hop queues) already took its share of
+    /// `engine.packet_memory_bytes_max`.
+    MemoryFull = 13,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::BadFrame,
         DropReason::BadPacket,
         DropReason::Replay,
@@ -57,6 +60,7 @@ impl DropReason {
         DropReason::Shutdown,
         DropReason::UnsupportedPacketType,
         DropReason::ExpiredKey,
+        DropReason::MemoryFull,
     ];
 
     /// Number of reasons; sizes the counter arrays.
@@ -78,11 +82,12 @@ impl DropReason {
             DropReason::Shutdown => "shutdown",
             DropReason::UnsupportedPacketType => "unsupported_packet_type",
             DropReason::ExpiredKey => "expired_key",
+            DropReason::MemoryFull => "memory_full",
         }
     }
 }
 
-const _: () = assert!(DropReason::COUNT == DropReason::ExpiredKey as usize + 1);
+const _: () = assert!(DropReason::COUNT == DropReason::MemoryFull as usize + 1);
 
 /// Packet counters of one shard. Only its shard writes them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

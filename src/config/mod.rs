@@ -302,6 +302,9 @@ pub struct EngineSection {
     pub next_hop_failures_max: u32,
     /// Packets held for their delay at once, per shard.
     pub held_packets_max: usize,
+    /// Bytes of packets held at once (delay wheel and next-hop queues), whole node (split
+    /// between shards); past it packets are dropped as memory_full.
+    pub packet_memory_bytes_max: u64,
     /// Packets in flight on each cross-shard channel.
     pub cross_shard_packets_max: usize,
     /// Packets one replay filter generation is sized for under one key (whole node). Unset:
@@ -335,6 +338,7 @@ impl Default for EngineSection {
             hop_processor: HopProcessorKind::Fast,
             delay_max: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(2),
+            packet_memory_bytes_max: 512 << 20,
             connections_inbound_max: 4096,
             connections_per_ip_max: 256,
             first_frame_timeout: Duration::from_secs(10),
@@ -669,7 +673,7 @@ impl Config {
             }
         }
         let e = &self.engine;
-        let positive: [(&str, u64); 9] = [
+        let positive: [(&str, u64); 10] = [
             (
                 "engine.connections_inbound_max",
                 e.connections_inbound_max as u64,
@@ -678,6 +682,7 @@ impl Config {
                 "engine.connections_per_ip_max",
                 e.connections_per_ip_max as u64,
             ),
+            ("engine.packet_memory_bytes_max", e.packet_memory_bytes_max),
             ("engine.next_hops_max", e.next_hops_max as u64),
             (
                 "engine.next_hop_queue_packets_max",

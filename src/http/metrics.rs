@@ -293,6 +293,13 @@ pub fn render(input: &MetricsInput) -> String {
         |s| s.read_timeouts,
     );
     o.per_shard(
+        "nym_mixnode_packet_memory_bytes",
+        "gauge",
+        "Bytes of the packets the shard holds in its delay wheel and next-hop queues (limit: its share of engine.packet_memory_bytes_max; past it, memory_full drops).",
+        shards,
+        |s| s.bytes_held,
+    );
+    o.per_shard(
         "nym_mixnode_shard_stalls_total",
         "counter",
         "Times the watchdog saw the shard make no progress for 2 s although it was rung every 50 ms.",

@@ -70,6 +70,9 @@ pub struct CoreConfig {
     pub delay_max: Duration,
     /// Packets held in this shard's wheel.
     pub held_packets_max: usize,
+    /// Bytes of packets this shard holds (wheel and queues): its share of
+    /// `engine.packet_memory_bytes_max`.
+    pub memory_bytes_max: u64,
     /// Slots of the wheel.
     pub wheel_slots: usize,
     /// The next-hop table's limits (its share of `engine.next_hops_max`).
@@ -87,6 +90,7 @@ impl CoreConfig {
             shards,
             delay_max: engine.delay_max,
             held_packets_max: engine.held_packets_max,
+            memory_bytes_max: engine.packet_memory_bytes_max.div_ceil(shards as u64).max(1),
             wheel_slots: WHEEL_SLOTS,
             table: TableLimits {
                 next_hops_max: engine.next_hops_max.div_ceil(shards).max(1),
@@ -208,6 +212,8 @@ pub struct CoreFigures {
     pub table: TableFigures,
     /// Packets whose delay was over `engine.delay_max`, held for the cap instead.
     pub delays_clamped: u64,
+    /// Bytes of the packets in the wheel and the queues.
+    pub bytes_held: u64,
 }
 
 /// Time spent in the two halves of the hop step and past due, for the telemetry.
@@ -240,6 +246,8 @@ pub struct ShardCore {
     actions: VecDeque<Action>,
     next_sweep: Instant,
     delays_clamped: u64,
+    /// Bytes of the packets in the wheel and the queues (their packets' lengths).
+    bytes_held: u64,
     table_full_logged_at: Option<Instant>,
     filter_generations_seen: u64,
     /// Reads the clock for the processing-time histograms only; never for a decision.
@@ -275,6 +283,7 @@ impl ShardCore {
             actions: VecDeque::new(),
             next_sweep: now + SWEEP_INTERVAL,
             delays_clamped: 0,
+            bytes_held: 0,
             table_full_logged_at: None,
             filter_generations_seen: 0,
             stopwatch,
@@ -318,6 +327,7 @@ impl ShardCore {
             writing: self.table.writing() as u64,
             table: self.table.figures(),
             delays_clamped: self.delays_clamped,
+            bytes_held: self.bytes_held,
         }
     }
 
@@ -337,6 +347,15 @@ impl ShardCore {
         let (queued, writing) = self.table.recount();
         assert_eq!(queued, self.table.queued(), "queued total");
         assert_eq!(writing, self.table.writing(), "writing total");
+        if self.wheel.len() + self.table.queued() == 0 {
+            assert_eq!(self.bytes_held, 0, "bytes held with no packet held");
+        }
+        assert!(
+            self.bytes_held <= self.config.memory_bytes_max,
+            "bytes held {} over the budget {}",
+            self.bytes_held,
+            self.config.memory_bytes_max
+        );
         let c = &self.counts;
         let came = c.packets.received + c.taken_over;
         let went = c.packets.forwarded + c.handed_off + c.packets.dropped_total();
@@ -498,14 +517,22 @@ impl ShardCore {
         }
     }
 
-    /// Into the wheel, or straight to the queue when already due at `now`.
+    /// Into the wheel, or straight to the queue when already due at `now`, if the shard's
+    /// memory budget has room for it.
     fn hold(&mut self, held: Held, now: Instant) -> Outcome {
+        let bytes = held.packet.len() as u64;
+        if self.bytes_held + bytes > self.config.memory_bytes_max {
+            return self.drop_packet(DropReason::MemoryFull);
+        }
         if held.due <= now {
             return self.enqueue(held, now);
         }
         let due = held.due;
         match self.wheel.insert(due, held) {
-            Ok(()) => Outcome::Held { due },
+            Ok(()) => {
+                self.bytes_held += bytes;
+                Outcome::Held { due }
+            }
             Err(_) => self.drop_packet(DropReason::WheelFull),
         }
     }
@@ -516,8 +543,10 @@ impl ShardCore {
             return self.drop_packet(DropReason::Shutdown);
         }
         let next_hop = held.next_hop;
+        let bytes = held.packet.len() as u64;
         match self.table.push(next_hop, held, now) {
             Ok(queued) => {
+                self.bytes_held += bytes;
                 if let Some(link) = queued.evicted {
                     self.actions.push_back(Action::Wake { link });
                 }
@@ -560,6 +589,8 @@ impl ShardCore {
         let mut due = std::mem::take(&mut self.due);
         self.wheel.pop_due(now, &mut |held| due.push(held));
         for held in due.drain(..) {
+            // Out of the wheel: counted again if the queue takes it.
+            self.bytes_held -= held.packet.len() as u64;
             self.enqueue(held, now);
         }
         self.due = due;
@@ -606,11 +637,20 @@ impl ShardCore {
     fn close(&mut self) {
         self.phase = Phase::Closed;
         let mut left = 0u64;
-        self.wheel.drain_all(&mut |_| left += 1);
-        let actions = &mut self.actions;
-        self.table.drain_all(&mut |_| left += 1, &mut |link| {
-            actions.push_back(Action::Wake { link })
+        let mut bytes = 0u64;
+        self.wheel.drain_all(&mut |held| {
+            left += 1;
+            bytes += held.packet.len() as u64;
         });
+        let actions = &mut self.actions;
+        self.table.drain_all(
+            &mut |held| {
+                left += 1;
+                bytes += held.packet.len() as u64;
+            },
+            &mut |link| actions.push_back(Action::Wake { link }),
+        );
+        self.bytes_held -= bytes;
         self.counts.packets.dropped[DropReason::Shutdown as usize] += left;
     }
 
@@ -632,12 +672,14 @@ impl ShardCore {
         buffer.clear();
         dues.clear();
         let closed = self.phase == Phase::Closed;
+        let mut taken = 0u64;
         let step = self.table.next_step(
             next_hop,
             link,
             now,
             self.config.write_batch_packets_max,
             &mut |held: Held| {
+                taken += held.packet.len() as u64;
                 let start = buffer.len();
                 buffer.resize(start + held.header.encoded_len(), 0);
                 held.header.encode(&mut buffer[start..]);
@@ -645,6 +687,8 @@ impl ShardCore {
                 dues.push(held.due);
             },
         );
+        // Encoded into the link's write buffer: no longer held here.
+        self.bytes_held -= taken;
         match step {
             // After close the queues are empty: a task that would wait ends instead.
             LinkStep::Wait if closed => LinkStep::Close,
@@ -661,8 +705,12 @@ impl ShardCore {
     /// [`DropReason::NextHopUnreachable`], and the next hop backs off (or is forgotten).
     pub fn on_connect_failed(&mut self, next_hop: SocketAddr, link: LinkId, now: Instant) {
         let mut dropped = 0u64;
-        self.table
-            .on_connect_failed(next_hop, link, now, &mut |_| dropped += 1);
+        let mut bytes = 0u64;
+        self.table.on_connect_failed(next_hop, link, now, &mut |held| {
+            dropped += 1;
+            bytes += held.packet.len() as u64;
+        });
+        self.bytes_held -= bytes;
         self.counts.packets.dropped[DropReason::NextHopUnreachable as usize] += dropped;
     }
 
@@ -690,13 +738,18 @@ impl ShardCore {
     pub fn on_write_failed(&mut self, next_hop: SocketAddr, link: LinkId, now: Instant) {
         let mut written_lost = 0u64;
         let mut queued_lost = 0u64;
+        let mut bytes = 0u64;
         self.table.on_write_failed(
             next_hop,
             link,
             now,
             &mut |writing| written_lost += writing as u64,
-            &mut |_| queued_lost += 1,
+            &mut |held| {
+                queued_lost += 1;
+                bytes += held.packet.len() as u64;
+            },
         );
+        self.bytes_held -= bytes;
         self.counts.packets.dropped[DropReason::NextHopUnreachable as usize] +=
             written_lost + queued_lost;
     }

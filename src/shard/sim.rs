@@ -96,6 +96,8 @@ fn peer_address(index: usize) -> SocketAddr {
 fn config(index: usize) -> CoreConfig {
     let mut config = testkit::config(index, SHARDS);
     config.held_packets_max = 8;
+    // About 24 packets in wheel and queues together: fills before six queues of ten do.
+    config.memory_bytes_max = 24 * SizeTag::Ack.packet_len() as u64;
     config.table.next_hops_max = 6;
     config.table.queue_packets_max = 10;
     config.table.idle_timeout = Duration::from_secs(2);

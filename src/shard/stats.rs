@@ -35,6 +35,7 @@ pub struct ShardStats {
     connections_refused: AtomicU64,
     accept_errors: AtomicU64,
     read_timeouts: AtomicU64,
+    bytes_held: AtomicU64,
     connections_evicted: AtomicU64,
     connections_closed_idle: AtomicU64,
     connections_closed_first_frame: AtomicU64,
@@ -128,6 +129,8 @@ pub struct ShardSnapshot {
     pub accept_errors: u64,
     /// Inbound connections closed because they stalled mid-frame.
     pub read_timeouts: u64,
+    /// Bytes of the packets in the wheel and the queues.
+    pub bytes_held: u64,
     /// Inbound connections closed to make room for a new one (the longest without a frame).
     pub connections_evicted: u64,
     /// Inbound connections closed after `engine.connection_idle_timeout` without a frame.
@@ -215,6 +218,7 @@ impl ShardStats {
         self.connections_refused.store(s.connections_refused, r);
         self.accept_errors.store(s.accept_errors, r);
         self.read_timeouts.store(s.read_timeouts, r);
+        self.bytes_held.store(s.bytes_held, r);
         self.connections_evicted.store(s.connections_evicted, r);
         self.connections_closed_idle
             .store(s.connections_closed_idle, r);
@@ -323,6 +327,7 @@ impl ShardStats {
             connections_refused: self.connections_refused.load(r),
             accept_errors: self.accept_errors.load(r),
             read_timeouts: self.read_timeouts.load(r),
+            bytes_held: self.bytes_held.load(r),
             connections_evicted: self.connections_evicted.load(r),
             connections_closed_idle: self.connections_closed_idle.load(r),
             connections_closed_first_frame: self.connections_closed_first_frame.load(r),

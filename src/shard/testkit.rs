@@ -222,6 +222,7 @@ pub fn config(index: usize, shards: usize) -> CoreConfig {
         shards,
         delay_max: Duration::from_secs(1),
         held_packets_max: 1000,
+        memory_bytes_max: 1 << 30,
         wheel_slots: 2048,
         table: TableLimits {
             next_hops_max: 8,

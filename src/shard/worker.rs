@@ -325,6 +325,7 @@ impl Shard {
             connections_refused: self.connections_refused.get(),
             accept_errors: self.accept_errors.get(),
             read_timeouts: self.read_timeouts.get(),
+            bytes_held: figures.bytes_held,
             connections_evicted: self.connections_evicted.get(),
             connections_closed_idle: self.connections_closed_idle.get(),
             connections_closed_first_frame: self.connections_closed_first_frame.get(),
