@@ -190,3 +190,99 @@ fn thousands_of_dead_next_hops_cannot_fill_the_table_and_memory_stays_bounded() 
     );
     drop(node);
 }
+
+/// 32 KiB packets for next hops that accept and never read: the queues fill, and the byte
+/// budget (`engine.packet_memory_bytes_max`) bounds what the node holds.
+#[test]
+fn large_packets_for_next_hops_that_never_read_stay_within_the_byte_budget() {
+    const BUDGET_MIB: u64 = 2;
+    const PACKETS: usize = 800;
+    const NEXT_HOPS: usize = 2;
+    let node = BinaryNode::init();
+    common::set_config_value(
+        &node.home,
+        BinaryNode::ID,
+        "packet_memory_bytes_max",
+        &(BUDGET_MIB << 20).to_string(),
+    );
+    let running = node.start(2);
+    // Next hops that accept connections and never read from them (small receive buffers, so
+    // that the kernel takes little of the load off the node).
+    let sinks: Vec<std::net::TcpListener> = (0..NEXT_HOPS)
+        .map(|_| {
+            use socket2::{Domain, Socket, Type};
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+            socket.bind(&addr.into()).unwrap();
+            socket.listen(16).unwrap();
+            socket.into()
+        })
+        .collect();
+    let held: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>> = Default::default();
+    for sink in &sinks {
+        let (sink, held) = (sink.try_clone().unwrap(), std::sync::Arc::clone(&held));
+        std::thread::spawn(move || {
+            while let Ok((stream, _)) = sink.accept() {
+                held.lock().unwrap().push(stream);
+            }
+        });
+    }
+    let receiver = Receiver::start();
+    let addresses: Vec<SocketAddr> = sinks.iter().map(|s| s.local_addr().unwrap()).collect();
+    let h = header(Version::V8, SizeTag::Extended32);
+    // Building a 32 KiB packet is slow in a debug build: two threads.
+    let halves: Vec<Vec<u8>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..2)
+            .map(|half| {
+                let (addresses, receiver_key, node_hop) =
+                    (&addresses, receiver.public_key, node.hop);
+                scope.spawn(move || {
+                    let mut wire = Vec::new();
+                    for i in (half..PACKETS).step_by(2) {
+                        let next = RouteHop {
+                            address: addresses[i % NEXT_HOPS],
+                            public_key: receiver_key,
+                            delay: Duration::ZERO,
+                        };
+                        wire.extend(frame(
+                            h,
+                            &packet(
+                                &[node_hop, next],
+                                SizeTag::Extended32,
+                                format!("{i}").as_bytes(),
+                            ),
+                        ));
+                    }
+                    wire
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let idle_kib = rss_kib(running.pid());
+    let _a = send(node.mix, &halves[0]);
+    let _b = send(node.mix, &halves[1]);
+    node.wait_received(PACKETS as u64, Duration::from_secs(120));
+    // Let the node settle: what it could write is in the kernel's buffers, the rest held.
+    std::thread::sleep(Duration::from_secs(1));
+    let loaded_kib = rss_kib(running.pid());
+    let memory_full = node.dropped("memory_full");
+    let held_bytes = metric_sum(node.api, "nym_mixnode_packet_memory_bytes", "").expect("metrics");
+    eprintln!(
+        "{PACKETS} packets of 32 KiB ({} MiB) for {NEXT_HOPS} next hops that never read: \
+         resident memory {idle_kib} KiB idle, {loaded_kib} KiB loaded; {held_bytes} bytes held, \
+         {memory_full} dropped as memory_full (budget {BUDGET_MIB} MiB)",
+        (PACKETS * SizeTag::Extended32.packet_len()) >> 20
+    );
+    assert!(memory_full > 0, "the budget was reached");
+    assert!(held_bytes <= BUDGET_MIB << 20, "held {held_bytes} bytes");
+    // The budget, the write buffers (32 packets per next hop) and the heap's one-time growth
+    // (about 80 MB, see above) bound the growth.
+    let grown_kib = loaded_kib.saturating_sub(idle_kib);
+    assert!(
+        grown_kib < (BUDGET_MIB + 100) * 1024,
+        "resident memory grew by {grown_kib} KiB (idle {idle_kib}, loaded {loaded_kib})"
+    );
+    drop(running);
+}

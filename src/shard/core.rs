@@ -90,7 +90,10 @@ impl CoreConfig {
             shards,
             delay_max: engine.delay_max,
             held_packets_max: engine.held_packets_max,
-            memory_bytes_max: engine.packet_memory_bytes_max.div_ceil(shards as u64).max(1),
+            memory_bytes_max: engine
+                .packet_memory_bytes_max
+                .div_ceil(shards as u64)
+                .max(1),
             wheel_slots: WHEEL_SLOTS,
             table: TableLimits {
                 next_hops_max: engine.next_hops_max.div_ceil(shards).max(1),
@@ -706,10 +709,11 @@ impl ShardCore {
     pub fn on_connect_failed(&mut self, next_hop: SocketAddr, link: LinkId, now: Instant) {
         let mut dropped = 0u64;
         let mut bytes = 0u64;
-        self.table.on_connect_failed(next_hop, link, now, &mut |held| {
-            dropped += 1;
-            bytes += held.packet.len() as u64;
-        });
+        self.table
+            .on_connect_failed(next_hop, link, now, &mut |held| {
+                dropped += 1;
+                bytes += held.packet.len() as u64;
+            });
         self.bytes_held -= bytes;
         self.counts.packets.dropped[DropReason::NextHopUnreachable as usize] += dropped;
     }
