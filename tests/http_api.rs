@@ -441,3 +441,54 @@ fn the_page_renders_in_headless_chromium() {
         );
     }
 }
+
+#[test]
+fn health_answers_200_while_slow_clients_hold_every_worker() {
+    let node = TestNode::start(1, |c| {
+        c.http.concurrent_requests_max = 4;
+        c.http.request_timeout = Duration::from_secs(10);
+    });
+    let api = api(&node);
+    // Two thousand clients that connect and send half a request line, then nothing.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            let mut opened = 0usize;
+            while !stop.load(Ordering::Relaxed) && opened < 2000 {
+                if let Ok(mut s) = TcpStream::connect_timeout(&api, Duration::from_secs(1)) {
+                    let _ = s.write_all(b"GET /sta");
+                    held.push(s);
+                    opened += 1;
+                }
+                if opened.is_multiple_of(100) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // Every worker and queue slot is taken: other paths are answered busy.
+    let other = http_get(api, "/stats").map(|(status, _)| status);
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let answer = http_get(api, "/health");
+        answers.push((answer.map(|(status, _)| status), started.elapsed()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let opened = flood.join().unwrap();
+    eprintln!("{opened} slow clients; /health answers: {answers:?}");
+    assert!(opened >= 500, "the flood opened {opened} connections");
+    for (status, took) in &answers {
+        assert_eq!(*status, Some(200), "/health under the flood: {answers:?}");
+        assert!(*took < Duration::from_secs(2), "/health took {took:?}");
+    }
+    assert_eq!(other, Some(503), "the workers were all held by the flood");
+}

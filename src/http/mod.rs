@@ -40,6 +40,8 @@ use server::{Response, ServerCounters, ServerCounts};
 
 /// How long the control thread waits for a connection before it ticks the collector.
 pub const CONTROL_POLL: Duration = Duration::from_millis(100);
+/// The control round's wait while it holds connections for which no worker was free.
+pub const BUSY_POLL: Duration = Duration::from_millis(5);
 /// Connections accepted per control round before the collector gets a turn.
 pub const ACCEPTS_PER_ROUND_MAX: usize = 256;
 /// Stack of each worker thread (a request head buffer lives on it).
@@ -119,6 +121,115 @@ pub struct RouteContext<'a> {
     pub verloc: &'a serde_json::Value,
 }
 
+/// `/health`: 200 and `"status": "up"`, or 503 and `"status": "stalled"` with the shards the
+/// watchdog sees stalled.
+pub fn health(shards: &[ShardSnapshot], uptime: Duration) -> Response {
+    let stalled: Vec<usize> = shards
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.stalled)
+        .map(|(i, _)| i)
+        .collect();
+    if stalled.is_empty() {
+        json(
+            200,
+            &serde_json::json!({"status": "up", "uptime_s": uptime.as_secs(), "shards_stalled": []}),
+        )
+    } else {
+        json(
+            503,
+            &serde_json::json!({"status": "stalled", "uptime_s": uptime.as_secs(), "shards_stalled": stalled}),
+        )
+    }
+}
+
+/// Connections that found every worker busy, held by the control thread for a moment: a
+/// health check among them is answered here, anything else gets 503.
+struct BusyConnections {
+    held: std::collections::VecDeque<(std::net::TcpStream, Instant)>,
+}
+
+/// Connections held while every worker is busy.
+pub const BUSY_HELD_MAX: usize = 256;
+/// How long a held connection may take to send its request line.
+pub const BUSY_HOLD: Duration = Duration::from_millis(300);
+
+impl BusyConnections {
+    fn new() -> BusyConnections {
+        BusyConnections {
+            held: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Hold `stream` (the oldest held one is refused if there is no room).
+    fn hold(
+        &mut self,
+        stream: std::net::TcpStream,
+        now: Instant,
+        counters: &server::ServerCounters,
+    ) {
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        if self.held.len() >= BUSY_HELD_MAX {
+            if let Some((oldest, _)) = self.held.pop_front() {
+                server::refuse_busy(oldest, counters);
+            }
+        }
+        self.held.push_back((stream, now));
+    }
+
+    /// Look at what each held connection sent: answer health checks, refuse the rest once
+    /// their request is whole or their time is up.
+    fn serve(&mut self, now: Instant, shared: &Shared) {
+        let mut keep = std::collections::VecDeque::with_capacity(self.held.len());
+        while let Some((mut stream, since)) = self.held.pop_front() {
+            let mut head = [0u8; server::REQUEST_LINE_BYTES_MAX];
+            let peeked = match stream.peek(&mut head) {
+                Ok(0) => continue, // Closed by the client.
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                Err(_) => continue,
+            };
+            let line_end = head[..peeked].windows(2).position(|w| w == b"\r\n");
+            match line_end {
+                Some(end) => {
+                    let line = String::from_utf8_lossy(&head[..end]);
+                    let mut parts = line.split(' ');
+                    let (method, target) = (parts.next(), parts.next());
+                    let is_health = matches!(method, Some("GET" | "HEAD"))
+                        && matches!(target, Some("/health" | "/api/v1/health"));
+                    if is_health {
+                        let shards: Vec<ShardSnapshot> = shared
+                            .state
+                            .shards
+                            .iter()
+                            .map(ShardStats::snapshot)
+                            .collect();
+                        let response =
+                            health(&shards, now.saturating_duration_since(shared.state.started));
+                        shared.counters.count(response.status);
+                        let _ = std::io::Write::write_all(
+                            &mut stream,
+                            &response.encode(method == Some("HEAD")),
+                        );
+                        let _ = stream.shutdown(std::net::Shutdown::Write);
+                        let mut rest = [0u8; 4096];
+                        let _ = std::io::Read::read(&mut stream, &mut rest);
+                    } else {
+                        server::refuse_busy(stream, &shared.counters);
+                    }
+                }
+                None if now.saturating_duration_since(since) < BUSY_HOLD && peeked < head.len() => {
+                    keep.push_back((stream, since));
+                }
+                None => server::refuse_busy(stream, &shared.counters),
+            }
+        }
+        self.held = keep;
+    }
+}
+
 fn json(status: u16, value: &serde_json::Value) -> Response {
     Response {
         status,
@@ -149,26 +260,7 @@ pub fn route(target: &str, cx: &RouteContext) -> Response {
             body: page::page(&live()),
         },
         "/live" => json(200, &live()),
-        "/health" => {
-            let stalled: Vec<usize> = cx
-                .shards
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.stalled)
-                .map(|(i, _)| i)
-                .collect();
-            if stalled.is_empty() {
-                json(
-                    200,
-                    &serde_json::json!({"status": "up", "uptime_s": uptime.as_secs(), "shards_stalled": []}),
-                )
-            } else {
-                json(
-                    503,
-                    &serde_json::json!({"status": "stalled", "uptime_s": uptime.as_secs(), "shards_stalled": stalled}),
-                )
-            }
-        }
+        "/health" => health(cx.shards, uptime),
         "/description" => json(
             200,
             &serde_json::to_value(&state.description).unwrap_or_default(),
@@ -377,8 +469,16 @@ fn control_loop(
 ) {
     lower_thread_priority();
     let mut last_error_log: Option<Instant> = None;
+    let mut busy = BusyConnections::new();
     while !shared.stop.load(Ordering::Relaxed) {
-        wait_readable(&listener, CONTROL_POLL);
+        // Held connections are looked at every few milliseconds.
+        let poll = if busy.held.is_empty() {
+            CONTROL_POLL
+        } else {
+            BUSY_POLL
+        };
+        wait_readable(&listener, poll);
+        busy.serve(Instant::now(), shared);
         for _ in 0..ACCEPTS_PER_ROUND_MAX {
             match listener.accept() {
                 Ok((stream, _)) => {
@@ -388,7 +488,7 @@ fn control_loop(
                     match queue.try_send(stream) {
                         Ok(()) => {}
                         Err(TrySendError::Full(stream)) => {
-                            server::refuse_busy(stream, &shared.counters)
+                            busy.hold(stream, Instant::now(), &shared.counters)
                         }
                         Err(TrySendError::Disconnected(_)) => return,
                     }
