@@ -354,16 +354,26 @@ fn a_dead_next_hop_costs_no_queue_its_drops_are_counted_others_are_served_and_it
 }
 
 #[test]
-fn connections_over_the_limit_are_refused_and_counted() {
+fn connections_over_the_limit_evict_the_longest_silent_and_the_cap_holds() {
     let (node, _receiver) = single(|c| c.engine.connections_inbound_max = 2);
     let conns: Vec<_> = (0..8)
         .map(|_| std::net::TcpStream::connect(node.mix).unwrap())
         .collect();
-    eventually(Duration::from_secs(5), "refusals counted", || {
+    eventually(Duration::from_secs(5), "evictions counted", || {
         let s = node.node().snapshots();
-        s.iter().map(|s| s.connections_refused).sum::<u64>() >= 6
+        s.iter().map(|s| s.connections_evicted).sum::<u64>() >= 6
             && s.iter().map(|s| s.connections_inbound).sum::<u64>() <= 2
     });
+    let refused: u64 = node
+        .node()
+        .snapshots()
+        .iter()
+        .map(|s| s.connections_refused)
+        .sum();
+    assert_eq!(
+        refused, 0,
+        "a new connection is taken, an old silent one closed"
+    );
     drop(conns);
 }
 

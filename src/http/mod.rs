@@ -571,7 +571,22 @@ mod tests {
         let r = get("/health", &state);
         assert_eq!((r.status, r.content_type), (200, "application/json"));
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-        assert_eq!(v, serde_json::json!({"status": "up", "uptime_s": 42}));
+        assert_eq!(
+            v,
+            serde_json::json!({"status": "up", "uptime_s": 42, "shards_stalled": []})
+        );
+        // A stalled shard turns /health into a 503 that names it.
+        let stalled = ShardSnapshot {
+            stalled: true,
+            ..ShardSnapshot::default()
+        };
+        let r = health(&[ShardSnapshot::default(), stalled], Duration::from_secs(5));
+        assert_eq!(r.status, 503);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"status": "stalled", "uptime_s": 5, "shards_stalled": [1]})
+        );
         let r = get("/description?x=1", &state);
         assert_eq!(r.status, 200);
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
