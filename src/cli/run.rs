@@ -41,7 +41,15 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
     println!();
     println!("To bond your mixnode, you will need to provide the following:");
     println!("    Identity key: {}", keys.identity_base58());
-    println!("    Sphinx key: {}", keys.sphinx_base58());
+    if config.rotation.mode == crate::rotation::RotationMode::Off {
+        println!("    Sphinx key: {}", keys.sphinx_base58());
+    } else {
+        println!(
+            "    Sphinx key: rotated by the node (rotation.mode = \"{}\"); `nym-mixnode node-details --id {}` lists the live ones",
+            config.rotation.mode.as_str(),
+            args.id
+        );
+    }
     println!("    Address: {}", m.announce_address);
     println!("    Mix port: {}", m.mix_port);
     println!("    Version: {}", m.version);
