@@ -17,8 +17,10 @@
 //!   failing eviction) and which shard owns a next hop (pure).
 //! - [`accounting`]: the drop reasons and packet counters (pure).
 //! - [`shard`]: one glommio executor per core: `shard::core::ShardCore` holds the engine's
-//!   whole policy with no I/O (the seeded simulation in `shard/sim.rs` drives it); `worker.rs`
-//!   is its driver (accept, readers, pump, link tasks, doorbells).
+//!   whole policy with no I/O (the seeded simulation in `shard/sim.rs` drives it);
+//!   `shard::inbound` is the inbound connections' admission and deadlines (pure); `worker.rs`
+//!   is the driver (accept, readers, pump, link tasks, doorbells); `watchdog.rs` rings every
+//!   shard and reports one that stalls.
 //! - [`verloc`]: latency measurements between nodes: echo codec, figures and results (pure),
 //!   the VerLoc listener and measurer (threads).
 //! - [`topology`]: the JSON list of nodes that VerLoc measures and the localnet script writes.
