@@ -151,7 +151,7 @@ struct BusyConnections {
 
 /// Connections held while every worker is busy.
 pub const BUSY_HELD_MAX: usize = 256;
-/// How long a held connection may take to send its request line.
+/// How long a held connection may take to send its request head.
 pub const BUSY_HOLD: Duration = Duration::from_millis(300);
 
 impl BusyConnections {
@@ -183,23 +183,18 @@ impl BusyConnections {
     /// their request is whole or their time is up.
     fn serve(&mut self, now: Instant, shared: &Shared) {
         let mut keep = std::collections::VecDeque::with_capacity(self.held.len());
-        while let Some((mut stream, since)) = self.held.pop_front() {
-            let mut head = [0u8; server::REQUEST_LINE_BYTES_MAX];
+        while let Some((stream, since)) = self.held.pop_front() {
+            let mut head = [0u8; server::REQUEST_HEAD_BYTES_MAX];
             let peeked = match stream.peek(&mut head) {
                 Ok(0) => continue, // Closed by the client.
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
                 Err(_) => continue,
             };
-            let line_end = head[..peeked].windows(2).position(|w| w == b"\r\n");
-            match line_end {
-                Some(end) => {
-                    let line = String::from_utf8_lossy(&head[..end]);
-                    let mut parts = line.split(' ');
-                    let (method, target) = (parts.next(), parts.next());
-                    let is_health = matches!(method, Some("GET" | "HEAD"))
-                        && matches!(target, Some("/health" | "/api/v1/health"));
-                    if is_health {
+            match server::parse_head(&head[..peeked]) {
+                Ok(Some(request)) => {
+                    let path = request.target.split('?').next().unwrap_or("");
+                    if matches!(path, "/health" | "/api/v1/health") {
                         let shards: Vec<ShardSnapshot> = shared
                             .state
                             .shards
@@ -208,22 +203,17 @@ impl BusyConnections {
                             .collect();
                         let response =
                             health(&shards, now.saturating_duration_since(shared.state.started));
-                        shared.counters.count(response.status);
-                        let _ = std::io::Write::write_all(
-                            &mut stream,
-                            &response.encode(method == Some("HEAD")),
-                        );
-                        let _ = stream.shutdown(std::net::Shutdown::Write);
-                        let mut rest = [0u8; 4096];
-                        let _ = std::io::Read::read(&mut stream, &mut rest);
+                        server::answer(stream, &response, request.head_only, &shared.counters);
                     } else {
                         server::refuse_busy(stream, &shared.counters);
                     }
                 }
-                None if now.saturating_duration_since(since) < BUSY_HOLD && peeked < head.len() => {
+                Ok(None)
+                    if now.saturating_duration_since(since) < BUSY_HOLD && peeked < head.len() =>
+                {
                     keep.push_back((stream, since));
                 }
-                None => server::refuse_busy(stream, &shared.counters),
+                Ok(None) | Err(_) => server::refuse_busy(stream, &shared.counters),
             }
         }
         self.held = keep;

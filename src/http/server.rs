@@ -292,8 +292,18 @@ pub fn serve_connection(
             false,
         ),
     };
-    counters.count(response.status);
     let _ = stream.set_write_timeout(Some(timeout));
+    answer(stream, &response, head_only, counters);
+}
+
+/// Count `response`, write it, and close: what every answer ends with.
+pub fn answer(
+    mut stream: TcpStream,
+    response: &Response,
+    head_only: bool,
+    counters: &ServerCounters,
+) {
+    counters.count(response.status);
     let _ = stream.write_all(&response.encode(head_only));
     let _ = stream.shutdown(std::net::Shutdown::Write);
     drain_unread(&mut stream);
