@@ -8,7 +8,7 @@ use crate::rotation::{KeyState, RotationMode};
 
 /// The keys the node holds live, as it last wrote them (`data/sphinx_keys.json`); with one
 /// static key, that key.
-fn live_keys(config: &Config, keys: &NodeKeys) -> anyhow::Result<Vec<ManifestKey>> {
+pub(super) fn live_keys(config: &Config, keys: &NodeKeys) -> anyhow::Result<Vec<ManifestKey>> {
     let store = KeyStore::new(crate::node::replay_store::data_dir(config));
     let manifest = store.read_manifest()?;
     let fixed = || {

@@ -19,24 +19,22 @@ fn rotation_byte(rotation_id: u32) -> KeyRotation {
 }
 
 /// The local node's primary key and the rotation byte for it: the static key with byte 0, or
-/// the primary the running node last wrote to `data/sphinx_keys.json`.
+/// the primary the running node last listed (what `node-details` shows).
 fn primary_key(
     config: &crate::config::Config,
     keys: &crate::keys::NodeKeys,
 ) -> anyhow::Result<(x25519_dalek::PublicKey, KeyRotation)> {
-    use crate::rotation::{store::KeyStore, KeyState, RotationMode};
+    use crate::rotation::{KeyState, RotationMode};
     if config.rotation.mode == RotationMode::Off {
         return Ok((keys.sphinx_public(), KeyRotation::Unknown));
     }
-    let store = KeyStore::new(crate::node::replay_store::data_dir(config));
-    let primary = store
-        .read_manifest()?
-        .filter(|m| m.mode == config.rotation.mode)
-        .and_then(|m| m.keys.into_iter().find(|k| k.state == KeyState::Primary))
+    let primary = super::node_details::live_keys(config, keys)?
+        .into_iter()
+        .find(|k| k.state == KeyState::Primary)
         .ok_or_else(|| {
             anyhow::anyhow!(
-                "the node has no rotating sphinx key yet ({} lists none): start it first",
-                store.dir().join(crate::rotation::store::MANIFEST).display()
+                "the node lists no rotating sphinx key yet ({} in its data folder): start it first",
+                crate::rotation::store::MANIFEST
             )
         })?;
     let bytes = crate::keys::decode_base58_key(&primary.public_key)
