@@ -76,6 +76,7 @@ fn framing_replay_wheel_and_queues_do_not_allocate_per_packet() {
     let mut table: NextHopTable<usize> = NextHopTable::new(TableLimits {
         next_hops_max: 4,
         queue_packets_max: 200,
+        queue_bytes_max: 1 << 20,
         idle_timeout: Duration::from_secs(30),
         failures_max: 3,
         backoff: Backoff::default(),
@@ -83,7 +84,7 @@ fn framing_replay_wheel_and_queues_do_not_allocate_per_packet() {
     let next_hop: SocketAddr = "10.0.0.1:1789".parse().expect("valid literal");
     // Warm: the entry exists, is connected, and its queue has grown to a burst of 100 once.
     for id in 0..100 {
-        table.push(next_hop, id, origin).expect("room");
+        table.push(next_hop, id, 1, origin).expect("room");
     }
     let link = table.link_of(&next_hop).expect("entry");
     assert_eq!(
@@ -117,7 +118,7 @@ fn framing_replay_wheel_and_queues_do_not_allocate_per_packet() {
             }
         }
         wheel.pop_due(origin + Duration::from_secs(1), &mut |id| {
-            table.push(next_hop, id, origin).expect("room");
+            table.push(next_hop, id, 1, origin).expect("room");
         });
         assert_eq!(frames, 100);
         assert_eq!(table.queued(), 100);

@@ -22,12 +22,13 @@ pub enum DropReason {
     /// The shard's delay wheel held `engine.held_packets_max` packets.
     WheelFull = 5,
     /// The channel to the shard that owns the packet's replay tag or next hop was full
-    /// (`engine.cross_shard_packets_max`).
+    /// (`engine.cross_shard_packets_max`, or `engine.cross_shard_bytes_max` in bytes).
     HandoffFull = 6,
     /// A new next hop, and every entry of the shard's next-hop table held packets or was
     /// connecting (`engine.next_hops_max`).
     NextHopTableFull = 7,
-    /// The next hop's queue held `engine.next_hop_queue_packets_max` packets.
+    /// The next hop's queue held `engine.next_hop_queue_packets_max` packets, or its queue
+    /// and write under way `engine.next_hop_queue_bytes_max` bytes.
     NextHopQueueFull = 8,
     /// The next hop could not be reached: its connection failed (or is backing off after a
     /// failure), or a write to it failed.
@@ -39,14 +40,17 @@ pub enum DropReason {
     /// The frame's rotation byte names a Sphinx key this node no longer holds (purged after
     /// its rotation's overlap epoch), or the key was purged while the packet crossed shards.
     ExpiredKey = 12,
-    /// The packets held by the shard (wheel and next-hop queues) already took its share of
-    /// `engine.packet_memory_bytes_max`.
+    /// The packets held by the shard (wheel, next-hop queues, writes under way) already took
+    /// its share of `engine.packet_memory_bytes_max`.
     MemoryFull = 13,
+    /// The next hop's IP address is not a node the topology lists (`engine.forward_to =
+    /// "known"`).
+    NextHopUnknown = 14,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::BadFrame,
         DropReason::BadPacket,
         DropReason::Replay,
@@ -61,6 +65,7 @@ impl DropReason {
         DropReason::UnsupportedPacketType,
         DropReason::ExpiredKey,
         DropReason::MemoryFull,
+        DropReason::NextHopUnknown,
     ];
 
     /// Number of reasons; sizes the counter arrays.
@@ -83,11 +88,12 @@ impl DropReason {
             DropReason::UnsupportedPacketType => "unsupported_packet_type",
             DropReason::ExpiredKey => "expired_key",
             DropReason::MemoryFull => "memory_full",
+            DropReason::NextHopUnknown => "next_hop_unknown",
         }
     }
 }
 
-const _: () = assert!(DropReason::COUNT == DropReason::MemoryFull as usize + 1);
+const _: () = assert!(DropReason::COUNT == DropReason::NextHopUnknown as usize + 1);
 
 /// Packet counters of one shard. Only its shard writes them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -12,8 +12,9 @@ pub struct Args {
     /// Shards (cores) to run; overrides `engine.cores` in the config (0 = all cores).
     #[arg(long)]
     pub cores: Option<usize>,
-    /// Topology for VerLoc: a JSON file or an http:// URL listing the nodes to measure;
-    /// overrides `verloc.topology` in the config.
+    /// Topology: a JSON file or an http:// URL listing the nodes; VerLoc measures them and,
+    /// with `engine.forward_to = "known"`, packets go only to their addresses. Overrides
+    /// `topology.source` and `verloc.topology` in the config.
     #[arg(long)]
     pub topology: Option<String>,
 }
@@ -27,7 +28,8 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
     if let Some(topology) = args.topology {
         // Checked here so that a bad --topology fails before anything starts.
         crate::topology::TopologySource::parse(&topology)?;
-        config.verloc.topology = topology;
+        config.verloc.topology = topology.clone();
+        config.topology.source = topology;
     }
     let keys = crate::keys::NodeKeys::load(&config.key_paths())?;
     let description = Description::load(&paths.description_file())?;

@@ -194,6 +194,9 @@ pub struct Config {
     /// Sphinx key rotation.
     #[serde(default)]
     pub rotation: RotationSection,
+    /// Which nodes exist.
+    #[serde(default)]
+    pub topology: TopologySection,
 }
 
 /// `[rotation]`: where the Sphinx key schedule comes from.
@@ -260,6 +263,41 @@ pub struct MixnodeSection {
     pub public_sphinx_key_file: PathBuf,
 }
 
+/// Where packets may be forwarded: config `engine.forward_to`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardTo {
+    /// Only to IP addresses of nodes the topology lists (when one is configured).
+    #[default]
+    Known,
+    /// Wherever a packet's routing says.
+    Any,
+}
+
+/// `[topology]`: which nodes exist, for forwarding, inbound room and VerLoc.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopologySection {
+    /// A topology file (path), an http:// URL of one, or "nym-api" to read the nodes nym-api
+    /// lists (`rotation.nym_api`); empty for none.
+    pub source: String,
+    /// How often the topology is read again.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for TopologySection {
+    fn default() -> Self {
+        TopologySection {
+            source: String::new(),
+            refresh_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Smallest per-next-hop and cross-shard byte limits: room for a few of the largest frames.
+pub const PACKET_BYTES_LIMIT_MIN: u64 = 256 << 10;
+
 /// `[engine]`: the packet engine's limits. Every queue and table has a maximum.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -295,6 +333,15 @@ pub struct EngineSection {
     /// Packets queued per next hop while its connection opens or is busy.
     #[serde(alias = "peer_queue_packets_max")]
     pub next_hop_queue_packets_max: usize,
+    /// Bytes queued and being written per next hop (packets and their records); past it
+    /// packets for that next hop are dropped as next_hop_queue_full.
+    pub next_hop_queue_bytes_max: u64,
+    /// "known": with a topology (`[topology]`), forward only to IP addresses of the nodes it
+    /// lists and drop the rest as next_hop_unknown; "any": forward wherever a packet says.
+    pub forward_to: ForwardTo,
+    /// Inbound connections kept for the addresses of known nodes, whole node (split between
+    /// shards): connections from other addresses never fill these.
+    pub connections_reserved_known: usize,
     /// A next hop with nothing to send for this long is closed and forgotten.
     #[serde(with = "humantime_serde")]
     pub next_hop_idle_timeout: Duration,
@@ -302,11 +349,14 @@ pub struct EngineSection {
     pub next_hop_failures_max: u32,
     /// Packets held for their delay at once, per shard.
     pub held_packets_max: usize,
-    /// Bytes of packets held at once (delay wheel and next-hop queues), whole node (split
-    /// between shards); past it packets are dropped as memory_full.
+    /// Bytes of packets held at once (delay wheel, next-hop queues, writes under way), whole
+    /// node (split between shards); past it packets are dropped as memory_full.
     pub packet_memory_bytes_max: u64,
     /// Packets in flight on each cross-shard channel.
     pub cross_shard_packets_max: usize,
+    /// Bytes of packets in flight between shards, whole node (split between the shards
+    /// they go to); past it packets are dropped as handoff_full.
+    pub cross_shard_bytes_max: u64,
     /// Packets one replay filter generation is sized for under one key (whole node). Unset:
     /// 10 million with one static key, and from the measured packet rate with rotating keys
     /// (the key's lifetime x max(rate, 200/s) x 1.12, as nym-nodes size theirs).
@@ -345,10 +395,14 @@ impl Default for EngineSection {
             connection_idle_timeout: Duration::from_secs(600),
             next_hops_max: 4096,
             next_hop_queue_packets_max: 2000,
+            next_hop_queue_bytes_max: 8 << 20,
+            forward_to: ForwardTo::Known,
+            connections_reserved_known: 1024,
             next_hop_idle_timeout: Duration::from_secs(30),
             next_hop_failures_max: 3,
             held_packets_max: 500_000,
             cross_shard_packets_max: 8192,
+            cross_shard_bytes_max: 64 << 20,
             replay_filter_packets_max: None,
             replay_filter_false_positive_rate: 1e-5,
             replay_filter_save_interval: Duration::from_secs(600),
@@ -388,7 +442,8 @@ impl Default for HttpSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VerlocSection {
-    /// Topology file (JSON) or HTTP URL listing the nodes to measure; empty for none.
+    /// Topology file (JSON) or HTTP URL listing the nodes to measure; empty: the one of
+    /// `[topology]`, if a file or URL.
     pub topology: String,
     /// Echo packets sent to each node per run.
     pub packets_per_node: usize,
@@ -500,6 +555,7 @@ impl Config {
             verloc: VerlocSection::default(),
             logging: LoggingSection::default(),
             rotation: RotationSection::default(),
+            topology: TopologySection::default(),
         }
     }
 
@@ -555,6 +611,67 @@ impl Config {
         let tmp = path.with_extension("toml.tmp");
         fs::write(&tmp, self.to_toml()).map_err(io)?;
         fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Check the byte limits, the room kept for known nodes and `[topology]`.
+    fn validate_topology(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: &str, problem: String, fix: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            problem,
+            fix: fix.to_string(),
+        };
+        let e = &self.engine;
+        for (field, value) in [
+            (
+                "engine.next_hop_queue_bytes_max",
+                e.next_hop_queue_bytes_max,
+            ),
+            ("engine.cross_shard_bytes_max", e.cross_shard_bytes_max),
+        ] {
+            if value < PACKET_BYTES_LIMIT_MIN {
+                return Err(invalid(
+                    field,
+                    format!("is {value}"),
+                    &format!("set at least {PACKET_BYTES_LIMIT_MIN} bytes (256 KiB: a few of the largest frames), or delete the line to use the default"),
+                ));
+            }
+        }
+        if e.connections_reserved_known >= e.connections_inbound_max {
+            return Err(invalid(
+                "engine.connections_reserved_known",
+                format!(
+                    "is {} with connections_inbound_max {}",
+                    e.connections_reserved_known, e.connections_inbound_max
+                ),
+                "keep it below engine.connections_inbound_max (default 1024 of 4096)",
+            ));
+        }
+        let t = &self.topology;
+        if t.source.trim() == crate::topology::NYM_API_SOURCE && self.rotation.nym_api.is_none() {
+            return Err(invalid(
+                "topology.source",
+                "is \"nym-api\" but rotation.nym_api is not set".to_string(),
+                "set rotation.nym_api = \"https://validator.nymtech.net/api\", or give a topology file",
+            ));
+        }
+        if t.source.trim() != crate::topology::NYM_API_SOURCE {
+            if let Err(error) = crate::topology::TopologySource::parse(&t.source) {
+                return Err(invalid(
+                    "topology.source",
+                    error.to_string(),
+                    "give a file path, an http:// URL or \"nym-api\"",
+                ));
+            }
+        }
+        if t.refresh_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "topology.refresh_interval",
+                format!("is {}", humantime::format_duration(t.refresh_interval)),
+                "set at least \"1s\" (default \"10m\")",
+            ));
+        }
+        Ok(())
     }
 
     /// Check values serde accepted but the node cannot use.
@@ -716,6 +833,7 @@ impl Config {
             }
         }
         self.validate_rotation(path)?;
+        self.validate_topology(path)?;
         let rate = e.replay_filter_false_positive_rate;
         if !(rate > 0.0 && rate < 0.01) {
             return Err(invalid(

@@ -197,6 +197,8 @@ pub struct TableLimits {
     pub next_hops_max: usize,
     /// Packets queued per next hop.
     pub queue_packets_max: usize,
+    /// Bytes queued and being written per next hop (each packet counted by its footprint).
+    pub queue_bytes_max: u64,
     /// An entry with nothing to send for this long is closed and forgotten.
     pub idle_timeout: Duration,
     /// An entry whose connection failed this many times in a row is forgotten.
@@ -212,9 +214,13 @@ struct NextHop<T> {
     state: PeerState,
     /// Grows as packets arrive (up to the limit) and is freed with the entry: a next hop
     /// takes memory only while it has packets.
-    queue: VecDeque<T>,
+    queue: VecDeque<(T, u64)>,
+    /// Bytes of the packets in `queue`.
+    queue_bytes: u64,
     /// Packets handed to the driver for the write now under way.
     writing: usize,
+    /// Bytes of those packets: they sit in the link's write buffer until the write reports.
+    writing_bytes: u64,
     /// The driver's task waits for work and must be woken for it.
     parked: bool,
     /// Last packet queued or written: the idle timeout counts from here.
@@ -250,7 +256,7 @@ pub struct Queued {
 pub enum Refused {
     /// A new next hop, and every entry of the full table holds packets or is connecting.
     TableFull,
-    /// The next hop's queue is at its limit.
+    /// The next hop's queue is at its limit in packets or in bytes.
     QueueFull,
     /// The next hop's last connection failed and its backoff has not run out.
     Unreachable,
@@ -314,6 +320,8 @@ pub struct NextHopTable<T> {
     next_link: LinkId,
     queued: usize,
     writing: usize,
+    /// Bytes queued and being written, all entries.
+    bytes: u64,
     figures: TableFigures,
 }
 
@@ -326,6 +334,7 @@ impl<T> NextHopTable<T> {
             next_link: 0,
             queued: 0,
             writing: 0,
+            bytes: 0,
             figures: TableFigures::default(),
         }
     }
@@ -350,11 +359,29 @@ impl<T> NextHopTable<T> {
         self.writing
     }
 
+    /// Bytes queued and being written, all entries (the footprints given to [`Self::push`]).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Queued and writing packets counted entry by entry (for checks of the running totals).
+    ///
+    /// # Panics
+    /// If an entry's byte totals or the table's disagree with its packets: a bug of ours.
     pub fn recount(&self) -> (usize, usize) {
-        self.entries
-            .values()
-            .fold((0, 0), |(q, w), e| (q + e.queue.len(), w + e.writing))
+        let mut bytes = 0;
+        let counts = self.entries.values().fold((0, 0), |(q, w), e| {
+            let queued: u64 = e.queue.iter().map(|(_, b)| b).sum();
+            assert_eq!(queued, e.queue_bytes, "queue bytes of one entry");
+            assert!(
+                e.writing > 0 || e.writing_bytes == 0,
+                "bytes writing with no write"
+            );
+            bytes += e.queue_bytes + e.writing_bytes;
+            (q + e.queue.len(), w + e.writing)
+        });
+        assert_eq!(bytes, self.bytes, "table bytes");
+        counts
     }
 
     /// What the table did so far.
@@ -375,9 +402,15 @@ impl<T> NextHopTable<T> {
         self.entries.iter().map(|(a, e)| (*a, e.sent, e.dropped))
     }
 
-    /// Queue `item` for `address` at `now`, making an entry if there is none (evicting the
-    /// least useful quiet entry of a full table).
-    pub fn push(&mut self, address: SocketAddr, item: T, now: Instant) -> Result<Queued, Refused> {
+    /// Queue `item`, which occupies `bytes`, for `address` at `now`, making an entry if there
+    /// is none (evicting the least useful quiet entry of a full table).
+    pub fn push(
+        &mut self,
+        address: SocketAddr,
+        item: T,
+        bytes: u64,
+        now: Instant,
+    ) -> Result<Queued, Refused> {
         let mut queued = Queued::default();
         if !self.entries.contains_key(&address) {
             if self.entries.len() >= self.limits.next_hops_max {
@@ -403,7 +436,9 @@ impl<T> NextHopTable<T> {
                     link,
                     state: PeerState::new(self.limits.backoff),
                     queue: VecDeque::new(),
+                    queue_bytes: 0,
                     writing: 0,
+                    writing_bytes: 0,
                     parked: false,
                     last_active: now,
                     last_useful: now,
@@ -422,13 +457,18 @@ impl<T> NextHopTable<T> {
                 return Err(Refused::Unreachable);
             }
         }
-        if entry.queue.len() >= self.limits.queue_packets_max {
+        let entry_bytes = entry.queue_bytes + entry.writing_bytes;
+        if entry.queue.len() >= self.limits.queue_packets_max
+            || entry_bytes + bytes > self.limits.queue_bytes_max
+        {
             entry.dropped += 1;
             return Err(Refused::QueueFull);
         }
-        entry.queue.push_back(item);
+        entry.queue.push_back((item, bytes));
+        entry.queue_bytes += bytes;
         entry.last_active = now;
         self.queued += 1;
+        self.bytes += bytes;
         if entry.parked {
             entry.parked = false;
             queued.wake = Some(entry.link);
@@ -475,9 +515,13 @@ impl<T> NextHopTable<T> {
         }
         if entry.state.state() == ConnectionState::Connected {
             let packets = entry.queue.len().min(batch_max.max(1));
-            for item in entry.queue.drain(..packets) {
+            let mut bytes = 0;
+            for (item, size) in entry.queue.drain(..packets) {
+                bytes += size;
                 take(item);
             }
+            entry.queue_bytes -= bytes;
+            entry.writing_bytes = bytes;
             entry.writing = packets;
             self.queued -= packets;
             self.writing += packets;
@@ -524,6 +568,8 @@ impl<T> NextHopTable<T> {
         if let Some(entry) = self.entries.get_mut(&address).filter(|e| e.link == link) {
             let packets = entry.writing;
             entry.writing = 0;
+            self.bytes -= entry.writing_bytes;
+            entry.writing_bytes = 0;
             entry.sent += packets as u64;
             entry.last_active = now;
             entry.last_useful = now;
@@ -542,11 +588,13 @@ impl<T> NextHopTable<T> {
         writing_dropped: &mut impl FnMut(usize),
         dropped: &mut impl FnMut(T),
     ) -> bool {
-        let Some(entry) = self.entry_mut(&address, link) else {
+        let Some(entry) = self.entries.get_mut(&address).filter(|e| e.link == link) else {
             return false;
         };
         let packets = entry.writing;
         entry.writing = 0;
+        self.bytes -= entry.writing_bytes;
+        entry.writing_bytes = 0;
         entry.dropped += packets as u64;
         entry.state.on_write_failed(now);
         self.writing -= packets;
@@ -562,7 +610,9 @@ impl<T> NextHopTable<T> {
         let count = entry.queue.len();
         entry.dropped += count as u64;
         self.queued -= count;
-        entry.queue.drain(..).for_each(&mut *dropped);
+        self.bytes -= entry.queue_bytes;
+        entry.queue_bytes = 0;
+        entry.queue.drain(..).for_each(|(item, _)| dropped(item));
         entry.queue = VecDeque::new();
         if entry.state.failures() >= self.limits.failures_max {
             self.entries.remove(&address);
@@ -600,7 +650,9 @@ impl<T> NextHopTable<T> {
             let count = entry.queue.len();
             entry.dropped += count as u64;
             self.queued -= count;
-            entry.queue.drain(..).for_each(&mut *dropped);
+            self.bytes -= entry.queue_bytes;
+            entry.queue_bytes = 0;
+            entry.queue.drain(..).for_each(|(item, _)| dropped(item));
             entry.parked = false;
             link(entry.link);
         }
@@ -713,6 +765,7 @@ mod tests {
         TableLimits {
             next_hops_max: 2,
             queue_packets_max: 3,
+            queue_bytes_max: 1000,
             idle_timeout: Duration::from_secs(10),
             failures_max: 2,
             backoff: Backoff {
@@ -727,7 +780,7 @@ mod tests {
         let t0 = Instant::now();
         let a: SocketAddr = "10.0.0.1:1".parse().expect("valid literal");
         let mut table: NextHopTable<u32> = NextHopTable::new(limits());
-        let queued = table.push(a, 1, t0).expect("room");
+        let queued = table.push(a, 1, 100, t0).expect("room");
         assert_eq!(queued.opened, Some(0));
         let link = table.link_of(&a).expect("entry");
         assert_eq!(
@@ -742,10 +795,13 @@ mod tests {
             0,
             "freed with the queue"
         );
-        assert_eq!(table.push(a, 2, t0), Err(Refused::Unreachable));
+        assert_eq!(table.push(a, 2, 100, t0), Err(Refused::Unreachable));
         assert_eq!(table.entries[&a].queue.capacity(), 0);
         let later = t0 + Duration::from_secs(1);
-        assert_eq!(table.push(a, 3, later).expect("backoff over").wake, None);
+        assert_eq!(
+            table.push(a, 3, 100, later).expect("backoff over").wake,
+            None
+        );
         assert_eq!(
             table.next_step(a, link, later, 8, &mut |_| {}),
             LinkStep::Connect(a)
@@ -770,7 +826,7 @@ mod tests {
         // 0 and 1 connect and write (1 later than 0); 2 fails.
         for (i, &address) in addresses[..3].iter().enumerate() {
             let at = t0 + Duration::from_millis(i as u64);
-            table.push(address, 0, at).expect("room");
+            table.push(address, 0, 100, at).expect("room");
             let link = table.link_of(&address).expect("entry");
             assert_eq!(
                 table.next_step(address, link, at, 8, &mut |_| {}),
@@ -788,18 +844,69 @@ mod tests {
             }
         }
         let failing = table.link_of(&addresses[2]);
-        let queued = table.push(addresses[3], 0, t0).expect("evicts");
+        let queued = table.push(addresses[3], 0, 100, t0).expect("evicts");
         assert_eq!(queued.evicted, failing, "the failing entry goes first");
         let oldest = table.link_of(&addresses[0]);
         let fifth = SocketAddr::from(([10, 0, 0, 5], 1));
-        assert_eq!(table.push(fifth, 0, t0).expect("evicts").evicted, oldest);
+        assert_eq!(
+            table.push(fifth, 0, 100, t0).expect("evicts").evicted,
+            oldest
+        );
         // 3 and 5 hold packets, 1 is quiet: it goes next; then nothing is quiet.
         let sixth = SocketAddr::from(([10, 0, 0, 6], 1));
-        assert!(table.push(sixth, 0, t0).expect("evicts").evicted.is_some());
+        assert!(table
+            .push(sixth, 0, 100, t0)
+            .expect("evicts")
+            .evicted
+            .is_some());
         let seventh = SocketAddr::from(([10, 0, 0, 7], 1));
-        assert_eq!(table.push(seventh, 0, t0), Err(Refused::TableFull));
+        assert_eq!(table.push(seventh, 0, 100, t0), Err(Refused::TableFull));
         assert_eq!(table.figures().evicted, 3);
         assert_eq!(table.figures().refused, 1);
         assert_eq!(table.len(), 3);
+    }
+
+    #[test]
+    fn a_next_hop_is_bounded_in_bytes_including_its_write_under_way() {
+        let t0 = Instant::now();
+        let a: SocketAddr = "10.0.0.1:1".parse().expect("valid literal");
+        let mut limits = limits();
+        limits.queue_packets_max = 100;
+        let mut table: NextHopTable<u32> = NextHopTable::new(limits);
+        table.push(a, 1, 600, t0).expect("room");
+        assert_eq!(table.push(a, 2, 401, t0), Err(Refused::QueueFull));
+        table.push(a, 3, 400, t0).expect("exactly the limit");
+        assert_eq!(table.bytes(), 1000);
+        let link = table.link_of(&a).expect("entry");
+        assert_eq!(
+            table.next_step(a, link, t0, 8, &mut |_| {}),
+            LinkStep::Connect(a)
+        );
+        table.on_connected(a, link);
+        let mut taken = Vec::new();
+        assert_eq!(
+            table.next_step(a, link, t0, 1, &mut |p| taken.push(p)),
+            LinkStep::Write { packets: 1 }
+        );
+        assert_eq!(taken, [1]);
+        // The write under way still counts: no room yet.
+        assert_eq!(table.bytes(), 1000);
+        assert_eq!(table.push(a, 4, 1, t0), Err(Refused::QueueFull));
+        assert_eq!(table.recount(), (1, 1));
+        table.on_written(a, link, t0);
+        assert_eq!(table.bytes(), 400);
+        table.push(a, 5, 600, t0).expect("room after the write");
+        let mut dropped = Vec::new();
+        assert_eq!(
+            table.next_step(a, link, t0, 8, &mut |p| taken.push(p)),
+            LinkStep::Write { packets: 2 }
+        );
+        table.on_write_failed(a, link, t0, &mut |_| {}, &mut |p| dropped.push(p));
+        assert_eq!(table.bytes(), 0);
+        assert_eq!(table.recount(), (0, 0));
+        assert_eq!(
+            table.entries[&a].dropped, 4,
+            "two refused, two lost in the write"
+        );
     }
 }

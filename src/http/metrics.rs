@@ -295,9 +295,30 @@ pub fn render(input: &MetricsInput) -> String {
     o.per_shard(
         "nym_mixnode_packet_memory_bytes",
         "gauge",
-        "Bytes of the packets the shard holds in its delay wheel and next-hop queues (limit: its share of engine.packet_memory_bytes_max; past it, memory_full drops).",
+        "Bytes of the packets the shard holds in its delay wheel, next-hop queues and writes under way, each counted with its record (limit: its share of engine.packet_memory_bytes_max; past it, memory_full drops).",
         shards,
         |s| s.bytes_held,
+    );
+    o.per_shard(
+        "nym_mixnode_cross_shard_bytes",
+        "gauge",
+        "Bytes of the packets in the cross-shard channel towards the shard (limit: its share of engine.cross_shard_bytes_max; past it, handoff_full drops).",
+        shards,
+        |s| s.inbox_bytes,
+    );
+    o.per_shard(
+        "nym_mixnode_known_node_addresses",
+        "gauge",
+        "IP addresses of known nodes (from [topology]) the shard forwards to with engine.forward_to = \"known\" and keeps inbound room for; 0 without a topology.",
+        shards,
+        |s| s.known_addresses,
+    );
+    o.per_shard(
+        "nym_mixnode_connections_inbound_known",
+        "gauge",
+        "Inbound connections open from known nodes' addresses (room kept: the shard's share of engine.connections_reserved_known).",
+        shards,
+        |s| s.connections_known,
     );
     o.per_shard(
         "nym_mixnode_shard_stalls_total",

@@ -20,6 +20,8 @@ use crate::rotation::controller::{self, Controller};
 use crate::rotation::store::KeyStore;
 use crate::shard::stats::{ShardCounts, ShardSnapshot};
 use crate::shard::{Engine, EngineKey, EngineKeys, EngineSettings};
+use crate::topology::refresh::{KnownSource, Refresher};
+use crate::topology::KnownNodes;
 use crate::verloc::{Verloc, VerlocResults, VerlocStats};
 
 /// Options that tests and the benchmark set; operators use the config.
@@ -65,12 +67,21 @@ pub enum StartError {
     /// The Sphinx keys could not be prepared.
     #[error(transparent)]
     Rotation(#[from] crate::rotation::controller::RotationError),
+    /// The configured topology could not be read.
+    #[error("cannot read the known nodes from {origin}: {detail}. Fix: check topology.source in config.toml (a file path, an http:// URL or \"nym-api\"), or clear it to forward anywhere")]
+    Topology {
+        /// The path or URL.
+        origin: String,
+        /// What went wrong.
+        detail: String,
+    },
 }
 
 /// A started node.
 pub struct RunningNode {
     engine: Engine,
     rotation: Controller,
+    topology: Option<Refresher>,
     saver: replay_store::Saver,
     verloc: Verloc,
     api: ApiServer,
@@ -118,6 +129,38 @@ fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError>
         hint: bind_hint(addr, &cause),
         cause,
     })
+}
+
+/// The known nodes' source and first set, read before anything starts.
+fn load_known(
+    config: &Config,
+) -> Result<(Option<KnownSource>, Option<Arc<KnownNodes>>), StartError> {
+    use crate::config::ForwardTo;
+    let source = KnownSource::from_config(config).map_err(|detail| StartError::Topology {
+        origin: config.topology.source.clone(),
+        detail,
+    })?;
+    let Some(source) = source else {
+        if config.engine.forward_to == ForwardTo::Known {
+            tracing::warn!("no topology configured ([topology] source): packets are forwarded to any address. Set topology.source to forward only to known nodes");
+        }
+        return Ok((None, None));
+    };
+    let known = source.load().map_err(|detail| StartError::Topology {
+        origin: source.origin(),
+        detail,
+    })?;
+    let forwarding = match config.engine.forward_to {
+        ForwardTo::Known => "only to these addresses",
+        ForwardTo::Any => "to any address (engine.forward_to = \"any\")",
+    };
+    tracing::info!(
+        origin = %source.origin(),
+        nodes = known.nodes(),
+        addresses = known.addresses(),
+        "topology: known nodes read; forwarding {forwarding}"
+    );
+    Ok((Some(source), Some(Arc::new(known))))
 }
 
 /// Start the node's services. A port of 0 in the config lets the OS choose (tests).
@@ -175,6 +218,7 @@ pub fn start(
             saved,
         });
     }
+    let (known_source, known) = load_known(config)?;
     let engine = Engine::start(EngineSettings {
         listen: SocketAddr::new(m.listening_address, m.mix_port),
         engine: config.engine.clone(),
@@ -184,7 +228,24 @@ pub fn start(
             primary: start_keys.plan.primary,
             keys: engine_keys,
         },
+        known: known.clone(),
     })?;
+    let topology = match (known_source, known) {
+        (Some(source), Some(known)) => {
+            let updater = engine.known_updater();
+            Some(Refresher::start(
+                source,
+                config.topology.refresh_interval,
+                known,
+                move |known| {
+                    if !updater.update(Some(known)) {
+                        tracing::warn!("topology: a shard did not take the new known nodes");
+                    }
+                },
+            ))
+        }
+        _ => None,
+    };
     let saver = replay_store::Saver::start(
         paths,
         engine.shard_count(),
@@ -200,7 +261,15 @@ pub fn start(
         engine.key_updater(),
         engine.stats(),
     );
-    let verloc = Verloc::start(verloc_socket, keys.identity.clone(), &config.verloc)?;
+    // VerLoc measures `verloc.topology`, or else the node's topology file.
+    let mut verloc_settings = config.verloc.clone();
+    let node_topology = config.topology.source.trim();
+    if verloc_settings.topology.trim().is_empty()
+        && node_topology != crate::topology::NYM_API_SOURCE
+    {
+        verloc_settings.topology = node_topology.to_string();
+    }
+    let verloc = Verloc::start(verloc_socket, keys.identity.clone(), &verloc_settings)?;
     let api = ApiServer::start(
         api_addr,
         ApiState::new(
@@ -222,6 +291,7 @@ pub fn start(
     Ok(RunningNode {
         engine,
         rotation,
+        topology,
         saver,
         verloc,
         api,
@@ -259,6 +329,9 @@ impl RunningNode {
     pub fn shutdown(mut self) -> Vec<ShardCounts> {
         self.verloc.stop();
         self.rotation.stop();
+        if let Some(topology) = self.topology.as_mut() {
+            topology.stop();
+        }
         self.saver.stop();
         let finals = self.engine.shutdown(self.drain_timeout);
         self.saver.save_final();

@@ -32,10 +32,11 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::accounting::DropReason;
-use crate::config::EngineSection;
+use crate::config::{EngineSection, ForwardTo};
 use crate::delay::{DelayWheel, WheelConfig, WheelConfigError};
 use crate::forward::{
     owner_shard, Backoff, LinkId, LinkStep, NextHopTable, Refused, SweepEvent, TableFigures,
@@ -43,6 +44,7 @@ use crate::forward::{
 };
 use crate::framing::FrameHeader;
 use crate::sphinx::{ExpandedPacket, HopProcessor, KeyUpdate, KeyUpdateError, LiveKey};
+use crate::topology::KnownNodes;
 
 use super::stats::ShardCounts;
 use super::tag_owner;
@@ -70,7 +72,7 @@ pub struct CoreConfig {
     pub delay_max: Duration,
     /// Packets held in this shard's wheel.
     pub held_packets_max: usize,
-    /// Bytes of packets this shard holds (wheel and queues): its share of
+    /// Bytes of packets this shard holds (wheel, queues, writes under way): its share of
     /// `engine.packet_memory_bytes_max`.
     pub memory_bytes_max: u64,
     /// Slots of the wheel.
@@ -79,6 +81,8 @@ pub struct CoreConfig {
     pub table: TableLimits,
     /// Packets per write.
     pub write_batch_packets_max: usize,
+    /// Whether packets go only to known nodes (once the core is given them).
+    pub forward_to: ForwardTo,
 }
 
 impl CoreConfig {
@@ -98,6 +102,7 @@ impl CoreConfig {
             table: TableLimits {
                 next_hops_max: engine.next_hops_max.div_ceil(shards).max(1),
                 queue_packets_max: engine.next_hop_queue_packets_max,
+                queue_bytes_max: engine.next_hop_queue_bytes_max,
                 idle_timeout: engine.next_hop_idle_timeout,
                 failures_max: engine.next_hop_failures_max,
                 backoff: Backoff {
@@ -106,6 +111,7 @@ impl CoreConfig {
                 },
             },
             write_batch_packets_max: WRITE_BATCH_PACKETS_MAX,
+            forward_to: engine.forward_to,
         }
     }
 }
@@ -121,6 +127,15 @@ pub struct Held {
     pub header: FrameHeader,
     /// Where it goes.
     pub next_hop: SocketAddr,
+}
+
+impl Held {
+    /// The memory it occupies, as the byte budgets count it: the packet's allocation and the
+    /// record around it. Encoded into a write buffer it takes about as much again, for as
+    /// long as the write is under way, and stays counted until then.
+    pub fn footprint(&self) -> u64 {
+        (std::mem::size_of::<Held>() + self.packet.capacity()) as u64
+    }
 }
 
 /// A packet passed between shards.
@@ -140,6 +155,50 @@ pub enum Handoff {
     },
     /// For the shard owning the next hop: hold until due, then forward.
     Hold(Held),
+}
+
+impl Handoff {
+    /// The memory it occupies in a cross-shard channel (the box or record, and the packet).
+    pub fn footprint(&self) -> u64 {
+        match self {
+            Handoff::Unwrap { packet, .. } => {
+                (std::mem::size_of::<Handoff>() as u64) + packet.footprint()
+            }
+            Handoff::Hold(held) => held.footprint(),
+        }
+    }
+}
+
+/// Bytes in flight towards one shard, shared by the shards that send to it and the one that
+/// takes: a reservation is an atomic add, never a lock. Bounds what the cross-shard channels
+/// hold in bytes, as their capacity bounds them in packets.
+#[derive(Debug, Default)]
+pub struct InboxBytes {
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl InboxBytes {
+    /// Reserve `bytes` if that keeps the total within `max`; whether it did.
+    pub fn try_reserve(&self, bytes: u64, max: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        let before = self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        if before + bytes > max {
+            self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Give back `bytes` reserved earlier (the handoff was taken, or refused by the channel).
+    pub fn release(&self, bytes: u64) {
+        self.bytes
+            .fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Bytes reserved now.
+    pub fn get(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Why a [`HandoffSink`] did not take a handoff.
@@ -215,7 +274,7 @@ pub struct CoreFigures {
     pub table: TableFigures,
     /// Packets whose delay was over `engine.delay_max`, held for the cap instead.
     pub delays_clamped: u64,
-    /// Bytes of the packets in the wheel and the queues.
+    /// Bytes of the packets in the wheel, the queues and writes under way (footprints).
     pub bytes_held: u64,
 }
 
@@ -249,14 +308,16 @@ pub struct ShardCore {
     actions: VecDeque<Action>,
     next_sweep: Instant,
     delays_clamped: u64,
-    /// Bytes of the packets in the wheel and the queues (their packets' lengths).
-    bytes_held: u64,
+    /// Footprints of the packets in the wheel (the table counts its own).
+    wheel_bytes: u64,
     table_full_logged_at: Option<Instant>,
     filter_generations_seen: u64,
     /// Reads the clock for the processing-time histograms only; never for a decision.
     stopwatch: fn() -> Instant,
     /// Packets that fell due in one [`Self::handle_timeout`], reused.
     due: Vec<Held>,
+    /// The nodes packets may go to, with `forward_to = "known"`; None: any.
+    known: Option<Arc<KnownNodes>>,
 }
 
 impl ShardCore {
@@ -286,11 +347,12 @@ impl ShardCore {
             actions: VecDeque::new(),
             next_sweep: now + SWEEP_INTERVAL,
             delays_clamped: 0,
-            bytes_held: 0,
+            wheel_bytes: 0,
             table_full_logged_at: None,
             filter_generations_seen: 0,
             stopwatch,
             due: Vec::with_capacity(4096),
+            known: None,
         })
     }
 
@@ -312,6 +374,18 @@ impl ShardCore {
         Ok(purged)
     }
 
+    /// The nodes packets may go to from now on (None: no topology, any address). Ignored
+    /// with `forward_to = "any"`. The old set comes back, to be freed by the caller.
+    pub fn set_known(&mut self, known: Option<Arc<KnownNodes>>) -> Option<Arc<KnownNodes>> {
+        let known = known.filter(|_| self.config.forward_to == ForwardTo::Known);
+        std::mem::replace(&mut self.known, known)
+    }
+
+    /// The known nodes the core forwards to, if it checks.
+    pub fn known(&self) -> Option<&Arc<KnownNodes>> {
+        self.known.as_ref()
+    }
+
     /// Packet counters.
     pub fn counts(&self) -> ShardCounts {
         self.counts
@@ -330,8 +404,14 @@ impl ShardCore {
             writing: self.table.writing() as u64,
             table: self.table.figures(),
             delays_clamped: self.delays_clamped,
-            bytes_held: self.bytes_held,
+            bytes_held: self.bytes_held(),
         }
+    }
+
+    /// Footprints of the packets in the wheel, the queues and the writes under way: what
+    /// `memory_bytes_max` bounds.
+    pub fn bytes_held(&self) -> u64 {
+        self.wheel_bytes + self.table.bytes()
     }
 
     /// Packets in this shard now, measured: wheel, queues and writes under way.
@@ -350,13 +430,16 @@ impl ShardCore {
         let (queued, writing) = self.table.recount();
         assert_eq!(queued, self.table.queued(), "queued total");
         assert_eq!(writing, self.table.writing(), "writing total");
-        if self.wheel.len() + self.table.queued() == 0 {
-            assert_eq!(self.bytes_held, 0, "bytes held with no packet held");
+        if self.wheel.is_empty() {
+            assert_eq!(self.wheel_bytes, 0, "wheel bytes with no packet held");
+        }
+        if self.table.queued() + self.table.writing() == 0 {
+            assert_eq!(self.table.bytes(), 0, "table bytes with no packet queued");
         }
         assert!(
-            self.bytes_held <= self.config.memory_bytes_max,
+            self.bytes_held() <= self.config.memory_bytes_max,
             "bytes held {} over the budget {}",
-            self.bytes_held,
+            self.bytes_held(),
             self.config.memory_bytes_max
         );
         let c = &self.counts;
@@ -488,6 +571,11 @@ impl ShardCore {
             Ok(hop) => hop,
             Err(reason) => return self.drop_packet(reason),
         };
+        if let Some(known) = &self.known {
+            if !known.contains(hop.next_hop.ip()) {
+                return self.drop_packet(DropReason::NextHopUnknown);
+            }
+        }
         if hop.delay_clamped {
             self.delays_clamped += 1;
         }
@@ -523,8 +611,8 @@ impl ShardCore {
     /// Into the wheel, or straight to the queue when already due at `now`, if the shard's
     /// memory budget has room for it.
     fn hold(&mut self, held: Held, now: Instant) -> Outcome {
-        let bytes = held.packet.len() as u64;
-        if self.bytes_held + bytes > self.config.memory_bytes_max {
+        let bytes = held.footprint();
+        if self.bytes_held() + bytes > self.config.memory_bytes_max {
             return self.drop_packet(DropReason::MemoryFull);
         }
         if held.due <= now {
@@ -533,7 +621,7 @@ impl ShardCore {
         let due = held.due;
         match self.wheel.insert(due, held) {
             Ok(()) => {
-                self.bytes_held += bytes;
+                self.wheel_bytes += bytes;
                 Outcome::Held { due }
             }
             Err(_) => self.drop_packet(DropReason::WheelFull),
@@ -546,10 +634,9 @@ impl ShardCore {
             return self.drop_packet(DropReason::Shutdown);
         }
         let next_hop = held.next_hop;
-        let bytes = held.packet.len() as u64;
-        match self.table.push(next_hop, held, now) {
+        let bytes = held.footprint();
+        match self.table.push(next_hop, held, bytes, now) {
             Ok(queued) => {
-                self.bytes_held += bytes;
                 if let Some(link) = queued.evicted {
                     self.actions.push_back(Action::Wake { link });
                 }
@@ -593,7 +680,7 @@ impl ShardCore {
         self.wheel.pop_due(now, &mut |held| due.push(held));
         for held in due.drain(..) {
             // Out of the wheel: counted again if the queue takes it.
-            self.bytes_held -= held.packet.len() as u64;
+            self.wheel_bytes -= held.footprint();
             self.enqueue(held, now);
         }
         self.due = due;
@@ -640,20 +727,12 @@ impl ShardCore {
     fn close(&mut self) {
         self.phase = Phase::Closed;
         let mut left = 0u64;
-        let mut bytes = 0u64;
-        self.wheel.drain_all(&mut |held| {
-            left += 1;
-            bytes += held.packet.len() as u64;
-        });
+        self.wheel.drain_all(&mut |_| left += 1);
+        self.wheel_bytes = 0;
         let actions = &mut self.actions;
-        self.table.drain_all(
-            &mut |held| {
-                left += 1;
-                bytes += held.packet.len() as u64;
-            },
-            &mut |link| actions.push_back(Action::Wake { link }),
-        );
-        self.bytes_held -= bytes;
+        self.table.drain_all(&mut |_| left += 1, &mut |link| {
+            actions.push_back(Action::Wake { link })
+        });
         self.counts.packets.dropped[DropReason::Shutdown as usize] += left;
     }
 
@@ -675,14 +754,12 @@ impl ShardCore {
         buffer.clear();
         dues.clear();
         let closed = self.phase == Phase::Closed;
-        let mut taken = 0u64;
         let step = self.table.next_step(
             next_hop,
             link,
             now,
             self.config.write_batch_packets_max,
             &mut |held: Held| {
-                taken += held.packet.len() as u64;
                 let start = buffer.len();
                 buffer.resize(start + held.header.encoded_len(), 0);
                 held.header.encode(&mut buffer[start..]);
@@ -690,8 +767,6 @@ impl ShardCore {
                 dues.push(held.due);
             },
         );
-        // Encoded into the link's write buffer: no longer held here.
-        self.bytes_held -= taken;
         match step {
             // After close the queues are empty: a task that would wait ends instead.
             LinkStep::Wait if closed => LinkStep::Close,
@@ -708,13 +783,8 @@ impl ShardCore {
     /// [`DropReason::NextHopUnreachable`], and the next hop backs off (or is forgotten).
     pub fn on_connect_failed(&mut self, next_hop: SocketAddr, link: LinkId, now: Instant) {
         let mut dropped = 0u64;
-        let mut bytes = 0u64;
         self.table
-            .on_connect_failed(next_hop, link, now, &mut |held| {
-                dropped += 1;
-                bytes += held.packet.len() as u64;
-            });
-        self.bytes_held -= bytes;
+            .on_connect_failed(next_hop, link, now, &mut |_| dropped += 1);
         self.counts.packets.dropped[DropReason::NextHopUnreachable as usize] += dropped;
     }
 
@@ -742,18 +812,13 @@ impl ShardCore {
     pub fn on_write_failed(&mut self, next_hop: SocketAddr, link: LinkId, now: Instant) {
         let mut written_lost = 0u64;
         let mut queued_lost = 0u64;
-        let mut bytes = 0u64;
         self.table.on_write_failed(
             next_hop,
             link,
             now,
             &mut |writing| written_lost += writing as u64,
-            &mut |held| {
-                queued_lost += 1;
-                bytes += held.packet.len() as u64;
-            },
+            &mut |_| queued_lost += 1,
         );
-        self.bytes_held -= bytes;
         self.counts.packets.dropped[DropReason::NextHopUnreachable as usize] +=
             written_lost + queued_lost;
     }

@@ -483,3 +483,65 @@ fn stale_reports_of_a_forgotten_link_change_nothing() {
     assert_eq!(one.core.figures().queued, 1);
     one.core.check_conservation();
 }
+
+#[test]
+fn with_known_nodes_only_their_addresses_are_forwarded_to() {
+    let known = std::sync::Arc::new(crate::topology::KnownNodes::from_addresses(
+        vec![vec![addr(1).ip()]],
+        "test",
+    ));
+    let mut one = One::new(|_| {});
+    // No topology: any address.
+    assert_eq!(one.send(addr(2), Duration::ZERO, one.t0), Outcome::Queued);
+    assert!(one.core.set_known(Some(known.clone())).is_none());
+    assert_eq!(one.send(addr(1), Duration::ZERO, one.t0), Outcome::Queued);
+    assert_eq!(
+        one.send(addr(2), Duration::ZERO, one.t0),
+        Outcome::Dropped(DropReason::NextHopUnknown)
+    );
+    assert_eq!(one.dropped(DropReason::NextHopUnknown), 1);
+    // Another port of a known address is the same node.
+    let other_port = SocketAddr::new(addr(1).ip(), 9999);
+    assert_eq!(
+        one.send(other_port, Duration::ZERO, one.t0),
+        Outcome::Queued
+    );
+
+    // forward_to = "any": the known nodes are not checked.
+    let mut any = One::new(|c| c.forward_to = ForwardTo::Any);
+    any.core.set_known(Some(known));
+    assert!(any.core.known().is_none());
+    assert_eq!(any.send(addr(2), Duration::ZERO, any.t0), Outcome::Queued);
+}
+
+#[test]
+fn the_byte_budget_counts_writes_under_way_until_they_report() {
+    let footprint = {
+        let mut packets = Packets::new(SEED);
+        std::mem::size_of::<Held>() as u64 + packets.forward(addr(1), Duration::ZERO).len() as u64
+    };
+    let mut one = One::new(|c| c.memory_bytes_max = 3 * footprint);
+    for _ in 0..3 {
+        assert_eq!(one.send(addr(1), Duration::ZERO, one.t0), Outcome::Queued);
+    }
+    assert_eq!(
+        one.send(addr(1), Duration::ZERO, one.t0),
+        Outcome::Dropped(DropReason::MemoryFull)
+    );
+    let link = one.open(addr(1), one.t0);
+    assert_eq!(
+        one.step(addr(1), link, one.t0),
+        (LinkStep::Write { packets: 3 }, 3)
+    );
+    // In the write buffer: still counted.
+    assert_eq!(one.core.bytes_held(), 3 * footprint);
+    assert_eq!(
+        one.send(addr(1), Duration::ZERO, one.t0),
+        Outcome::Dropped(DropReason::MemoryFull)
+    );
+    one.core
+        .on_written(addr(1), link, one.t0, &[], &mut NoTimings);
+    one.core.check_conservation();
+    assert_eq!(one.core.bytes_held(), 0);
+    assert_eq!(one.send(addr(1), Duration::ZERO, one.t0), Outcome::Queued);
+}

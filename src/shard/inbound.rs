@@ -14,12 +14,21 @@
 //! room, so that a crowd of idle or slow connections cannot lock new senders out. Only when the
 //! new one's address is itself at its cap is it refused.
 //!
+//! With a topology, `engine.connections_reserved_known` (this shard's share) is room that
+//! only known nodes' addresses may fill: once connections from other addresses hold all but
+//! the reserved room, a new one from another address closes the longest silent of those,
+//! never a known node's. A known node's new connection closes the longest silent unknown
+//! one when the shard is full, and a known one only when there is no other.
+//!
 //! What it deliberately does not do: read sockets or keep time (the driver passes `now` and
 //! cancels the reader of a connection closed here).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::topology::KnownNodes;
 
 /// Deadlines of an inbound connection (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +37,8 @@ pub struct InboundLimits {
     pub connections_max: usize,
     /// Connections from one source address this shard holds at once.
     pub per_ip_max: usize,
+    /// Of `connections_max`, connections only known nodes may take (with a topology).
+    pub reserved_known: usize,
     /// From accept to the first whole frame.
     pub first_frame_timeout: Duration,
     /// From a frame's first byte to its last.
@@ -63,6 +74,8 @@ pub enum Admit {
 #[derive(Clone, Copy, Debug)]
 struct Connection {
     ip: IpAddr,
+    /// From a known node's address.
+    known: bool,
     accepted_at: Instant,
     /// The last whole frame, if any.
     last_frame_at: Option<Instant>,
@@ -74,6 +87,10 @@ pub struct InboundTable {
     limits: InboundLimits,
     connections: HashMap<u64, Connection>,
     per_ip: HashMap<IpAddr, usize>,
+    /// The known nodes (None: no topology; no room is kept).
+    known: Option<Arc<KnownNodes>>,
+    /// Connections held from known nodes' addresses.
+    known_count: usize,
 }
 
 impl InboundTable {
@@ -83,7 +100,33 @@ impl InboundTable {
             limits,
             connections: HashMap::new(),
             per_ip: HashMap::new(),
+            known: None,
+            known_count: 0,
         }
+    }
+
+    /// The known nodes from now on (None: no topology). Connections held are sorted again.
+    /// The old set comes back, to be freed by the caller.
+    pub fn set_known(&mut self, known: Option<Arc<KnownNodes>>) -> Option<Arc<KnownNodes>> {
+        let old = std::mem::replace(&mut self.known, known);
+        self.known_count = 0;
+        for connection in self.connections.values_mut() {
+            connection.known = self
+                .known
+                .as_ref()
+                .is_some_and(|k| k.contains(connection.ip));
+            self.known_count += usize::from(connection.known);
+        }
+        old
+    }
+
+    /// Connections held from known nodes' addresses.
+    pub fn known_len(&self) -> usize {
+        self.known_count
+    }
+
+    fn is_known(&self, ip: IpAddr) -> bool {
+        self.known.as_ref().is_some_and(|k| k.contains(ip))
     }
 
     /// The limits.
@@ -111,15 +154,26 @@ impl InboundTable {
         if self.from_ip(ip) >= self.limits.per_ip_max.max(1) {
             return Admit::RefusePerIp;
         }
-        if self.connections.len() < self.limits.connections_max.max(1) {
+        let max = self.limits.connections_max.max(1);
+        let known = self.is_known(ip);
+        let reserved = if self.known.is_some() {
+            self.limits.reserved_known.min(max - 1)
+        } else {
+            0
+        };
+        let unknown = self.connections.len() - self.known_count;
+        let over_share = !known && unknown >= max - reserved;
+        if self.connections.len() < max && !over_share {
             return Admit::Accept;
         }
-        // The longest without a whole frame: never-sent ones by accept time, others by their
+        // Unknown addresses first (the only candidates for a newcomer from one); then the
+        // longest without a whole frame: never-sent ones by accept time, others by their
         // last frame. Ties go to the lower id (the older connection).
         let victim = self
             .connections
             .iter()
-            .min_by_key(|(id, c)| (c.last_frame_at.unwrap_or(c.accepted_at), **id))
+            .filter(|(_, c)| known || !over_share || !c.known)
+            .min_by_key(|(id, c)| (c.known, c.last_frame_at.unwrap_or(c.accepted_at), **id))
             .map(|(id, _)| *id);
         match victim {
             Some(id) => Admit::AcceptEvicting(id),
@@ -129,10 +183,13 @@ impl InboundTable {
 
     /// Connection `id` from `ip` was taken at `now`.
     pub fn insert(&mut self, id: u64, ip: IpAddr, now: Instant) {
+        let known = self.is_known(ip);
+        self.known_count += usize::from(known);
         let previous = self.connections.insert(
             id,
             Connection {
                 ip,
+                known,
                 accepted_at: now,
                 last_frame_at: None,
             },
@@ -146,6 +203,7 @@ impl InboundTable {
         let Some(connection) = self.connections.remove(&id) else {
             return;
         };
+        self.known_count -= usize::from(connection.known);
         if let Some(count) = self.per_ip.get_mut(&connection.ip) {
             *count -= 1;
             if *count == 0 {
@@ -197,6 +255,7 @@ mod tests {
         InboundLimits {
             connections_max: 3,
             per_ip_max: 2,
+            reserved_known: 0,
             first_frame_timeout: Duration::from_secs(10),
             frame_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
@@ -269,5 +328,55 @@ mod tests {
             Some((t0 + s(35), CloseReason::SlowFrame))
         );
         assert_eq!(table.deadline(9, None), None);
+    }
+
+    #[test]
+    fn room_kept_for_known_nodes_is_never_taken_by_other_addresses() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut limits = limits();
+        limits.connections_max = 4;
+        limits.reserved_known = 2;
+        limits.per_ip_max = 4;
+        let mut table = InboundTable::new(limits);
+        // No topology: no room kept, the cap is shared.
+        table.insert(1, ip(1), t0);
+        table.insert(2, ip(2), t0 + s(1));
+        assert_eq!(table.admit(ip(3)), Admit::Accept);
+        let known = KnownNodes::from_addresses(vec![vec![ip(100)], vec![ip(101)]], "test");
+        table.set_known(Some(Arc::new(known)));
+        assert_eq!(table.known_len(), 0);
+        // Two unknown connections hold all but the reserved room: a third unknown one
+        // closes the longest silent unknown one.
+        assert_eq!(table.admit(ip(3)), Admit::AcceptEvicting(1));
+        // A known node is taken outright, twice.
+        assert_eq!(table.admit(ip(100)), Admit::Accept);
+        table.insert(10, ip(100), t0 + s(2));
+        table.insert(11, ip(101), t0 + s(3));
+        assert_eq!(table.known_len(), 2);
+        // Full: an unknown newcomer closes an unknown one, never a known one, even though
+        // the known ones are the longest silent.
+        table.on_frame(1, t0 + s(9));
+        table.on_frame(2, t0 + s(8));
+        assert_eq!(table.admit(ip(3)), Admit::AcceptEvicting(2));
+        // A known newcomer of a full shard closes the longest silent unknown one too.
+        assert_eq!(table.admit(ip(100)), Admit::AcceptEvicting(2));
+        // Only known connections: a known newcomer closes the longest silent known one.
+        table.remove(1);
+        table.remove(2);
+        table.insert(12, ip(100), t0 + s(4));
+        table.insert(13, ip(101), t0 + s(5));
+        assert_eq!(table.known_len(), 4);
+        assert_eq!(table.admit(ip(101)), Admit::AcceptEvicting(10));
+        // ... and an unknown one (below its share) may close one of those beyond the room.
+        assert_eq!(table.admit(ip(3)), Admit::AcceptEvicting(10));
+        // The topology changes: the connections are sorted again.
+        table.set_known(Some(Arc::new(KnownNodes::from_addresses(
+            vec![vec![ip(100)]],
+            "t",
+        ))));
+        assert_eq!(table.known_len(), 2);
+        table.set_known(None);
+        assert_eq!(table.known_len(), 0);
     }
 }

@@ -107,6 +107,9 @@ pub struct EngineSettings {
     pub pin: bool,
     /// The Sphinx keys to start with.
     pub keys: EngineKeys,
+    /// The known nodes to start with (None: no topology). Later sets go through
+    /// [`Engine::known_updater`].
+    pub known: Option<Arc<crate::topology::KnownNodes>>,
 }
 
 /// One Sphinx key to start the engine with.
@@ -283,6 +286,23 @@ impl KeyUpdater {
     }
 }
 
+/// Hands every shard a new set of known nodes (see [`Engine::known_updater`]).
+#[derive(Clone)]
+pub struct KnownUpdater {
+    senders: Vec<crossbeam_channel::Sender<Option<Arc<crate::topology::KnownNodes>>>>,
+}
+
+impl KnownUpdater {
+    /// Give every shard `known`; each takes it between two packets. A shard whose channel is
+    /// full has not taken the previous set yet: it is given this one after at most
+    /// [`KEY_UPDATE_WAIT`]. Whether every shard was given it.
+    pub fn update(&self, known: Option<Arc<crate::topology::KnownNodes>>) -> bool {
+        self.senders
+            .iter()
+            .all(|sender| sender.send_timeout(known.clone(), KEY_UPDATE_WAIT).is_ok())
+    }
+}
+
 /// Asks the shards for copies of their replay filters (see [`Engine::save_requester`]).
 #[derive(Clone)]
 pub struct FilterSaveRequester {
@@ -325,6 +345,7 @@ impl Control {
 pub struct Engine {
     handles: Vec<glommio::ExecutorJoinHandle<ShardCounts>>,
     key_updater: KeyUpdater,
+    known_updater: KnownUpdater,
     control: Arc<Control>,
     stats: Arc<Vec<ShardStats>>,
     telemetry: crossbeam_channel::Receiver<TelemetryReport>,
@@ -508,6 +529,18 @@ impl Engine {
             })?);
         }
 
+        let inbox_bytes: Vec<Arc<core::InboxBytes>> = (0..shards).map(|_| Arc::default()).collect();
+        let mut known_senders = Vec::with_capacity(shards);
+        let mut known_receivers = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (tx, rx) = crossbeam_channel::bounded(2);
+            known_senders.push(tx);
+            known_receivers.push(rx);
+        }
+        let known_updater = KnownUpdater {
+            senders: known_senders,
+        };
+        let mut known_receivers = known_receivers.into_iter();
         let mut senders = Vec::with_capacity(shards);
         let mut inboxes = Vec::with_capacity(shards);
         for _ in 0..shards {
@@ -592,6 +625,9 @@ impl Engine {
                 listener_fd: socket.into_raw_fd(),
                 inbox,
                 senders: senders.clone(),
+                inbox_bytes: inbox_bytes.clone(),
+                known: settings.known.clone(),
+                known_updates: known_receivers.next().expect("one per shard"),
                 bells_out: bells_out.next().unwrap_or_default(),
                 bells_in: bells_in.next().unwrap_or_default(),
                 watchdog_fd: shard_ends.next().expect("one per shard").into_raw_fd(),
@@ -616,6 +652,7 @@ impl Engine {
                         handles,
                         watchdog: None,
                         key_updater,
+                        known_updater,
                         control,
                         stats,
                         local_addr,
@@ -642,6 +679,7 @@ impl Engine {
             handles,
             watchdog,
             key_updater,
+            known_updater,
             control,
             stats,
             telemetry,
@@ -693,6 +731,11 @@ impl Engine {
     /// A handle that changes the live Sphinx keys of every shard (the rotation controller's).
     pub fn key_updater(&self) -> KeyUpdater {
         self.key_updater.clone()
+    }
+
+    /// A handle that gives the shards new known nodes, from any thread.
+    pub fn known_updater(&self) -> KnownUpdater {
+        self.known_updater.clone()
     }
 
     /// Stop accepting, forward what falls due within `drain`, drop the rest as shutdown, and

@@ -89,6 +89,9 @@ struct Sim {
     late: Vec<Vec<u8>>,
 }
 
+/// A next hop that no known node has: its packets are dropped as next_hop_unknown.
+const UNLISTED_PEER: usize = REGULAR_PEERS + RARE_PEERS;
+
 fn peer_address(index: usize) -> SocketAddr {
     SocketAddr::from(([10, 1, (index / 200) as u8, (index % 200) as u8 + 1], 1789))
 }
@@ -108,16 +111,27 @@ impl Sim {
     fn new(seed: u64) -> Sim {
         let mut packets = Packets::new(seed);
         let now = Instant::now();
+        // Every peer the model runs is a known node; one address that no node has is not.
+        let known = std::sync::Arc::new(crate::topology::KnownNodes::from_addresses(
+            (0..REGULAR_PEERS + RARE_PEERS).map(|i| vec![peer_address(i).ip()]),
+            "simulation",
+        ));
         let shards = (0..SHARDS)
-            .map(|index| Shard {
-                core: testkit::rotating_core(config(index), &packets, now),
-                links: BTreeMap::new(),
+            .map(|index| {
+                let mut core = testkit::rotating_core(config(index), &packets, now);
+                core.set_known(Some(std::sync::Arc::clone(&known)));
+                Shard {
+                    core,
+                    links: BTreeMap::new(),
+                }
             })
             .collect();
         let mut rng = SplitMix64::new(seed ^ 0x5349_4d55);
         let mut pool = Vec::with_capacity(POOL);
         for _ in 0..POOL {
-            let peer = if rng.chance(3, 4) {
+            let peer = if rng.chance(1, 40) {
+                UNLISTED_PEER
+            } else if rng.chance(3, 4) {
                 rng.below(REGULAR_PEERS as u64) as usize
             } else {
                 REGULAR_PEERS + rng.below(RARE_PEERS as u64) as usize

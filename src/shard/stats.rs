@@ -36,6 +36,9 @@ pub struct ShardStats {
     accept_errors: AtomicU64,
     read_timeouts: AtomicU64,
     bytes_held: AtomicU64,
+    inbox_bytes: AtomicU64,
+    known_addresses: AtomicU64,
+    connections_known: AtomicU64,
     connections_evicted: AtomicU64,
     connections_closed_idle: AtomicU64,
     connections_closed_first_frame: AtomicU64,
@@ -129,8 +132,15 @@ pub struct ShardSnapshot {
     pub accept_errors: u64,
     /// Inbound connections closed because they stalled mid-frame.
     pub read_timeouts: u64,
-    /// Bytes of the packets in the wheel and the queues.
+    /// Bytes of the packets in the wheel, the queues and the writes under way.
     pub bytes_held: u64,
+    /// Bytes of the packets in the cross-shard channel towards this shard.
+    pub inbox_bytes: u64,
+    /// Addresses of known nodes the shard checks next hops and inbound room against (0: no
+    /// topology, or `forward_to = "any"` with no topology).
+    pub known_addresses: u64,
+    /// Inbound connections open from known nodes' addresses.
+    pub connections_known: u64,
     /// Inbound connections closed to make room for a new one (the longest without a frame).
     pub connections_evicted: u64,
     /// Inbound connections closed after `engine.connection_idle_timeout` without a frame.
@@ -219,6 +229,9 @@ impl ShardStats {
         self.accept_errors.store(s.accept_errors, r);
         self.read_timeouts.store(s.read_timeouts, r);
         self.bytes_held.store(s.bytes_held, r);
+        self.inbox_bytes.store(s.inbox_bytes, r);
+        self.known_addresses.store(s.known_addresses, r);
+        self.connections_known.store(s.connections_known, r);
         self.connections_evicted.store(s.connections_evicted, r);
         self.connections_closed_idle
             .store(s.connections_closed_idle, r);
@@ -328,6 +341,9 @@ impl ShardStats {
             accept_errors: self.accept_errors.load(r),
             read_timeouts: self.read_timeouts.load(r),
             bytes_held: self.bytes_held.load(r),
+            inbox_bytes: self.inbox_bytes.load(r),
+            known_addresses: self.known_addresses.load(r),
+            connections_known: self.connections_known.load(r),
             connections_evicted: self.connections_evicted.load(r),
             connections_closed_idle: self.connections_closed_idle.load(r),
             connections_closed_first_frame: self.connections_closed_first_frame.load(r),

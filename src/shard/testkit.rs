@@ -227,6 +227,7 @@ pub fn config(index: usize, shards: usize) -> CoreConfig {
         table: TableLimits {
             next_hops_max: 8,
             queue_packets_max: 16,
+            queue_bytes_max: 1 << 20,
             idle_timeout: Duration::from_secs(5),
             failures_max: 3,
             backoff: Backoff {
@@ -235,6 +236,7 @@ pub fn config(index: usize, shards: usize) -> CoreConfig {
             },
         },
         write_batch_packets_max: 4,
+        forward_to: crate::config::ForwardTo::Known,
     }
 }
 

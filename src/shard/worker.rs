@@ -21,7 +21,7 @@ use glommio::sync::Semaphore;
 use glommio::task::JoinHandle;
 
 use super::core::{
-    Action, CoreConfig, Handoff, HandoffRefused, HandoffSink, Outcome, Phase, ShardCore,
+    Action, CoreConfig, Handoff, HandoffRefused, HandoffSink, InboxBytes, Outcome, Phase, ShardCore,
 };
 use super::inbound::{Admit, CloseReason, InboundLimits, InboundTable};
 use super::stats::{KeyFigures, ShardCounts, ShardSnapshot, ShardStats};
@@ -32,6 +32,7 @@ use crate::forward::{LinkId, LinkStep};
 use crate::framing::{FrameDecoder, FrameHeader};
 use crate::replay::snapshot::{FilterImage, SnapshotCursor};
 use crate::sphinx::{HopProcessor, KeyUpdate, LiveKey};
+use crate::topology::KnownNodes;
 
 /// Longest sleep of an idle pump: bounds how late a shard notices a shutdown request and how
 /// old its published figures get. Handoffs (doorbell) and packets held for less than this
@@ -54,6 +55,11 @@ pub(super) struct ShardInit {
     pub listener_fd: RawFd,
     pub inbox: Receiver<Handoff>,
     pub senders: Vec<Sender<Handoff>>,
+    /// Bytes in flight towards each shard (this one's own at `index`).
+    pub inbox_bytes: Vec<Arc<InboxBytes>>,
+    /// The known nodes at start (None: no topology), and the channel of later ones.
+    pub known: Option<Arc<KnownNodes>>,
+    pub known_updates: Receiver<Option<Arc<KnownNodes>>>,
     /// Doorbells of the other shards, by shard index (None for this one).
     pub bells_out: Vec<Option<Doorbell>>,
     /// This shard's doorbell, one receiver per other shard.
@@ -76,13 +82,24 @@ pub(super) struct ShardInit {
 /// target's doorbell.
 struct Outbox {
     senders: Vec<Sender<Handoff>>,
+    /// Bytes in flight towards each shard, and the most each may have.
+    inbox_bytes: Vec<Arc<InboxBytes>>,
+    inbox_bytes_max: u64,
     /// The other shards' doorbells, connected (None for this shard, or until connected).
     bells: Vec<Option<ConnectedSender<()>>>,
 }
 
 impl HandoffSink for Outbox {
     fn hand_off(&mut self, to: usize, handoff: Handoff) -> Result<(), HandoffRefused> {
-        match self.senders[to].try_send(handoff) {
+        let bytes = handoff.footprint();
+        if !self.inbox_bytes[to].try_reserve(bytes, self.inbox_bytes_max) {
+            return Err(HandoffRefused::Full);
+        }
+        let sent = self.senders[to].try_send(handoff);
+        if sent.is_err() {
+            self.inbox_bytes[to].release(bytes);
+        }
+        match sent {
             Ok(()) => {
                 // A full slot means a ring is already pending; a closed one, that the other
                 // shard has stopped (its inbox is drained at close).
@@ -111,6 +128,9 @@ struct Shard {
     core: RefCell<ShardCore>,
     outbox: RefCell<Outbox>,
     inbox: Receiver<Handoff>,
+    /// Bytes in flight towards this shard: released as handoffs are taken.
+    inbox_bytes: Arc<InboxBytes>,
+    known_updates: Receiver<Option<Arc<KnownNodes>>>,
     /// Wakes a sleeping pump: a doorbell rang, or a packet due before its wake-up was held.
     pump_wake: Semaphore,
     /// When the sleeping pump will wake on its own; None while it runs.
@@ -138,6 +158,24 @@ struct Shard {
     purged_keys: Sender<LiveKey>,
 }
 
+/// This shard's inbound table: its shares of the node-wide limits.
+fn inbound_table(
+    engine: &EngineSection,
+    shards: usize,
+    known: Option<Arc<KnownNodes>>,
+) -> InboundTable {
+    let mut table = InboundTable::new(InboundLimits {
+        connections_max: engine.connections_inbound_max.div_ceil(shards).max(1),
+        per_ip_max: engine.connections_per_ip_max.div_ceil(shards).max(1),
+        reserved_known: engine.connections_reserved_known.div_ceil(shards),
+        first_frame_timeout: engine.first_frame_timeout,
+        frame_timeout: engine.read_timeout,
+        idle_timeout: engine.connection_idle_timeout,
+    });
+    table.set_known(known);
+    table
+}
+
 /// The shard's main future: returns its final counts after shutdown.
 pub(super) async fn run(init: ShardInit) -> ShardCounts {
     // SAFETY: the fd is a listening TCP socket created for this shard and owned by nothing else.
@@ -145,7 +183,10 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
     let shards = init.shards;
     let config = CoreConfig::new(&init.engine, init.index, shards);
     let core = match ShardCore::new(config, init.processor, Instant::now(), Instant::now) {
-        Ok(core) => core,
+        Ok(mut core) => {
+            core.set_known(init.known.clone());
+            core
+        }
         Err(err) => {
             tracing::error!(shard = init.index, error = %err, "cannot size the delay wheel");
             return ShardCounts::default();
@@ -159,19 +200,21 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
         core: RefCell::new(core),
         outbox: RefCell::new(Outbox {
             senders: init.senders,
+            inbox_bytes: init.inbox_bytes.clone(),
+            inbox_bytes_max: init
+                .engine
+                .cross_shard_bytes_max
+                .div_ceil(shards as u64)
+                .max(1),
             bells: (0..shards).map(|_| None).collect(),
         }),
         inbox: init.inbox,
+        inbox_bytes: Arc::clone(&init.inbox_bytes[init.index]),
+        known_updates: init.known_updates,
         pump_wake: Semaphore::new(0),
         pump_sleeping_until: Cell::new(None),
         links: RefCell::new(HashMap::new()),
-        inbound: RefCell::new(InboundTable::new(InboundLimits {
-            connections_max: init.engine.connections_inbound_max.div_ceil(shards).max(1),
-            per_ip_max: init.engine.connections_per_ip_max.div_ceil(shards).max(1),
-            first_frame_timeout: init.engine.first_frame_timeout,
-            frame_timeout: init.engine.read_timeout,
-            idle_timeout: init.engine.connection_idle_timeout,
-        })),
+        inbound: RefCell::new(inbound_table(&init.engine, shards, init.known)),
         connections_outbound: Cell::new(0),
         connections_refused: Cell::new(0),
         accept_errors: Cell::new(0),
@@ -233,6 +276,7 @@ impl Shard {
     }
 
     fn on_handoff(self: &Rc<Self>, handoff: Handoff, now: Instant) {
+        self.inbox_bytes.release(handoff.footprint());
         let outcome = self.core.borrow_mut().on_handoff(
             handoff,
             now,
@@ -326,6 +370,9 @@ impl Shard {
             accept_errors: self.accept_errors.get(),
             read_timeouts: self.read_timeouts.get(),
             bytes_held: figures.bytes_held,
+            inbox_bytes: self.inbox_bytes.get(),
+            known_addresses: core.known().map_or(0, |k| k.addresses() as u64),
+            connections_known: self.inbound.borrow().known_len() as u64,
             connections_evicted: self.connections_evicted.get(),
             connections_closed_idle: self.connections_closed_idle.get(),
             connections_closed_first_frame: self.connections_closed_first_frame.get(),
@@ -339,6 +386,21 @@ impl Shard {
             stalled: false,
         };
         self.stats[self.index].publish(&snapshot);
+    }
+
+    /// Take the newest known nodes the topology thread sent, between packets. The sets
+    /// replaced are freed here: a few hundred kilobytes at most, every few minutes.
+    fn apply_known_updates(&self) {
+        let mut newest = None;
+        while let Ok(known) = self.known_updates.try_recv() {
+            newest = Some(known);
+        }
+        if let Some(known) = newest {
+            let addresses = known.as_ref().map_or(0, |k| k.addresses());
+            self.core.borrow_mut().set_known(known.clone());
+            self.inbound.borrow_mut().set_known(known);
+            tracing::debug!(shard = self.index, addresses, "known nodes changed");
+        }
     }
 
     /// Apply the key changes the rotation controller sent, between packets. Purged keys go
@@ -621,6 +683,7 @@ async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
         shard.publish();
         shard.publish_telemetry(now);
         shard.apply_key_updates();
+        shard.apply_known_updates();
         shard.advance_snapshot();
 
         let phase = shard.core.borrow().phase();

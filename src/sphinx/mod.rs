@@ -724,6 +724,15 @@ enum ExpandedInner {
 }
 
 impl ExpandedPacket {
+    /// The memory it occupies while it crosses shards: the record and the packet's bytes.
+    pub fn footprint(&self) -> u64 {
+        let heap = match &self.inner {
+            ExpandedInner::Fast { packet, .. } => packet.capacity(),
+            ExpandedInner::Crate { packet, .. } => packet.len(),
+        };
+        (std::mem::size_of::<ExpandedPacket>() + heap) as u64
+    }
+
     /// The packet's replay tag.
     pub fn replay_tag(&self) -> &[u8; 32] {
         match &self.inner {

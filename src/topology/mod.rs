@@ -25,6 +25,11 @@
 //!
 //! Parsing ([`parse_topology`]) is pure; only [`TopologySource::load`] does I/O.
 
+pub mod known;
+pub mod refresh;
+
+pub use known::{KnownNodes, NYM_API_SOURCE};
+
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
@@ -140,7 +145,7 @@ pub enum TopologyError {
         problem: String,
     },
     /// The file could not be read.
-    #[error("cannot read topology file {path}: {source}. Fix: check the path (`topology` in [verloc] or --topology)")]
+    #[error("cannot read topology file {path}: {source}. Fix: check the path (`source` in [topology], `topology` in [verloc], or --topology)")]
     File {
         /// The file.
         path: PathBuf,

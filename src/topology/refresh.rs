@@ -1,0 +1,183 @@
+//! Reading the known nodes (driver): from a topology file or URL, or from nym-api's node
+//! list, at start and then every `topology.refresh_interval` on a thread of its own. A
+//! refresh that fails keeps the set the shards have and is logged; the first read at start
+//! must succeed, or the node does not start.
+
+use std::net::{IpAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::known::{parse_nym_api_page, KnownNodes, NYM_API_NODES_PATH, NYM_API_SOURCE};
+use super::{TopologySource, TOPOLOGY_BYTES_MAX, TOPOLOGY_NODES_MAX};
+use crate::config::Config;
+
+/// How long one read (a file, a URL, or each nym-api page) may take.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(20);
+/// Nodes asked for per nym-api page.
+const NYM_API_PAGE_SIZE: usize = 500;
+/// Pages read at most: the node cap over the page size, and one more.
+const NYM_API_PAGES_MAX: usize = TOPOLOGY_NODES_MAX / NYM_API_PAGE_SIZE + 1;
+
+/// Where the known nodes come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KnownSource {
+    /// A topology file or URL.
+    Topology(TopologySource),
+    /// nym-api's node list, at this base URL.
+    NymApi(String),
+}
+
+impl KnownSource {
+    /// The source `config` names in `topology.source`; None when it is empty.
+    pub fn from_config(config: &Config) -> Result<Option<KnownSource>, String> {
+        let source = config.topology.source.trim();
+        if source == NYM_API_SOURCE {
+            let base = config
+                .rotation
+                .nym_api
+                .clone()
+                .ok_or("topology.source is \"nym-api\" but rotation.nym_api is not set")?;
+            return Ok(Some(KnownSource::NymApi(base)));
+        }
+        Ok(TopologySource::parse(source)
+            .map_err(|e| e.to_string())?
+            .map(KnownSource::Topology))
+    }
+
+    /// The path or URL, for messages.
+    pub fn origin(&self) -> String {
+        match self {
+            KnownSource::Topology(source) => source.origin(),
+            KnownSource::NymApi(base) => {
+                format!("{}{NYM_API_NODES_PATH}", base.trim_end_matches('/'))
+            }
+        }
+    }
+
+    /// Read the known nodes now.
+    pub fn load(&self) -> Result<KnownNodes, String> {
+        match self {
+            KnownSource::Topology(source) => {
+                let topology = source.load(READ_TIMEOUT).map_err(|e| e.to_string())?;
+                Ok(KnownNodes::from_topology(
+                    &topology,
+                    &source.origin(),
+                    &mut resolve,
+                ))
+            }
+            KnownSource::NymApi(_) => load_nym_api(&self.origin()),
+        }
+    }
+}
+
+fn resolve(host: &str) -> Vec<IpAddr> {
+    match (host, 0u16).to_socket_addrs() {
+        Ok(addresses) => addresses.map(|a| a.ip()).collect(),
+        Err(error) => {
+            tracing::warn!(host, %error, "topology: cannot resolve a node's host name; it is not a known node until it resolves");
+            Vec::new()
+        }
+    }
+}
+
+fn load_nym_api(origin: &str) -> Result<KnownNodes, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(READ_TIMEOUT))
+        .build()
+        .into();
+    let mut nodes = Vec::new();
+    for page in 0..NYM_API_PAGES_MAX {
+        let url = format!("{origin}?page={page}&per_page={NYM_API_PAGE_SIZE}");
+        let mut response = agent
+            .get(&url)
+            .call()
+            .map_err(|e| format!("cannot read {url}: {e}"))?;
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(TOPOLOGY_BYTES_MAX as u64)
+            .read_to_vec()
+            .map_err(|e| format!("cannot read {url}: {e}"))?;
+        let read = parse_nym_api_page(&body).map_err(|e| format!("{url}: {e}"))?;
+        let entries = read.entries;
+        nodes.extend(read.nodes);
+        let seen = page * NYM_API_PAGE_SIZE + entries;
+        let done = entries == 0
+            || read.total.is_none_or(|total| seen >= total)
+            || nodes.len() >= TOPOLOGY_NODES_MAX;
+        if done {
+            break;
+        }
+    }
+    Ok(KnownNodes::from_addresses(nodes, origin))
+}
+
+/// Reads the known nodes again every interval and hands each new set to `apply`.
+pub struct Refresher {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How often the refresher looks at its stop flag while it waits.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+impl Refresher {
+    /// Start the thread: every `interval`, read `source` and, when it changed, pass it to
+    /// `apply`.
+    pub fn start(
+        source: KnownSource,
+        interval: Duration,
+        current: Arc<KnownNodes>,
+        mut apply: impl FnMut(Arc<KnownNodes>) + Send + 'static,
+    ) -> Refresher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("topology".into())
+            .spawn(move || {
+                let mut current = current;
+                let mut next = Instant::now() + interval;
+                while !flag.load(Ordering::Acquire) {
+                    if Instant::now() < next {
+                        std::thread::sleep(STOP_POLL.min(next - Instant::now()));
+                        continue;
+                    }
+                    next = Instant::now() + interval;
+                    match source.load() {
+                        Ok(known) if known == *current => {}
+                        Ok(known) => {
+                            tracing::info!(origin = known.origin(), nodes = known.nodes(), addresses = known.addresses(), "topology: known nodes changed");
+                            current = Arc::new(known);
+                            apply(Arc::clone(&current));
+                        }
+                        Err(error) => {
+                            tracing::warn!(origin = %source.origin(), %error, "topology: cannot read the known nodes; keeping the last ones read");
+                        }
+                    }
+                }
+            })
+            .ok();
+        if thread.is_none() {
+            tracing::warn!(
+                "cannot start the topology thread: the known nodes will not be refreshed"
+            );
+        }
+        Refresher { stop, thread }
+    }
+
+    /// Stop the thread and wait for it (at most one read).
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Refresher {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
