@@ -167,6 +167,8 @@ fn a_thousand_concurrent_malformed_and_slow_clients_are_bounded_while_packets_fl
     let node = TestNode::start(2, |c| {
         c.http.concurrent_requests_max = 16;
         c.http.request_timeout = Duration::from_millis(800);
+        // Every client here comes from 127.0.0.1: this test is about the workers' bound.
+        c.http.connections_per_ip_max = 2000;
     });
     let addr = api(&node);
     let stop = Arc::new(AtomicBool::new(false));
@@ -491,4 +493,148 @@ fn health_answers_200_while_slow_clients_hold_every_worker() {
         assert!(*took < Duration::from_secs(2), "/health took {took:?}");
     }
     assert_eq!(other, Some(503), "the workers were all held by the flood");
+}
+
+/// A connection to `to` from the loopback address `from` (any of 127.0.0.0/8).
+fn connect_from(from: [u8; 4], to: SocketAddr) -> Option<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    socket.bind(&SocketAddr::from((from, 0)).into()).ok()?;
+    socket
+        .connect_timeout(&to.into(), Duration::from_secs(1))
+        .ok()?;
+    Some(socket.into())
+}
+
+/// GET `path` from the loopback address `from`: the status and body, if an answer came.
+fn get_body_from(from: [u8; 4], to: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = connect_from(from, to)?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+/// GET `path` from the loopback address `from`: the status, if an answer came.
+fn get_from(from: [u8; 4], to: SocketAddr, path: &str) -> Option<u16> {
+    get_body_from(from, to, path).map(|(status, _)| status)
+}
+
+/// The value of an unlabelled metric in a /metrics text.
+fn plain_metric(metrics: &str, name: &str) -> Option<u64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Slow clients that send half a request line and then nothing, `per_address` from each of
+/// `addresses`; held until the returned flag is set.
+fn slow_flood(
+    api: SocketAddr,
+    addresses: Vec<[u8; 4]>,
+    per_address: usize,
+) -> (Arc<AtomicBool>, JoinHandle<usize>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let flood = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for from in addresses {
+            for _ in 0..per_address {
+                if let Some(mut s) = connect_from(from, api) {
+                    let _ = s.write_all(b"GET /sta");
+                    held.push(s);
+                }
+            }
+        }
+        let opened = held.len();
+        while !flag.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        opened
+    });
+    (stop, flood)
+}
+
+#[test]
+fn slow_clients_of_one_address_are_capped_and_leave_the_workers_to_others() {
+    let node = TestNode::start(1, |c| {
+        c.http.concurrent_requests_max = 4;
+        c.http.connections_per_ip_max = 2;
+        c.http.request_timeout = Duration::from_secs(20);
+    });
+    let api = api(&node);
+    let (stop, flood) = slow_flood(api, vec![[127, 0, 0, 1]], 500);
+    std::thread::sleep(Duration::from_millis(800));
+    // Another address gets the workers the flood may not take.
+    let mut others = Vec::new();
+    for _ in 0..10 {
+        others.push(get_from([127, 0, 0, 2], api, "/stats"));
+    }
+    // The flooding address's own health checks are answered by the accept thread.
+    let health = get_from([127, 0, 0, 1], api, "/health");
+    // The accept thread takes the backlog a round at a time: wait for it to see them all.
+    let started = Instant::now();
+    let refused = loop {
+        let metrics = get_body_from([127, 0, 0, 3], api, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        let refused = plain_metric(
+            &metrics,
+            "nym_mixnode_http_connections_refused_per_ip_total",
+        );
+        if refused >= Some(400) || started.elapsed() > Duration::from_secs(10) {
+            break refused;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    stop.store(true, Ordering::Relaxed);
+    let opened = flood.join().unwrap();
+    eprintln!("{opened} slow clients from 127.0.0.1; /stats from 127.0.0.2: {others:?}");
+    assert!(opened >= 400, "the flood opened {opened} connections");
+    assert!(others.iter().all(|s| *s == Some(200)), "{others:?}");
+    assert_eq!(health, Some(200));
+    assert!(refused >= Some(400), "refused per address: {refused:?}");
+}
+
+#[test]
+fn slow_clients_of_many_addresses_are_evicted_for_new_requests() {
+    let node = TestNode::start(1, |c| {
+        c.http.concurrent_requests_max = 4;
+        c.http.connections_per_ip_max = 2;
+        c.http.request_timeout = Duration::from_secs(20);
+    });
+    let api = api(&node);
+    // 40 slow clients from 20 addresses: every worker and queue slot, and more.
+    let addresses = (10..30u8).map(|last| [127, 0, 0, last]).collect();
+    let (stop, flood) = slow_flood(api, addresses, 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    let served = loop {
+        let answer = get_from([127, 0, 0, 2], api, "/stats");
+        answers.push(answer);
+        if answer == Some(200) || started.elapsed() > Duration::from_secs(8) {
+            break started.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let metrics = get_body_from([127, 0, 0, 3], api, "/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    stop.store(true, Ordering::Relaxed);
+    let opened = flood.join().unwrap();
+    eprintln!("{opened} slow clients; /stats answers {answers:?}, served after {served:?}");
+    assert_eq!(opened, 40);
+    assert_eq!(answers.last(), Some(&Some(200)), "{answers:?}");
+    let evicted = plain_metric(&metrics, "nym_mixnode_http_connections_evicted_total");
+    assert!(evicted >= Some(1), "evicted: {evicted:?}");
 }

@@ -426,6 +426,9 @@ pub struct HttpSection {
     /// A request must be read within this time.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Connections from one source address that workers take at once; more wait at the
+    /// accept thread, which answers health checks and refuses the rest.
+    pub connections_per_ip_max: usize,
 }
 
 impl Default for HttpSection {
@@ -434,6 +437,7 @@ impl Default for HttpSection {
             stats_interval: Duration::from_secs(30),
             concurrent_requests_max: 64,
             request_timeout: Duration::from_secs(5),
+            connections_per_ip_max: 8,
         }
     }
 }
@@ -790,7 +794,7 @@ impl Config {
             }
         }
         let e = &self.engine;
-        let positive: [(&str, u64); 10] = [
+        let positive: [(&str, u64); 11] = [
             (
                 "engine.connections_inbound_max",
                 e.connections_inbound_max as u64,
@@ -821,6 +825,10 @@ impl Config {
             (
                 "http.concurrent_requests_max",
                 self.http.concurrent_requests_max as u64,
+            ),
+            (
+                "http.connections_per_ip_max",
+                self.http.connections_per_ip_max as u64,
             ),
         ];
         for (field, value) in positive {

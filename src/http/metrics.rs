@@ -512,6 +512,26 @@ pub fn render(input: &MetricsInput) -> String {
         "HTTP API connections turned away with 503 because every worker and queue slot was taken.",
     );
     o.sample("nym_mixnode_http_connections_busy_total", &[], server.busy);
+    o.family(
+        "nym_mixnode_http_connections_refused_per_ip_total",
+        "counter",
+        "HTTP connections kept from the workers because their address had http.connections_per_ip_max there already (health checks among them are still answered).",
+    );
+    o.sample(
+        "nym_mixnode_http_connections_refused_per_ip_total",
+        &[],
+        server.refused_per_ip,
+    );
+    o.family(
+        "nym_mixnode_http_connections_evicted_total",
+        "counter",
+        "HTTP connections shut while still sending their request head after 1 s, to free a worker for new connections.",
+    );
+    o.sample(
+        "nym_mixnode_http_connections_evicted_total",
+        &[],
+        server.evicted,
+    );
     o.text
 }
 

@@ -21,14 +21,14 @@ pub mod metrics;
 pub mod page;
 pub mod server;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::config::description::Description;
 use crate::config::HttpSection;
@@ -179,9 +179,10 @@ impl BusyConnections {
         self.held.push_back((stream, now));
     }
 
-    /// Look at what each held connection sent: answer health checks, refuse the rest once
-    /// their request is whole or their time is up.
-    fn serve(&mut self, now: Instant, shared: &Shared) {
+    /// Look at what each held connection sent: answer health checks, pass other whole
+    /// requests to a worker if one has room (else 503), and refuse the rest when their time
+    /// is up.
+    fn serve(&mut self, now: Instant, shared: &Shared, queue: &Sender<Dispatched>) {
         let mut keep = std::collections::VecDeque::with_capacity(self.held.len());
         while let Some((stream, since)) = self.held.pop_front() {
             let mut head = [0u8; server::REQUEST_HEAD_BYTES_MAX];
@@ -204,8 +205,17 @@ impl BusyConnections {
                         let response =
                             health(&shards, now.saturating_duration_since(shared.state.started));
                         server::answer(stream, &response, request.head_only, &shared.counters);
-                    } else {
-                        server::refuse_busy(stream, &shared.counters);
+                    } else if let Err((stream, _)) = dispatch(stream, shared, queue) {
+                        // Make room: a worker still reading a slow head after a second is
+                        // freed, and this request tries again next round while it may.
+                        if shared.serving.evict_slowest(now).is_some() {
+                            shared.counters.count_evicted();
+                        }
+                        if now.saturating_duration_since(since) < BUSY_HOLD {
+                            keep.push_back((stream, since));
+                        } else {
+                            server::refuse_busy(stream, &shared.counters);
+                        }
                     }
                 }
                 Ok(None)
@@ -292,9 +302,151 @@ pub struct ApiServer {
 
 struct Shared {
     state: ApiState,
+    serving: Serving,
     counters: ServerCounters,
     collector: Mutex<Arc<Collector>>,
     stop: AtomicBool,
+}
+
+/// A connection for a worker, with its source address.
+type Dispatched = (std::net::TcpStream, IpAddr);
+
+/// A worker's connection, seen from the control thread.
+struct Slot {
+    ip: IpAddr,
+    since: Instant,
+    /// Still reading the request head (a slow client is evicted only then).
+    reading: bool,
+    /// A handle on the same socket, to shut it down on eviction.
+    stream: std::net::TcpStream,
+}
+
+/// What the workers serve: each worker's connection, and the connections given to workers
+/// (queued or served) per source address. Locked by the control thread and the workers a few
+/// times per request; never by the packet path.
+struct Serving {
+    slots: Vec<Mutex<Option<Slot>>>,
+    per_ip: Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// A worker still reading a request head this long may be evicted for a new connection.
+pub const EVICT_READING_AFTER: Duration = Duration::from_secs(1);
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Serving {
+    fn new(workers: usize) -> Serving {
+        Serving {
+            slots: (0..workers).map(|_| Mutex::new(None)).collect(),
+            per_ip: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Reserve a place for a connection from `ip` if it has fewer than `max`.
+    fn try_take(&self, ip: IpAddr, max: usize) -> bool {
+        let mut per_ip = lock(&self.per_ip);
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= max.max(1) {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    /// The connection from `ip` is done (or was not queued after all).
+    fn give_back(&self, ip: IpAddr) {
+        let mut per_ip = lock(&self.per_ip);
+        if let Some(count) = per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+
+    fn start(&self, worker: usize, ip: IpAddr, stream: &std::net::TcpStream) {
+        if let Ok(stream) = stream.try_clone() {
+            *lock(&self.slots[worker]) = Some(Slot {
+                ip,
+                since: Instant::now(),
+                reading: true,
+                stream,
+            });
+        }
+    }
+
+    fn head_read(&self, worker: usize) {
+        if let Some(slot) = lock(&self.slots[worker]).as_mut() {
+            slot.reading = false;
+        }
+    }
+
+    fn finish(&self, worker: usize) {
+        *lock(&self.slots[worker]) = None;
+    }
+
+    /// Shut the connection of the worker longest reading a request head, if one has been
+    /// for [`EVICT_READING_AFTER`]: that worker then takes the next connection. Whether one
+    /// was.
+    fn evict_slowest(&self, now: Instant) -> Option<IpAddr> {
+        let mut oldest: Option<(usize, Instant)> = None;
+        for (i, slot) in self.slots.iter().enumerate() {
+            if let Some(slot) = lock(slot).as_ref() {
+                let slow = slot.reading
+                    && now.saturating_duration_since(slot.since) >= EVICT_READING_AFTER;
+                if slow && oldest.is_none_or(|(_, since)| slot.since < since) {
+                    oldest = Some((i, slot.since));
+                }
+            }
+        }
+        let (worker, _) = oldest?;
+        let slot = lock(&self.slots[worker]);
+        let slot = slot.as_ref()?;
+        let _ = slot.stream.shutdown(std::net::Shutdown::Both);
+        Some(slot.ip)
+    }
+}
+
+/// Why [`dispatch`] gave a connection back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NotDispatched {
+    /// Its address has `http.connections_per_ip_max` with the workers already.
+    PerIp,
+    /// Every worker and queue slot is taken.
+    Busy,
+}
+
+/// Give `stream` to a worker if its address is under its cap and the queue has room; else
+/// hand it back, saying why.
+fn dispatch(
+    stream: std::net::TcpStream,
+    shared: &Shared,
+    queue: &Sender<Dispatched>,
+) -> Result<(), (std::net::TcpStream, NotDispatched)> {
+    let Ok(ip) = stream.peer_addr().map(|a| a.ip()) else {
+        return Err((stream, NotDispatched::Busy));
+    };
+    if !shared
+        .serving
+        .try_take(ip, shared.state.http.connections_per_ip_max)
+    {
+        return Err((stream, NotDispatched::PerIp));
+    }
+    if stream.set_nonblocking(false).is_err() {
+        shared.serving.give_back(ip);
+        return Err((stream, NotDispatched::Busy));
+    }
+    match queue.try_send((stream, ip)) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full((stream, ip)) | TrySendError::Disconnected((stream, ip))) => {
+            shared.serving.give_back(ip);
+            Err((stream, NotDispatched::Busy))
+        }
+    }
 }
 
 /// The API could not start.
@@ -326,12 +478,13 @@ impl ApiServer {
         let collector = Collector::new(state.http.stats_interval, now, SystemTime::now());
         let shared = Arc::new(Shared {
             collector: Mutex::new(Arc::new(collector.clone())),
+            serving: Serving::new(workers_max),
             state,
             counters: ServerCounters::default(),
             stop: AtomicBool::new(false),
         });
         // Connections accepted but not yet taken by a worker: as many as there are workers.
-        let (queue_tx, queue_rx) = crossbeam_channel::bounded(workers_max);
+        let (queue_tx, queue_rx) = crossbeam_channel::bounded::<Dispatched>(workers_max);
         let mut workers = Vec::with_capacity(workers_max);
         for i in 0..workers_max {
             let worker_shared = Arc::clone(&shared);
@@ -341,8 +494,11 @@ impl ApiServer {
                 .stack_size(WORKER_STACK_BYTES)
                 .spawn(move || {
                     lower_thread_priority();
-                    while let Ok(stream) = queue_rx.recv() {
-                        handle(&worker_shared, stream);
+                    while let Ok((stream, ip)) = queue_rx.recv() {
+                        worker_shared.serving.start(i, ip, &stream);
+                        handle(&worker_shared, i, stream);
+                        worker_shared.serving.finish(i);
+                        worker_shared.serving.give_back(ip);
                     }
                 });
             match worker {
@@ -407,7 +563,7 @@ impl ApiServer {
     }
 }
 
-fn handle(shared: &Shared, stream: std::net::TcpStream) {
+fn handle(shared: &Shared, worker: usize, stream: std::net::TcpStream) {
     let state = &shared.state;
     server::serve_connection(
         stream,
@@ -415,6 +571,7 @@ fn handle(shared: &Shared, stream: std::net::TcpStream) {
         &shared.stop,
         &shared.counters,
         |head| {
+            shared.serving.head_read(worker);
             let collector = match shared.collector.lock() {
                 Ok(c) => Arc::clone(&c),
                 Err(poisoned) => Arc::clone(&poisoned.into_inner()),
@@ -453,7 +610,7 @@ fn wait_readable(listener: &TcpListener, timeout: Duration) {
 fn control_loop(
     shared: &Shared,
     listener: TcpListener,
-    queue: crossbeam_channel::Sender<std::net::TcpStream>,
+    queue: Sender<Dispatched>,
     telemetry: Receiver<TelemetryReport>,
     mut collector: Collector,
 ) {
@@ -468,19 +625,29 @@ fn control_loop(
             BUSY_POLL
         };
         wait_readable(&listener, poll);
-        busy.serve(Instant::now(), shared);
+        busy.serve(Instant::now(), shared, &queue);
+        // Connections wait for a worker: free one that is still reading a slow head.
+        if !queue.is_empty() && shared.serving.evict_slowest(Instant::now()).is_some() {
+            shared.counters.count_evicted();
+        }
         for _ in 0..ACCEPTS_PER_ROUND_MAX {
             match listener.accept() {
                 Ok((stream, _)) => {
-                    if stream.set_nonblocking(false).is_err() {
-                        continue;
-                    }
-                    match queue.try_send(stream) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(stream)) => {
-                            busy.hold(stream, Instant::now(), &shared.counters)
+                    if let Err((stream, why)) = dispatch(stream, shared, &queue) {
+                        // Every worker busy, or this address at its cap: the connection is
+                        // held here, where a health check is still answered and another
+                        // request waits a moment for a worker (made free by evicting the
+                        // slowest reader if need be).
+                        let now = Instant::now();
+                        match why {
+                            NotDispatched::PerIp => shared.counters.count_refused_per_ip(),
+                            NotDispatched::Busy => {
+                                if shared.serving.evict_slowest(now).is_some() {
+                                    shared.counters.count_evicted();
+                                }
+                            }
                         }
-                        Err(TrySendError::Disconnected(_)) => return,
+                        busy.hold(stream, now, &shared.counters);
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,

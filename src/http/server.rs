@@ -211,6 +211,8 @@ pub const COUNTED_STATUSES: [u16; 9] = [200, 400, 404, 405, 408, 413, 414, 431, 
 pub struct ServerCounters {
     answered: [AtomicU64; COUNTED_STATUSES.len()],
     busy: AtomicU64,
+    refused_per_ip: AtomicU64,
+    evicted: AtomicU64,
 }
 
 /// A copy of [`ServerCounters`].
@@ -220,6 +222,12 @@ pub struct ServerCounts {
     pub answered: [u64; COUNTED_STATUSES.len()],
     /// Connections answered 503 by the accept thread.
     pub busy: u64,
+    /// Connections not given to a worker because their address had
+    /// `http.connections_per_ip_max` there already.
+    pub refused_per_ip: u64,
+    /// Workers' connections shut because they were still sending their request head after
+    /// a second while new connections waited.
+    pub evicted: u64,
 }
 
 impl ServerCounts {
@@ -246,6 +254,16 @@ impl ServerCounters {
         self.count(503);
     }
 
+    /// Count a connection kept from the workers by its address's cap.
+    pub fn count_refused_per_ip(&self) {
+        self.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a slow connection shut to make room.
+    pub fn count_evicted(&self) {
+        self.evicted.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Read them.
     pub fn snapshot(&self) -> ServerCounts {
         let mut answered = [0u64; COUNTED_STATUSES.len()];
@@ -255,6 +273,8 @@ impl ServerCounters {
         ServerCounts {
             answered,
             busy: self.busy.load(Ordering::Relaxed),
+            refused_per_ip: self.refused_per_ip.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
         }
     }
 }
