@@ -345,3 +345,110 @@ fn start_traffic_and_stop_again_and_again_never_hangs() {
     }
     eprintln!("{rounds} rounds of start, 200 packets, SIGINT/SIGTERM: every one exited 0");
 }
+
+/// A topology file in `dir` listing one node at each of `hosts`.
+fn write_topology(path: &std::path::Path, hosts: &[&str]) {
+    use nym_mixnode::topology::{TopologyEntry, TopologyFile};
+    let nodes = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let identity = ed25519_dalek::SigningKey::from_bytes(&[i as u8 + 1; 32]).verifying_key();
+            TopologyEntry {
+                identity_key: bs58::encode(identity.as_bytes()).into_string(),
+                sphinx_key: bs58::encode([i as u8 + 9; 32]).into_string(),
+                host: host.to_string(),
+                mix_port: 1789,
+                verloc_port: 1790,
+            }
+        })
+        .collect();
+    let text = TopologyFile { nodes }.to_json_pretty();
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, text).expect("topology written");
+    std::fs::rename(&temporary, path).expect("topology in place");
+}
+
+#[test]
+fn with_a_topology_packets_go_only_to_known_nodes_and_a_refresh_lets_new_ones_in() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let topology = dir.path().join("topology.json");
+    write_topology(&topology, &["127.0.0.1"]);
+    let known = Receiver::start_on("127.0.0.1:0");
+    let unknown = Receiver::start_on("127.0.0.2:0");
+    let node = TestNode::start(2, |c| {
+        c.topology.source = topology.display().to_string();
+        c.topology.refresh_interval = Duration::from_secs(1);
+    });
+    let h = header(Version::V8, SizeTag::Ack);
+    let to = |receiver: &Receiver, count: usize, tag: &str| -> Vec<u8> {
+        (0..count)
+            .flat_map(|i| {
+                frame(
+                    h,
+                    &packet(
+                        &[node.hop(Duration::ZERO), receiver.hop()],
+                        SizeTag::Ack,
+                        format!("{tag}{i}").as_bytes(),
+                    ),
+                )
+            })
+            .collect()
+    };
+    let mut sender = send(node.mix, &to(&known, 20, "k"));
+    sender.write_all(&to(&unknown, 20, "u")).expect("sent");
+    known.wait_for(20, Duration::from_secs(10));
+    common::mixnet::eventually(Duration::from_secs(10), "20 dropped as next_hop_unknown", || {
+        let (counts, _) = node.totals();
+        counts.dropped[nym_mixnode::accounting::DropReason::NextHopUnknown as usize] == 20
+    });
+    assert_eq!(unknown.count(), 0, "nothing reached the unlisted address");
+    assert_eq!(sum(&node, |s| s.known_addresses), 2, "one address on each shard");
+
+    // The topology now lists 127.0.0.2 too: after a refresh its packets go through.
+    write_topology(&topology, &["127.0.0.1", "127.0.0.2"]);
+    common::mixnet::eventually(Duration::from_secs(10), "the refresh reached every shard", || {
+        sum(&node, |s| s.known_addresses) == 4
+    });
+    sender.write_all(&to(&unknown, 20, "v")).expect("sent");
+    unknown.wait_for(20, Duration::from_secs(10));
+    let (counts, _) = node.totals();
+    assert_eq!(
+        counts.dropped[nym_mixnode::accounting::DropReason::NextHopUnknown as usize],
+        20
+    );
+    // A topology that stops reading keeps the last one read.
+    std::fs::write(&topology, "not json").expect("written");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(sum(&node, |s| s.known_addresses), 4);
+}
+
+#[test]
+fn a_topology_that_cannot_be_read_at_start_is_refused_naming_it() {
+    use nym_mixnode::config::{Config, InitSettings, NodePaths};
+    let home = tempfile::tempdir().expect("temporary directory");
+    let missing = home.path().join("missing.json");
+    let settings = InitSettings {
+        id: "test".into(),
+        host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        announce_host: None,
+        mix_port: 0,
+        verloc_port: 0,
+        http_api_port: 0,
+    };
+    let mut config = Config::new(&settings, &NodePaths::new(home.path(), "test"));
+    config.engine.cores = 1;
+    config.topology.source = missing.display().to_string();
+    let started = nym_mixnode::node::start(
+        &config,
+        nym_mixnode::keys::NodeKeys::generate().expect("keys"),
+        Default::default(),
+        nym_mixnode::node::NodeOptions { pin_shards: false },
+    );
+    let Err(error) = started else {
+        panic!("the node started without its topology");
+    };
+    let message = error.to_string();
+    assert!(message.contains("missing.json"), "{message}");
+    assert!(message.contains("topology.source"), "{message}");
+}
