@@ -8,6 +8,7 @@
 //! only looks fingerprints up. Each packet is sent once: the node drops replays.
 
 pub mod cpu;
+pub mod held;
 pub mod prepare;
 pub mod report;
 pub mod sink;
@@ -155,6 +156,9 @@ pub struct BenchResult {
     pub hop_processor_ratios: Vec<HopProcessorRatio>,
     /// Two live keys over one, per shard count and hop processor, when both ran.
     pub key_ratios: Vec<KeyRatio>,
+    /// Bytes per held packet for every Sphinx packet size ([`held::measure`]); empty when
+    /// not measured.
+    pub held_bytes: Vec<held::HeldBytes>,
 }
 
 /// Two live keys' figures over one key's, for one shard count and hop processor.
@@ -327,6 +331,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult, BenchError> {
         runs,
         scaling,
         hop_processor_ratios,
+        held_bytes: Vec::new(),
     })
 }
 

@@ -45,6 +45,10 @@ struct Args {
     /// that the node tries its primary key first (the worst case: two scalar multiplications).
     #[arg(long)]
     unnamed_key: bool,
+    /// Packets held per packet size to measure bytes per held packet for every size, after
+    /// the runs (0: skip).
+    #[arg(long, default_value_t = 4000)]
+    held_packets: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -100,13 +104,22 @@ fn main() -> ExitCode {
         unnamed_key: args.unnamed_key,
         progress: !args.json,
     };
-    let result = match bench::run(&options) {
+    let mut result = match bench::run(&options) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
+    if args.held_packets > 0 {
+        match bench::held::measure(args.held_packets) {
+            Ok(held) => result.held_bytes = held,
+            Err(e) => {
+                eprintln!("error: measuring bytes per held packet: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if args.json {
         match serde_json::to_string(&result) {
             Ok(text) => println!("{text}"),
@@ -117,6 +130,7 @@ fn main() -> ExitCode {
         }
     } else {
         print_text(&result);
+        print_held_bytes(&result);
     }
     if let Some(path) = args.report {
         if let Err(e) = bench::report::write(&result, &path) {
@@ -128,6 +142,29 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+fn print_held_bytes(result: &BenchResult) {
+    if result.held_bytes.is_empty() {
+        return;
+    }
+    println!();
+    println!("bytes per held packet (one shard core, packets held in its wheel):");
+    println!(
+        "  {:<12} {:>8} {:>8} {:>16} {:>18}",
+        "size", "packet", "held", "budget counts", "resident grew"
+    );
+    for h in &result.held_bytes {
+        println!(
+            "  {:<12} {:>8} {:>8} {:>16.0} {:>18}",
+            h.size,
+            h.packet_bytes,
+            h.packets,
+            h.budget_bytes_per_packet,
+            h.resident_bytes_per_packet
+                .map_or("-".to_string(), |b| format!("{b:.0}"))
+        );
+    }
 }
 
 fn print_text(result: &BenchResult) {
