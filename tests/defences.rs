@@ -353,7 +353,8 @@ fn write_topology(path: &std::path::Path, hosts: &[&str]) {
         .iter()
         .enumerate()
         .map(|(i, host)| {
-            let identity = ed25519_dalek::SigningKey::from_bytes(&[i as u8 + 1; 32]).verifying_key();
+            let identity =
+                ed25519_dalek::SigningKey::from_bytes(&[i as u8 + 1; 32]).verifying_key();
             TopologyEntry {
                 identity_key: bs58::encode(identity.as_bytes()).into_string(),
                 sphinx_key: bs58::encode([i as u8 + 9; 32]).into_string(),
@@ -398,18 +399,28 @@ fn with_a_topology_packets_go_only_to_known_nodes_and_a_refresh_lets_new_ones_in
     let mut sender = send(node.mix, &to(&known, 20, "k"));
     sender.write_all(&to(&unknown, 20, "u")).expect("sent");
     known.wait_for(20, Duration::from_secs(10));
-    common::mixnet::eventually(Duration::from_secs(10), "20 dropped as next_hop_unknown", || {
-        let (counts, _) = node.totals();
-        counts.dropped[nym_mixnode::accounting::DropReason::NextHopUnknown as usize] == 20
-    });
+    common::mixnet::eventually(
+        Duration::from_secs(10),
+        "20 dropped as next_hop_unknown",
+        || {
+            let (counts, _) = node.totals();
+            counts.dropped[nym_mixnode::accounting::DropReason::NextHopUnknown as usize] == 20
+        },
+    );
     assert_eq!(unknown.count(), 0, "nothing reached the unlisted address");
-    assert_eq!(sum(&node, |s| s.known_addresses), 2, "one address on each shard");
+    assert_eq!(
+        sum(&node, |s| s.known_addresses),
+        2,
+        "one address on each shard"
+    );
 
     // The topology now lists 127.0.0.2 too: after a refresh its packets go through.
     write_topology(&topology, &["127.0.0.1", "127.0.0.2"]);
-    common::mixnet::eventually(Duration::from_secs(10), "the refresh reached every shard", || {
-        sum(&node, |s| s.known_addresses) == 4
-    });
+    common::mixnet::eventually(
+        Duration::from_secs(10),
+        "the refresh reached every shard",
+        || sum(&node, |s| s.known_addresses) == 4,
+    );
     sender.write_all(&to(&unknown, 20, "v")).expect("sent");
     unknown.wait_for(20, Duration::from_secs(10));
     let (counts, _) = node.totals();

@@ -74,8 +74,8 @@ pub fn measure(packets: usize) -> Result<Vec<HeldBytes>, PrepareError> {
             HELD_DELAY,
             false,
         )?;
-        let filter = ReplayFilter::new(packets as u64 * 2, 1e-5)
-            .map_err(|_| PrepareError::NotForward)?;
+        let filter =
+            ReplayFilter::new(packets as u64 * 2, 1e-5).map_err(|_| PrepareError::NotForward)?;
         let mut engine = EngineSection {
             delay_max: HELD_DELAY * 2,
             held_packets_max: packets,
@@ -84,12 +84,9 @@ pub fn measure(packets: usize) -> Result<Vec<HeldBytes>, PrepareError> {
         engine.packet_memory_bytes_max = u64::MAX / 4;
         let config = CoreConfig::new(&engine, 0, 1);
         let now = Instant::now();
-        let Ok(mut core) = ShardCore::new(
-            config,
-            HopProcessor::new(secret, filter),
-            now,
-            Instant::now,
-        ) else {
+        let Ok(mut core) =
+            ShardCore::new(config, HopProcessor::new(secret, filter), now, Instant::now)
+        else {
             return Err(PrepareError::NotForward);
         };
         let header = bench_header(size);
