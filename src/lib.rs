@@ -23,7 +23,10 @@
 //!   shard and reports one that stalls.
 //! - [`verloc`]: latency measurements between nodes: echo codec, figures and results (pure),
 //!   the VerLoc listener and measurer (threads).
-//! - [`topology`]: the JSON list of nodes that VerLoc measures and the localnet script writes.
+//! - [`topology`]: the JSON list of nodes that VerLoc measures and the localnet script writes;
+//!   `topology::known`, the known nodes' addresses that gate forwarding and keep inbound room
+//!   (pure), and `topology::refresh`, which reads them from a file or nym-api (a thread).
+//! - [`background`]: stopping the threads that talk to the network without waiting on it.
 //! - [`node`]: starts and stops the services in order; saving and loading the replay filters;
 //!   the open-files limit and the summary log line.
 //! - [`http`]: the HTTP API control thread.
@@ -38,6 +41,7 @@
 //! the shard runtime and the control thread do I/O.
 
 pub mod accounting;
+pub mod background;
 pub mod bench;
 pub mod cli;
 pub mod config;

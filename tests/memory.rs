@@ -277,7 +277,7 @@ fn large_packets_for_next_hops_that_never_read_stay_within_the_byte_budget() {
     );
     assert!(memory_full > 0, "the budget was reached");
     assert!(held_bytes <= BUDGET_MIB << 20, "held {held_bytes} bytes");
-    // The budget, the write buffers (32 packets per next hop) and the heap's one-time growth
+    // The budget (which counts the writes under way too) and the heap's one-time growth
     // (about 80 MB, see above) bound the growth.
     let grown_kib = loaded_kib.saturating_sub(idle_kib);
     assert!(

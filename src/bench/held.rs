@@ -56,8 +56,11 @@ fn resident_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page).ok()?)
 }
 
-/// Measure every Sphinx packet size with `packets` held packets each.
-pub fn measure(packets: usize) -> Result<Vec<HeldBytes>, PrepareError> {
+/// Measure every Sphinx packet size with `packets` held packets each. `release_free` is
+/// called just before each first reading of resident memory: it should make the allocator
+/// return the memory it holds free to the system (bench-mix calls mimalloc's `mi_collect`),
+/// so that held packets do not land in memory freed earlier and look smaller than they are.
+pub fn measure(packets: usize, release_free: fn()) -> Result<Vec<HeldBytes>, PrepareError> {
     let packets = packets.max(1);
     let node: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 1789));
     let sink: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 1790));
@@ -91,6 +94,7 @@ pub fn measure(packets: usize) -> Result<Vec<HeldBytes>, PrepareError> {
         };
         let header = bench_header(size);
         let skip = header.encoded_len();
+        release_free();
         let before = resident_bytes();
         let mut held = 0usize;
         for frame in &prepared.frames {

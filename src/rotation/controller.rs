@@ -289,7 +289,8 @@ impl Controller {
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            // A nym-api request under way (up to NYM_API_TIMEOUT) is not waited for.
+            crate::background::join_within(thread, crate::background::STOP_WAIT);
         }
     }
 }

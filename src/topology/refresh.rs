@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::known::{parse_nym_api_page, KnownNodes, NYM_API_NODES_PATH, NYM_API_SOURCE};
 use super::{TopologySource, TOPOLOGY_BYTES_MAX, TOPOLOGY_NODES_MAX};
+use crate::background::STOP_WAIT;
 use crate::config::Config;
 
 /// How long one read (a file, a URL, or each nym-api page) may take.
@@ -145,7 +146,11 @@ impl Refresher {
                         continue;
                     }
                     next = Instant::now() + interval;
-                    match source.load() {
+                    let loaded = source.load();
+                    if flag.load(Ordering::Acquire) {
+                        break;
+                    }
+                    match loaded {
                         Ok(known) if known == *current => {}
                         Ok(known) => {
                             tracing::info!(origin = known.origin(), nodes = known.nodes(), addresses = known.addresses(), "topology: known nodes changed");
@@ -167,11 +172,13 @@ impl Refresher {
         Refresher { stop, thread }
     }
 
-    /// Stop the thread and wait for it (at most one read).
+    /// Stop the thread. A read under way (up to [`READ_TIMEOUT`]) is not waited for beyond
+    /// [`STOP_WAIT`]: the thread then ends on its own after it, changing nothing, so that
+    /// shutdown never waits on a slow nym-api.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            crate::background::join_within(thread, STOP_WAIT);
         }
     }
 }
