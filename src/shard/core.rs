@@ -35,7 +35,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::accounting::DropReason;
+use crate::accounting::{allocation_size, DropReason};
 use crate::config::{EngineSection, ForwardTo};
 use crate::delay::{DelayWheel, WheelConfig, WheelConfigError};
 use crate::forward::{
@@ -130,11 +130,11 @@ pub struct Held {
 }
 
 impl Held {
-    /// The memory it occupies, as the byte budgets count it: the packet's allocation and the
-    /// record around it. Encoded into a write buffer it takes about as much again, for as
-    /// long as the write is under way, and stays counted until then.
+    /// The memory it occupies, as the byte budgets count it: the packet's allocation (as the
+    /// allocator rounds it, [`allocation_size`]) and the record around it. Encoded into a
+    /// write buffer it stays counted until the write reports.
     pub fn footprint(&self) -> u64 {
-        (std::mem::size_of::<Held>() + self.packet.capacity()) as u64
+        (std::mem::size_of::<Held>() + allocation_size(self.packet.capacity())) as u64
     }
 }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::accounting::allocation_size;
 use crate::framing::SizeTag;
 use crate::shard::testkit::{
     self, header, mismatched_header, outfox_header, Packets, VirtualChannels,
@@ -518,7 +519,8 @@ fn with_known_nodes_only_their_addresses_are_forwarded_to() {
 fn the_byte_budget_counts_writes_under_way_until_they_report() {
     let footprint = {
         let mut packets = Packets::new(SEED);
-        std::mem::size_of::<Held>() as u64 + packets.forward(addr(1), Duration::ZERO).len() as u64
+        let len = packets.forward(addr(1), Duration::ZERO).len();
+        (std::mem::size_of::<Held>() + allocation_size(len)) as u64
     };
     let mut one = One::new(|c| c.memory_bytes_max = 3 * footprint);
     for _ in 0..3 {
@@ -544,4 +546,25 @@ fn the_byte_budget_counts_writes_under_way_until_they_report() {
     one.core.check_conservation();
     assert_eq!(one.core.bytes_held(), 0);
     assert_eq!(one.send(addr(1), Duration::ZERO, one.t0), Outcome::Queued);
+}
+
+#[test]
+fn allocation_sizes_round_as_size_class_allocators_do() {
+    assert_eq!(allocation_size(0), 0);
+    assert_eq!(allocation_size(1), 8);
+    assert_eq!(allocation_size(64), 64);
+    assert_eq!(allocation_size(65), 80);
+    assert_eq!(allocation_size(386), 448);
+    assert_eq!(allocation_size(2413), 2560);
+    assert_eq!(allocation_size(4096), 4096);
+    assert_eq!(allocation_size(8557), 10240);
+    assert_eq!(allocation_size(16749), 20480);
+    assert_eq!(allocation_size(33133), 40960);
+    for bytes in 1..100_000 {
+        let rounded = allocation_size(bytes);
+        assert!(
+            rounded >= bytes && rounded <= bytes + bytes / 4 + 8,
+            "{bytes} -> {rounded}"
+        );
+    }
 }

@@ -730,7 +730,7 @@ impl ExpandedPacket {
             ExpandedInner::Fast { packet, .. } => packet.capacity(),
             ExpandedInner::Crate { packet, .. } => packet.len(),
         };
-        (std::mem::size_of::<ExpandedPacket>() + heap) as u64
+        (std::mem::size_of::<ExpandedPacket>() + crate::accounting::allocation_size(heap)) as u64
     }
 
     /// The packet's replay tag.
