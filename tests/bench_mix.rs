@@ -19,6 +19,8 @@ fn bench_mix_runs_and_its_json_accounts_for_every_packet() {
             "5",
             "--size",
             "ack",
+            "--held-packets",
+            "8",
             "--json",
             "--report",
         ])
@@ -54,6 +56,17 @@ fn bench_mix_runs_and_its_json_accounts_for_every_packet() {
     assert!(run["latency"]["count"].as_u64().unwrap() > 0);
     for key in ["p50_us", "p99_us", "p999_us", "max_us"] {
         assert!(run["latency"][key].is_u64(), "{key}");
+    }
+    // Bytes per held packet, for every Sphinx size: the budget counts at least the packet.
+    let held = v["held_bytes"].as_array().expect("held_bytes");
+    assert_eq!(held.len(), 5, "{held:?}");
+    for size in held {
+        assert_eq!(size["packets"], 8, "{size}");
+        let packet = size["packet_bytes"].as_f64().unwrap();
+        assert!(
+            size["budget_bytes_per_packet"].as_f64().unwrap() > packet,
+            "{size}"
+        );
     }
     let html = std::fs::read_to_string(&report).unwrap();
     assert!(

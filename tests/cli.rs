@@ -428,6 +428,49 @@ fn bad_configs_are_refused_with_file_field_and_fix() {
         &[&file_name, "rotation.validity_epochs", "Fix"],
     );
 
+    fs::write(
+        &file,
+        good.replace(
+            "next_hop_queue_bytes_max = 8388608",
+            "next_hop_queue_bytes_max = 1000",
+        ),
+    )
+    .unwrap();
+    check(
+        "a per-next-hop byte limit below one large frame",
+        &[&file_name, "engine.next_hop_queue_bytes_max", "262144"],
+    );
+
+    fs::write(
+        &file,
+        good.replace(
+            "connections_reserved_known = 1024",
+            "connections_reserved_known = 4096",
+        ),
+    )
+    .unwrap();
+    check(
+        "all inbound room reserved",
+        &[&file_name, "engine.connections_reserved_known", "below"],
+    );
+
+    fs::write(
+        &file,
+        good.replace("forward_to = \"known\"", "forward_to = \"friends\""),
+    )
+    .unwrap();
+    check("unknown forward_to", &[&file_name, "forward_to", "Fix"]);
+
+    fs::write(
+        &file,
+        good.replacen("source = \"\"", "source = \"nym-api\"", 1),
+    )
+    .unwrap();
+    check(
+        "nym-api topology without nym-api",
+        &[&file_name, "topology.source", "rotation.nym_api"],
+    );
+
     fs::write(&file, &good).unwrap();
     let sphinx_public = data.join("public_sphinx.pem");
     let saved = fs::read(&sphinx_public).unwrap();

@@ -162,7 +162,7 @@ fn bench_runs_each_shard_count_and_writes_the_report() {
         .arg("2")
         .arg("--report")
         .arg(&report)
-        .args(["--duration", "1", "--rate", "300"])
+        .args(["--duration", "1", "--rate", "300", "--held-packets", "4"])
         .env("BENCH_MIX_BIN", env!("CARGO_BIN_EXE_bench-mix")));
     assert_success(&out);
     assert!(stdout(&out).contains("--cores 1,2"), "{}", stdout(&out));
