@@ -205,6 +205,13 @@ fn large_packets_for_next_hops_that_never_read_stay_within_the_byte_budget() {
         "packet_memory_bytes_max",
         &(BUDGET_MIB << 20).to_string(),
     );
+    // Packets between shards have a budget of their own: small here too.
+    common::set_config_value(
+        &node.home,
+        BinaryNode::ID,
+        "cross_shard_bytes_max",
+        &(1u64 << 20).to_string(),
+    );
     let running = node.start(2);
     // Next hops that accept connections and never read from them (small receive buffers, so
     // that the kernel takes little of the load off the node).
