@@ -307,6 +307,21 @@ fn start_traffic_and_stop_again_and_again_never_hangs() {
         .unwrap_or(4);
     let node = common::BinaryNode::init();
     let receiver = Receiver::start();
+    // With a topology refreshed every second, so that its thread is stopped every round too.
+    let topology = node.home.path().join("topology.json");
+    write_topology(&topology, &["127.0.0.1"]);
+    common::set_config_value(
+        &node.home,
+        common::BinaryNode::ID,
+        "source",
+        &format!("{:?}", topology.display().to_string()),
+    );
+    common::set_config_value(
+        &node.home,
+        common::BinaryNode::ID,
+        "refresh_interval",
+        "\"1s\"",
+    );
     for round in 0..rounds {
         let running = node.start(2);
         let h = header(Version::V8, SizeTag::Ack);
@@ -340,6 +355,10 @@ fn start_traffic_and_stop_again_and_again_never_hangs() {
         );
         assert!(
             text.contains("packet engine stopped"),
+            "round {round}: {text}"
+        );
+        assert!(
+            text.contains("topology: known nodes read"),
             "round {round}: {text}"
         );
     }
