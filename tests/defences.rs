@@ -400,23 +400,8 @@ fn with_a_topology_packets_go_only_to_known_nodes_and_a_refresh_lets_new_ones_in
         c.topology.source = topology.display().to_string();
         c.topology.refresh_interval = Duration::from_secs(1);
     });
-    let h = header(Version::V8, SizeTag::Ack);
-    let to = |receiver: &Receiver, count: usize, tag: &str| -> Vec<u8> {
-        (0..count)
-            .flat_map(|i| {
-                frame(
-                    h,
-                    &packet(
-                        &[node.hop(Duration::ZERO), receiver.hop()],
-                        SizeTag::Ack,
-                        format!("{tag}{i}").as_bytes(),
-                    ),
-                )
-            })
-            .collect()
-    };
-    let mut sender = send(node.mix, &to(&known, 20, "k"));
-    sender.write_all(&to(&unknown, 20, "u")).expect("sent");
+    let mut sender = send(node.mix, &wire(&node, &known, 20));
+    sender.write_all(&wire(&node, &unknown, 20)).expect("sent");
     known.wait_for(20, Duration::from_secs(10));
     common::mixnet::eventually(
         Duration::from_secs(10),
@@ -440,7 +425,7 @@ fn with_a_topology_packets_go_only_to_known_nodes_and_a_refresh_lets_new_ones_in
         "the refresh reached every shard",
         || sum(&node, |s| s.known_addresses) == 4,
     );
-    sender.write_all(&to(&unknown, 20, "v")).expect("sent");
+    sender.write_all(&wire(&node, &unknown, 20)).expect("sent");
     unknown.wait_for(20, Duration::from_secs(10));
     let (counts, _) = node.totals();
     assert_eq!(

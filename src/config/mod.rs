@@ -295,6 +295,16 @@ impl Default for TopologySection {
     }
 }
 
+/// A value of `field` in the file at `path` that the node cannot use: what is wrong and the fix.
+fn invalid_field(path: &Path, field: &str, problem: String, fix: &str) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        field: field.to_string(),
+        problem,
+        fix: fix.to_string(),
+    }
+}
+
 /// Smallest per-next-hop and cross-shard byte limits: room for a few of the largest frames.
 pub const PACKET_BYTES_LIMIT_MIN: u64 = 256 << 10;
 
@@ -619,12 +629,8 @@ impl Config {
 
     /// Check the byte limits, the room kept for known nodes and `[topology]`.
     fn validate_topology(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field: &str, problem: String, fix: &str| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            field: field.to_string(),
-            problem,
-            fix: fix.to_string(),
-        };
+        let invalid =
+            |field: &str, problem: String, fix: &str| invalid_field(path, field, problem, fix);
         let e = &self.engine;
         for (field, value) in [
             (
@@ -680,12 +686,8 @@ impl Config {
 
     /// Check values serde accepted but the node cannot use.
     fn validate_rotation(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field: &str, problem: String, fix: &str| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            field: field.to_string(),
-            problem,
-            fix: fix.to_string(),
-        };
+        let invalid =
+            |field: &str, problem: String, fix: &str| invalid_field(path, field, problem, fix);
         use crate::rotation::RotationMode;
         let r = &self.rotation;
         match r.mode {
@@ -730,12 +732,8 @@ impl Config {
     }
 
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field: &str, problem: String, fix: &str| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            field: field.to_string(),
-            problem,
-            fix: fix.to_string(),
-        };
+        let invalid =
+            |field: &str, problem: String, fix: &str| invalid_field(path, field, problem, fix);
         let m = &self.mixnode;
         validate_id(&m.id)
             .map_err(|e| invalid("mixnode.id", e, "use the id of the node's folder"))?;
