@@ -149,6 +149,15 @@ fn localnet_runs_two_nodes_that_mix_and_stop_cleanly() {
     let text = stdout(&out);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     assert_eq!(text.matches("MIXING: all 3").count(), 2, "{text}");
+    // Each probe's packets crossed both nodes: a packet layered for a route of two nodes only
+    // comes back if each of them unwrapped and forwarded it.
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("Probing ") && l.contains(" -> "))
+            .count(),
+        2,
+        "{text}"
+    );
     assert_eq!(text.matches("stopped cleanly").count(), 2, "{text}");
     assert_eq!(text.matches("\"status\":\"up\"").count(), 2, "{text}");
     assert!(text.contains("localnet: OK"), "{text}");

@@ -69,6 +69,11 @@ pub struct Args {
     /// address this machine uses towards the node).
     #[arg(long, value_parser = super::host_arg)]
     pub reply_host: Option<std::net::IpAddr>,
+    /// A topology file (as `run --topology` takes): after the probed node, the packets also
+    /// cross the nodes listed after it, in file order and wrapping round, up to 3 (Sphinx
+    /// routes have at most five hops), so that one probe shows mixing across hops.
+    #[arg(long)]
+    pub through: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
@@ -99,6 +104,10 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("pass --id, or --target with --sphinx-key"),
     };
+    let then = match &args.through {
+        Some(path) => hops_after(path, target)?,
+        None => Vec::new(),
+    };
     let options = ProbeOptions {
         target,
         sphinx_key: key,
@@ -106,6 +115,7 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
         count: args.count as usize,
         reply_host: args.reply_host,
         grace: Duration::from_secs(5),
+        then,
     };
     let report = probe(&options).context("probe failed")?;
     match args.output {
@@ -138,4 +148,34 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("{}", report.verdict);
     }
     Ok(())
+}
+
+/// The nodes of the topology file at `path` after the one at `target` (by mix address), in
+/// file order and wrapping round, at most [`crate::probe::THEN_HOPS_MAX`].
+fn hops_after(
+    path: &std::path::Path,
+    target: SocketAddr,
+) -> anyhow::Result<Vec<(SocketAddr, x25519_dalek::PublicKey)>> {
+    let source = crate::topology::TopologySource::File(path.to_path_buf());
+    let topology = source.load(Duration::from_secs(5))?;
+    let mut nodes = Vec::new();
+    for node in &topology.nodes {
+        let ip: std::net::IpAddr = node.host.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "--through: {} lists host {:?}; the probe routes through IP addresses only",
+                path.display(),
+                node.host
+            )
+        })?;
+        nodes.push((SocketAddr::new(ip, node.mix_port), node.sphinx_key));
+    }
+    let start = nodes
+        .iter()
+        .position(|(address, _)| *address == target)
+        .map_or(0, |i| i + 1);
+    Ok((0..nodes.len())
+        .map(|k| nodes[(start + k) % nodes.len()])
+        .filter(|(address, _)| *address != target)
+        .take(crate::probe::THEN_HOPS_MAX)
+        .collect())
 }

@@ -34,7 +34,14 @@ pub struct ProbeOptions {
     pub reply_host: Option<IpAddr>,
     /// Wait this long past the longest requested delay for stragglers.
     pub grace: Duration,
+    /// Further mixnodes after the target, in order (each with no delay of its own): the
+    /// packets cross all of them before they come back. At most [`THEN_HOPS_MAX`].
+    pub then: Vec<(SocketAddr, PublicKey)>,
 }
+
+/// Mixnodes a probe route may cross after the target: Sphinx routes have at most five hops,
+/// and the last is the probe's own receiver.
+pub const THEN_HOPS_MAX: usize = 3;
 
 /// One packet's fate.
 #[derive(Clone, Debug, Serialize)]
@@ -48,7 +55,7 @@ pub struct ProbePacket {
 /// The probe's findings.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProbeReport {
-    /// The node probed.
+    /// The node probed, and the nodes after it: `A -> B -> C`.
     pub target: String,
     /// Where replies were received.
     pub reply_address: String,
@@ -142,19 +149,23 @@ pub fn probe(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
         key_rotation: options.key_rotation,
     };
     let mut wire = Vec::new();
+    let then = &options.then[..options.then.len().min(THEN_HOPS_MAX)];
     for (i, delay) in requested.iter().enumerate() {
-        let route = [
-            RouteHop {
-                address: options.target,
-                public_key: options.sphinx_key,
-                delay: *delay,
-            },
-            RouteHop {
-                address: reply_addr,
-                public_key: receiver_key,
-                delay: Duration::ZERO,
-            },
-        ];
+        let mut route = vec![RouteHop {
+            address: options.target,
+            public_key: options.sphinx_key,
+            delay: *delay,
+        }];
+        route.extend(then.iter().map(|(address, public_key)| RouteHop {
+            address: *address,
+            public_key: *public_key,
+            delay: Duration::ZERO,
+        }));
+        route.push(RouteHop {
+            address: reply_addr,
+            public_key: receiver_key,
+            delay: Duration::ZERO,
+        });
         let message = probe_message(i);
         let packet = build_packet(
             &route,
@@ -320,8 +331,12 @@ fn summarise(
             requested.len()
         )
     };
+    let route: Vec<String> = std::iter::once(options.target)
+        .chain(options.then.iter().take(THEN_HOPS_MAX).map(|(a, _)| *a))
+        .map(|a| a.to_string())
+        .collect();
     ProbeReport {
-        target: options.target.to_string(),
+        target: route.join(" -> "),
         reply_address: reply.to_string(),
         sent: requested.len(),
         returned,
