@@ -49,12 +49,21 @@ struct Args {
     /// the runs (0: skip).
     #[arg(long, default_value_t = 4000)]
     held_packets: usize,
-    /// Print one JSON object instead of text.
+    /// Output format: text, or one JSON object (as the node's commands take it).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
+    /// The same as --output json.
     #[arg(long)]
     json: bool,
     /// Write an HTML (or, for a .svg name, SVG) report with plots.
     #[arg(long)]
     report: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -82,7 +91,8 @@ impl From<Size> for SizeTag {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    args.json |= args.output == OutputFormat::Json;
     let duration_ok = args.duration.is_finite() && args.duration > 0.5;
     let rate_ok = args.rate.is_none_or(|r| r.is_finite() && r > 0.0);
     if args.hop_processor.is_empty() {
@@ -184,6 +194,15 @@ fn print_held_bytes(result: &BenchResult) {
     }
 }
 
+/// Microseconds as a person reads them: µs below a millisecond, ms below ten seconds, else s.
+fn duration(us: u64) -> String {
+    match us {
+        0..=999 => format!("{us} µs"),
+        1_000..=9_999_999 => format!("{:.2} ms", us as f64 / 1000.0),
+        _ => format!("{:.1} s", us as f64 / 1e6),
+    }
+}
+
 fn print_text(result: &BenchResult) {
     println!(
         "packet size {}, requested delay {} ms",
@@ -216,31 +235,38 @@ fn print_text(result: &BenchResult) {
             r.ceiling_per_s, r.ceiling_before_after_per_s.0, r.ceiling_before_after_per_s.1
         );
         println!(
-            "  efficiency:  {:.2} (forwarded / (ceiling x {}))",
+            "  vs crate:    {:.2}x the Sphinx crate's process() per shard (forwarded / (ceiling x {})); above 1 means faster than the crate",
             r.efficiency, r.cores
         );
         println!(
-            "  hop step:    {:.0} packets/s (the node's expand+finish, one thread, no I/O)",
-            r.hop_step_per_s
+            "  hop step:    {:.0} packets/s = {:.2}x the crate (the node's own expand+finish, one thread, no I/O)",
+            r.hop_step_per_s,
+            r.hop_step_per_s / r.ceiling_per_s.max(1.0)
         );
         println!(
             "  CPU (cores): node {:.2}, generator {:.2}, receiver {:.2}",
             r.cpu.node, r.cpu.generator, r.cpu.receiver
         );
+        if r.rate_asked.is_none() {
+            println!(
+                "  added latency: not shown for a saturated run: packets queue in front of a node kept busy on purpose, so it measures the queue, not the node. Use --rate R for latency"
+            );
+        } else {
+            println!(
+                "  added latency: p50 {}, p99 {}, p99.9 {}, max {} ({} packets; generator write to sink read)",
+                duration(r.latency.p50_us),
+                duration(r.latency.p99_us),
+                duration(r.latency.p999_us),
+                duration(r.latency.max_us),
+                r.latency.count
+            );
+        }
         println!(
-            "  added latency: p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs ({} packets; generator write to sink read)",
-            r.latency.p50_us,
-            r.latency.p99_us,
-            r.latency.p999_us,
-            r.latency.max_us,
-            r.latency.count
-        );
-        println!(
-            "  in node:       p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs ({} packets; the node's own measure, frame read to written)",
-            r.latency_in_node.p50_us,
-            r.latency_in_node.p99_us,
-            r.latency_in_node.p999_us,
-            r.latency_in_node.max_us,
+            "  in node:       p50 {}, p99 {}, p99.9 {}, max {} ({} packets; the node's own measure, frame read to written)",
+            duration(r.latency_in_node.p50_us),
+            duration(r.latency_in_node.p99_us),
+            duration(r.latency_in_node.p999_us),
+            duration(r.latency_in_node.max_us),
             r.latency_in_node.count
         );
         println!(
