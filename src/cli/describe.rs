@@ -78,5 +78,8 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
     )?;
     description.save(&file)?;
     println!("Saved the description to {}", file.display());
+    println!(
+        "A running node serves it at /description from its next request on; no restart is needed."
+    );
     Ok(())
 }

@@ -71,9 +71,10 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
             verloc_port: args.verloc_port.unwrap_or(config::DEFAULT_VERLOC_PORT),
             http_api_port: args.http_api_port.unwrap_or(config::DEFAULT_HTTP_API_PORT),
         };
+        let config = Config::new(&settings, &paths);
+        // Every argument is checked before anything is written.
+        config.validate_settings(&config_file)?;
         let data_dir = paths.data_dir();
-        std::fs::create_dir_all(&data_dir)
-            .with_context(|| format!("cannot create {}", data_dir.display()))?;
         let key_paths = KeyPaths::in_data_dir(&data_dir);
         if key_paths.any_exists() {
             anyhow::bail!(
@@ -84,12 +85,28 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
         }
         let keys = NodeKeys::generate()
             .map_err(|e| anyhow::anyhow!("the operating system's random generator failed: {e}"))?;
-        keys.write_new(&key_paths)?;
+        let new_dirs: Vec<std::path::PathBuf> =
+            [paths.root.clone(), data_dir.clone(), paths.config_dir()]
+                .into_iter()
+                .filter(|dir| !dir.exists())
+                .collect();
+        let made = std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))
+            .and_then(|()| keys.write_new(&key_paths).map_err(anyhow::Error::from))
+            .and_then(|()| config.save(&config_file).map_err(anyhow::Error::from));
+        if let Err(error) = made {
+            // Never leave a half-made id: what this call wrote goes again.
+            remove_new_node(&paths, &key_paths, &new_dirs);
+            return Err(error.context(format!(
+                "nothing was kept of node {}; fix the cause and run init again",
+                args.id
+            )));
+        }
         println!(
             "Saved identity and Sphinx key pairs in {}",
             data_dir.display()
         );
-        Config::new(&settings, &paths)
+        config
     };
     config.validate(&config_file)?;
     config.save(&config_file)?;
@@ -109,4 +126,18 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
     println!("Version: {}", m.version);
     println!("Mixnode configuration completed.");
     Ok(())
+}
+
+/// Remove what a failed `init` of a new node wrote: its key files, its config file and the
+/// folders it made (`new_dirs`, outermost first; each only if empty, so nothing else goes).
+fn remove_new_node(paths: &config::NodePaths, keys: &KeyPaths, new_dirs: &[std::path::PathBuf]) {
+    for file in keys.all() {
+        let _ = std::fs::remove_file(file);
+    }
+    let config_file = paths.config_file();
+    let _ = std::fs::remove_file(&config_file);
+    let _ = std::fs::remove_file(config_file.with_extension("toml.tmp"));
+    for dir in new_dirs.iter().rev() {
+        let _ = std::fs::remove_dir(dir);
+    }
 }

@@ -33,9 +33,10 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
         }
         Upgrade::Migrated {
             from,
-            config,
-            notes,
+            mut config,
+            mut notes,
         } => {
+            notes.extend(find_moved_keys(&mut config, &paths.data_dir()));
             config.validate(&file)?;
             let mut backup = file.with_file_name(format!("config.toml.{from}.bak"));
             let mut n = 1;
@@ -63,4 +64,35 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Key paths of an old file that point where no key is (a home moved from another machine or
+/// user, e.g. /home/nym/.nym/...) while a file of the same name sits in this node's own
+/// `data/`: point them there. One note per path changed.
+fn find_moved_keys(config: &mut crate::config::Config, data_dir: &std::path::Path) -> Vec<String> {
+    let m = &mut config.mixnode;
+    let mut notes = Vec::new();
+    for path in [
+        &mut m.private_identity_key_file,
+        &mut m.public_identity_key_file,
+        &mut m.private_sphinx_key_file,
+        &mut m.public_sphinx_key_file,
+    ] {
+        if path.is_file() {
+            continue;
+        }
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        let here = data_dir.join(name);
+        if here.is_file() {
+            notes.push(format!(
+                "key file {} does not exist; using {} (the same name in this node's data/)",
+                path.display(),
+                here.display()
+            ));
+            *path = here;
+        }
+    }
+    notes
 }

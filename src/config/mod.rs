@@ -43,13 +43,14 @@ pub enum ConfigError {
         /// The node id asked for.
         id: String,
     },
-    /// The file could not be read or written.
-    #[error("cannot access config file {path}: {source}")]
+    /// The file could not be read or written. (The I/O error is part of the message, not a
+    /// `source`, so that it is printed once.)
+    #[error("cannot access config file {path}: {cause}. Fix: {}", io_fix(.cause, .path))]
     Io {
         /// The config file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// TOML syntax, an unknown key, or a value of the wrong type.
     #[error("config file {path} is invalid:\n{detail}\nFix: {fix}")]
@@ -83,6 +84,21 @@ pub enum ConfigError {
         /// What to do.
         fix: String,
     },
+}
+
+/// What to do about a config or description file that cannot be read or written.
+fn io_fix(cause: &std::io::Error, path: &Path) -> String {
+    match cause.kind() {
+        std::io::ErrorKind::PermissionDenied => format!(
+            "run the node as the user that owns its home (see `ls -l {}`), or give that user the files with chown -R",
+            path.display()
+        ),
+        std::io::ErrorKind::StorageFull => "free space on that disk, then try again".to_string(),
+        _ => format!(
+            "check that {} is a readable file on a working disk; restore it from your backup if it is damaged",
+            path.display()
+        ),
+    }
 }
 
 /// The home folder: `$NYM_MIXNODE_HOME`, else `~/.nym`.
@@ -529,6 +545,38 @@ impl Default for LoggingSection {
     }
 }
 
+/// Levels a log filter may name.
+pub const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// Check a log filter as `logging.level` takes it: comma-separated directives, each a level
+/// or `module=level` (module paths of letters, digits, `_` and `::`). A bare word that is not
+/// a level would be read by the log filter as a module name and silence everything else.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    let filter = filter.trim();
+    if filter.is_empty() {
+        return Err("is empty".to_string());
+    }
+    for directive in filter.split(',').map(str::trim) {
+        let (module, level) = match directive.split_once('=') {
+            Some((module, level)) => (Some(module.trim()), level.trim()),
+            None => (None, directive),
+        };
+        if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!("is {filter:?}: {level:?} is not a log level"));
+        }
+        if let Some(module) = module {
+            let valid = !module.is_empty()
+                && module.split("::").all(|part| {
+                    !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                });
+            if !valid {
+                return Err(format!("is {filter:?}: {module:?} is not a module path"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What `init` sets; the rest takes defaults.
 #[derive(Clone, Debug)]
 pub struct InitSettings {
@@ -589,7 +637,7 @@ impl Config {
         let path = paths.config_file();
         let text = read_config_text(&path, id)?;
         let value = parse_toml(&path, &text)?;
-        check_version_runnable(&path, &value)?;
+        check_version_runnable(&path, &value, id)?;
         let config = deserialize(&path, &text)?;
         config.validate(&path)?;
         Ok(config)
@@ -615,9 +663,9 @@ impl Config {
 
     /// Write to `path` atomically (temporary file, then rename).
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
-        let io = |source| ConfigError::Io {
+        let io = |cause| ConfigError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(io)?;
@@ -731,7 +779,46 @@ impl Config {
         Ok(())
     }
 
+    /// Check what serde accepted but the node cannot use, the key files included.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        self.validate_settings(path)?;
+        self.validate_key_files(path)
+    }
+
+    /// That the four key files named exist.
+    pub fn validate_key_files(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid =
+            |field: &str, problem: String, fix: &str| invalid_field(path, field, problem, fix);
+        let m = &self.mixnode;
+        for (field, file) in [
+            (
+                "mixnode.private_identity_key_file",
+                &m.private_identity_key_file,
+            ),
+            (
+                "mixnode.public_identity_key_file",
+                &m.public_identity_key_file,
+            ),
+            (
+                "mixnode.private_sphinx_key_file",
+                &m.private_sphinx_key_file,
+            ),
+            ("mixnode.public_sphinx_key_file", &m.public_sphinx_key_file),
+        ] {
+            if !file.is_file() {
+                return Err(invalid(
+                    field,
+                    format!("names {}, which does not exist", file.display()),
+                    "restore the key file from your backup or correct the path",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every check of [`Self::validate`] but the key files' existence: what `init` checks
+    /// before it writes anything.
+    pub fn validate_settings(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid =
             |field: &str, problem: String, fix: &str| invalid_field(path, field, problem, fix);
         let m = &self.mixnode;
@@ -767,29 +854,6 @@ impl Config {
                 format!("is {}, which no other node can reach", m.announce_address),
                 "set the node's public IP address",
             ));
-        }
-        for (field, file) in [
-            (
-                "mixnode.private_identity_key_file",
-                &m.private_identity_key_file,
-            ),
-            (
-                "mixnode.public_identity_key_file",
-                &m.public_identity_key_file,
-            ),
-            (
-                "mixnode.private_sphinx_key_file",
-                &m.private_sphinx_key_file,
-            ),
-            ("mixnode.public_sphinx_key_file", &m.public_sphinx_key_file),
-        ] {
-            if !file.is_file() {
-                return Err(invalid(
-                    field,
-                    format!("names {}, which does not exist", file.display()),
-                    "restore the key file from your backup or correct the path",
-                ));
-            }
         }
         let e = &self.engine;
         let positive: [(&str, u64); 11] = [
@@ -840,6 +904,13 @@ impl Config {
         }
         self.validate_rotation(path)?;
         self.validate_topology(path)?;
+        if let Err(problem) = check_log_filter(&self.logging.level) {
+            return Err(invalid(
+                "logging.level",
+                problem,
+                "set one of \"error\", \"warn\", \"info\" (the default), \"debug\", \"trace\" or \"off\", or per module such as \"info,nym_mixnode::shard=debug\"",
+            ));
+        }
         let rate = e.replay_filter_false_positive_rate;
         if !(rate > 0.0 && rate < 0.01) {
             return Err(invalid(
@@ -918,8 +989,8 @@ impl Config {
 }
 
 fn read_config_text(path: &Path, id: &str) -> Result<String, ConfigError> {
-    fs::read_to_string(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
+    fs::read_to_string(path).map_err(|cause| {
+        if cause.kind() == std::io::ErrorKind::NotFound {
             ConfigError::Missing {
                 path: path.to_path_buf(),
                 id: id.to_string(),
@@ -927,7 +998,7 @@ fn read_config_text(path: &Path, id: &str) -> Result<String, ConfigError> {
         } else {
             ConfigError::Io {
                 path: path.to_path_buf(),
-                source,
+                cause,
             }
         }
     })
@@ -954,8 +1025,14 @@ fn deserialize(path: &Path, text: &str) -> Result<Config, ConfigError> {
             "set engine.hop_processor to \"fast\" or \"crate\", or remove it for the default".to_string()
         } else if detail.contains("u16") {
             "ports are whole numbers from 1 to 65535".to_string()
+        } else if detail.contains("IP address") || detail.contains("socket address") {
+            "addresses are IP literals in quotes, such as \"0.0.0.0\", \"203.0.113.7\" or \"2001:db8::1\", not host names".to_string()
+        } else if detail.contains("unknown variant") {
+            "use one of the values the message lists, in quotes".to_string()
+        } else if detail.contains("duration") || detail.contains("time unit") {
+            "durations are strings such as \"1.5s\", \"10s\", \"5m\" or \"12h\"".to_string()
         } else {
-            "correct the value at that line; durations are strings such as \"1.5s\"".to_string()
+            "correct the value at that line; see the README's Configuration section for each key".to_string()
         };
         ConfigError::Parse {
             path: path.to_path_buf(),
@@ -974,14 +1051,14 @@ pub(crate) fn file_version(table: &toml::Table) -> Option<String> {
         .map(|s| s.to_string())
 }
 
-fn check_version_runnable(path: &Path, table: &toml::Table) -> Result<(), ConfigError> {
+fn check_version_runnable(path: &Path, table: &toml::Table, id: &str) -> Result<(), ConfigError> {
     let found = file_version(table).unwrap_or_else(|| "(none)".to_string());
     match Semver::parse(&found).map(|v| v.cmp_minor(&Semver::current())) {
         Some(std::cmp::Ordering::Equal) => Ok(()),
         Some(std::cmp::Ordering::Less) => Err(ConfigError::Version {
             path: path.to_path_buf(),
             found,
-            fix: "Fix: run `nym-mixnode upgrade --id <id>` to migrate it (a copy of the old file is kept).".to_string(),
+            fix: format!("Fix: run `nym-mixnode upgrade --id {id}` to migrate it (a copy of the old file is kept)."),
         }),
         Some(std::cmp::Ordering::Greater) => Err(ConfigError::Version {
             path: path.to_path_buf(),
@@ -1083,6 +1160,29 @@ mod tests {
         assert!(validate_id("../x").is_err());
         assert!(validate_id("").is_err());
         assert!(validate_id(".hidden").is_err());
+    }
+
+    #[test]
+    fn log_filters() {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "info,nym_mixnode::shard=debug",
+            " debug ",
+        ] {
+            assert!(check_log_filter(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "loud",
+            "",
+            "info,loud",
+            "=debug",
+            "nym mixnode=info",
+            "a::=info",
+        ] {
+            assert!(check_log_filter(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

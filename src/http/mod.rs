@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::config::description::Description;
+use crate::config::description::{Description, LiveDescription};
 use crate::config::HttpSection;
 use crate::shard::stats::{ShardSnapshot, ShardStats};
 use crate::shard::telemetry::TelemetryReport;
@@ -69,8 +69,8 @@ pub struct ApiState {
     pub started_wall: SystemTime,
     /// The identity public key, base58.
     pub identity: String,
-    /// The node's description.
-    pub description: Description,
+    /// The node's description, followed in its file.
+    pub description: LiveDescription,
     /// The packet engine's per-shard figures (published by the shards, read here).
     pub shards: Arc<Vec<ShardStats>>,
     /// `[http]` from the config.
@@ -96,7 +96,7 @@ impl ApiState {
             started,
             started_wall,
             identity,
-            description,
+            description: LiveDescription::new(description),
             shards,
             http,
             verloc,
@@ -119,6 +119,8 @@ pub struct RouteContext<'a> {
     pub server: &'a ServerCounts,
     /// The latest VerLoc run, as `/verloc` shows it.
     pub verloc: &'a serde_json::Value,
+    /// The description now.
+    pub description: &'a Description,
 }
 
 /// `/health`: 200 and `"status": "up"`, or 503 and `"status": "stalled"` with the shards the
@@ -246,7 +248,7 @@ pub fn route(target: &str, cx: &RouteContext) -> Response {
     let live = || {
         page::live(&page::LiveInput {
             identity: &state.identity,
-            name: &state.description.name,
+            name: &cx.description.name,
             version: crate::config::VERSION,
             uptime,
             shards: cx.shards,
@@ -263,7 +265,7 @@ pub fn route(target: &str, cx: &RouteContext) -> Response {
         "/health" => health(cx.shards, uptime),
         "/description" => json(
             200,
-            &serde_json::to_value(&state.description).unwrap_or_default(),
+            &serde_json::to_value(cx.description).unwrap_or_default(),
         ),
         "/stats" => {
             let debug = query.split('&').any(|kv| kv == "debug=true");
@@ -588,6 +590,7 @@ fn handle(shared: &Shared, worker: usize, stream: std::net::TcpStream) {
                     collector: &collector,
                     server: &shared.counters.snapshot(),
                     verloc: &verloc,
+                    description: &state.description.current(),
                 },
             )
         },
@@ -718,6 +721,7 @@ mod tests {
                 collector: &collector,
                 server: &ServerCounts::default(),
                 verloc: &verloc,
+                description: &state.description.current(),
             },
         )
     }

@@ -30,21 +30,30 @@ pub const PEM_TAG_SPHINX_PUBLIC: &str = "X25519 PUBLIC KEY";
 /// Errors reading or writing key files. Each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    /// The file could not be read.
-    #[error("cannot read key file {path}: {source}. Fix: restore the file from your backup, or run `init` with a new --id to create new keys")]
+    /// The file could not be read. (The I/O error is part of the message, not a `source`,
+    /// so that it is printed once.)
+    #[error("cannot read key file {path}: {cause}. Fix: {}", read_fix(.cause, .path))]
     Read {
         /// The key file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file could not be written.
-    #[error("cannot write key file {path}: {source}")]
+    #[error("cannot write key file {path}: {cause}")]
     Write {
         /// The key file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        cause: std::io::Error,
+    },
+    /// A private key file that others may read.
+    #[error("private key file {path} can be read by others (mode {mode:03o}); refusing to use it, as ssh does with such keys: whoever could read it may hold this node's identity. Fix: chmod 600 {path}, and if other users could log in here, treat the key as exposed")]
+    ReadableByOthers {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// The file is not PEM, or has the wrong tag.
     #[error("key file {path} is not a PEM file with tag \"{expected_tag}\": {detail}. Fix: restore the file from your backup")]
@@ -98,7 +107,8 @@ impl KeyPaths {
         }
     }
 
-    fn all(&self) -> [&Path; 4] {
+    /// The four key files.
+    pub fn all(&self) -> [&Path; 4] {
         [
             &self.private_identity,
             &self.public_identity,
@@ -164,7 +174,7 @@ impl NodeKeys {
         if let Some(existing) = paths.all().into_iter().find(|p| p.exists()) {
             return Err(KeyError::Write {
                 path: existing.to_path_buf(),
-                source: std::io::Error::new(
+                cause: std::io::Error::new(
                     std::io::ErrorKind::AlreadyExists,
                     "refusing to overwrite an existing key file",
                 ),
@@ -222,6 +232,19 @@ impl NodeKeys {
     }
 }
 
+/// The fix for a key file that cannot be read: never a new identity for a file that is only
+/// out of reach.
+fn read_fix(cause: &std::io::Error, path: &Path) -> String {
+    match cause.kind() {
+        std::io::ErrorKind::PermissionDenied => format!(
+            "run the node as the user that owns the file (see `ls -l {}`), or give that user the file with chown; the key itself is fine",
+            path.display()
+        ),
+        std::io::ErrorKind::NotFound => "restore the file from your backup (a new --id makes a new node identity, which loses this one's bond)".to_string(),
+        _ => "check the disk and the file, and restore it from your backup if it is damaged".to_string(),
+    }
+}
+
 /// Decode a base58 string that must hold exactly 32 bytes (a public key).
 pub fn decode_base58_key(text: &str) -> Result<[u8; KEY_LENGTH], String> {
     let bytes = bs58::decode(text.trim())
@@ -249,17 +272,27 @@ fn write_pem(path: &Path, tag: &str, bytes: &[u8], private: bool) -> Result<(), 
         file.write_all(text.as_bytes())?;
         file.sync_all()
     };
-    write().map_err(|source| KeyError::Write {
+    write().map_err(|cause| KeyError::Write {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 
 pub(crate) fn read_pem(path: &Path, tag: &'static str) -> Result<[u8; KEY_LENGTH], KeyError> {
-    let text = fs::read_to_string(path).map_err(|source| KeyError::Read {
+    let read = |cause| KeyError::Read {
         path: path.to_path_buf(),
-        source,
-    })?;
+        cause,
+    };
+    if tag.contains("PRIVATE") {
+        let mode = fs::metadata(path).map_err(read)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::ReadableByOthers {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    let text = fs::read_to_string(path).map_err(read)?;
     let parsed = pem::parse(&text).map_err(|e| KeyError::BadPem {
         path: path.to_path_buf(),
         expected_tag: tag,

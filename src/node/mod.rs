@@ -101,32 +101,37 @@ pub struct NodeAddresses {
     pub http_api: SocketAddr,
 }
 
-/// What to tell an operator whose bind of `addr` failed with `error`.
-pub fn bind_hint(addr: SocketAddr, error: &std::io::Error) -> String {
+/// What to tell an operator whose bind of `addr` (config field `field`, such as
+/// `mixnode.http_api_port`) failed with `error`.
+pub fn bind_hint(addr: SocketAddr, field: &str, error: &std::io::Error) -> String {
     match error.kind() {
             std::io::ErrorKind::AddrNotAvailable => format!(
                 "\nThis machine has no interface with address {}. On cloud hosts (AWS, Google, ...) the public IP is not on any interface: bind --host to the local address that `ip addr` shows and pass the public IP as --announce-host, e.g. `nym-mixnode init --id <id> --host 10.126.5.7 --announce-host 36.68.243.18`.",
                 addr.ip()
             ),
             std::io::ErrorKind::AddrInUse => format!(
-                "\nPort {} is already in use (another node running?). Stop the other process or change the port in config.toml.",
+                "\nPort {} is already in use (another node running?). Stop the other process, or set another port in {field} in config.toml.",
                 addr.port()
             ),
             std::io::ErrorKind::PermissionDenied => format!(
-                "\nPort {} needs privileges; use a port above 1023.",
+                "\nPort {} needs privileges; set a port above 1023 in {field} in config.toml.",
                 addr.port()
             ),
             _ => String::new(),
     }
 }
 
-fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+fn bind(
+    what: &'static str,
+    field: &'static str,
+    addr: SocketAddr,
+) -> Result<TcpListener, StartError> {
     // `cause` is printed in the message; it is not a `source`, so that the CLI's error chain
     // does not print it a second time.
     TcpListener::bind(addr).map_err(|cause| StartError::Bind {
         what,
         addr,
-        hint: bind_hint(addr, &cause),
+        hint: bind_hint(addr, field, &cause),
         cause,
     })
 }
@@ -175,11 +180,12 @@ pub fn start(
     let identity = keys.identity_base58();
     let verloc_socket = bind(
         "VerLoc port",
+        "mixnode.verloc_port",
         SocketAddr::new(m.listening_address, m.verloc_port),
     )?;
     let api_addr = SocketAddr::new(m.listening_address, m.http_api_port);
     // Bind first so that an unavailable address gets the same explanation.
-    drop(bind("HTTP API port", api_addr)?);
+    drop(bind("HTTP API port", "mixnode.http_api_port", api_addr)?);
     let e = &config.engine;
     let store = KeyStore::new(replay_store::data_dir(config));
     let start_keys =

@@ -722,6 +722,16 @@ impl ShardCore {
         }
     }
 
+    /// Draining, and this shard holds nothing: close now rather than at the deadline (the
+    /// driver asks only when no other shard holds anything either). Whether it closed.
+    pub fn end_drain_early(&mut self) -> bool {
+        if matches!(self.phase, Phase::Draining(_)) && self.in_flight() == 0 {
+            self.close();
+            return true;
+        }
+        false
+    }
+
     /// Past the drain deadline: drop what is held and queued as shutdown, and wake every link
     /// so that its task closes (writes under way still report).
     fn close(&mut self) {

@@ -327,6 +327,9 @@ pub(crate) struct Control {
     stopped_sending: AtomicUsize,
     /// Shards running, set before `stop`: the count `stopped_sending` must reach.
     running: AtomicUsize,
+    /// Shards that stopped accepting (began draining): once all have and none holds a
+    /// packet, they close without waiting for the drain deadline.
+    draining: AtomicUsize,
     /// The latest request for replay filter images; each shard answers each once.
     save_epoch: AtomicU64,
 }
@@ -501,18 +504,18 @@ impl Engine {
                 addr: settings.listen,
                 hint: if cause.kind() == std::io::ErrorKind::AddrInUse {
                     format!(
-                        "\nAnother process already listens on port {} (another node?). Stop it, or give this node another mix_port in config.toml; two listeners on one mix port would split its packets.",
+                        "\nAnother process already listens on port {} (another node?). Stop it, or set another port in mixnode.mix_port in config.toml; two listeners on one mix port would split its packets.",
                         settings.listen.port()
                     )
                 } else {
-                    crate::node::bind_hint(settings.listen, &cause)
+                    crate::node::bind_hint(settings.listen, "mixnode.mix_port", &cause)
                 },
                 cause,
             })?;
         }
         let first = listener(settings.listen).map_err(|cause| EngineError::Bind {
             addr: settings.listen,
-            hint: crate::node::bind_hint(settings.listen, &cause),
+            hint: crate::node::bind_hint(settings.listen, "mixnode.mix_port", &cause),
             cause,
         })?;
         let local_addr = first
@@ -570,6 +573,7 @@ impl Engine {
             deadline: OnceLock::new(),
             stopped_sending: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
+            draining: AtomicUsize::new(0),
             save_epoch: AtomicU64::new(0),
         });
         // Room for the answers to one request and the final images of every shard: two keys

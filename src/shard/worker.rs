@@ -45,6 +45,9 @@ const READER_TURN_MAX: Duration = Duration::from_micros(250);
 /// Words of the replay filter copied per pump round while a save is under way (512 KiB,
 /// tens of microseconds).
 const SNAPSHOT_WORDS_PER_ROUND: usize = 64 * 1024;
+/// How long every shard must be seen holding nothing before a drain ends early: several
+/// pump rounds, so that a packet one shard just took from its channel shows in its figures.
+const DRAIN_IDLE_CONFIRM: Duration = Duration::from_millis(60);
 /// A write to a next hop that makes no progress for this long fails the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -156,6 +159,8 @@ struct Shard {
     snapshot: RefCell<Option<(u32, SnapshotCursor)>>,
     key_updates: Receiver<KeyUpdate>,
     purged_keys: Sender<LiveKey>,
+    /// While draining, since when every shard was seen holding nothing.
+    idle_since: Cell<Option<Instant>>,
 }
 
 /// This shard's inbound table: its shares of the node-wide limits.
@@ -235,6 +240,7 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
         snapshot: RefCell::new(None),
         key_updates: init.key_updates,
         purged_keys: init.purged_keys,
+        idle_since: Cell::new(None),
     });
     for bell in init.bells_in {
         glommio::spawn_local(listen_for_doorbell(Rc::clone(&shard), bell)).detach();
@@ -386,6 +392,28 @@ impl Shard {
             stalled: false,
         };
         self.stats[self.index].publish(&snapshot);
+    }
+
+    /// While draining: whether every shard has stopped accepting and none has held a packet
+    /// or had one coming in its channel for [`DRAIN_IDLE_CONFIRM`] (other shards are seen
+    /// through their published figures, which lag by up to a pump round).
+    fn drained_everywhere(&self, now: Instant) -> bool {
+        let all_draining = self.control.draining.load(Ordering::Acquire)
+            >= self.control.running.load(Ordering::Acquire);
+        let idle = all_draining
+            && self.core.borrow().in_flight() == 0
+            && self.inbox.is_empty()
+            && self.stats.iter().enumerate().all(|(i, stats)| {
+                let s = stats.snapshot();
+                i == self.index || (s.held + s.queued + s.writing == 0 && s.inbox_bytes == 0)
+            });
+        if !idle {
+            self.idle_since.set(None);
+            return false;
+        }
+        let since = self.idle_since.get().unwrap_or(now);
+        self.idle_since.set(Some(since));
+        now.saturating_duration_since(since) >= DRAIN_IDLE_CONFIRM
     }
 
     /// Take the newest known nodes the topology thread sent, between packets. The sets
@@ -700,10 +728,16 @@ async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
                         task.cancel();
                     }
                     shard.core.borrow_mut().begin_drain(deadline);
+                    shard.control.draining.fetch_add(1, Ordering::AcqRel);
                     continue;
                 }
             }
-            Phase::Draining(_) => {}
+            Phase::Draining(_) => {
+                if shard.drained_everywhere(now) {
+                    shard.core.borrow_mut().end_drain_early();
+                    continue;
+                }
+            }
             Phase::Closed => {
                 // Closing waits on the other shards and the link tasks, not on this pump's
                 // rounds: not watched from here on.

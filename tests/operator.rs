@@ -1,0 +1,210 @@
+//! Mistakes an operator makes, over the real binary in a temporary home: each gets a message
+//! that names the file or field and the fix, the right exit code, and loses nothing.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn fails_with(out: &std::process::Output, needles: &[&str]) {
+    assert!(!out.status.success(), "expected a failure");
+    let text = stderr(out);
+    for needle in needles {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn an_unknown_log_level_is_refused_naming_the_field_and_the_levels() {
+    let home = Home::new();
+    home.init_local("n");
+    set_config_value(&home, "n", "level", "\"loud\"");
+    let out = home.run(&["run", "--id", "n"]);
+    fails_with(&out, &["config.toml", "logging.level", "loud", "\"info\""]);
+}
+
+#[test]
+fn init_with_clashing_ports_writes_nothing_and_the_id_stays_usable() {
+    let home = Home::new();
+    let out = home.run(&[
+        "init",
+        "--id",
+        "n",
+        "--host",
+        "127.0.0.1",
+        "--mix-port",
+        "14000",
+        "--verloc-port",
+        "14000",
+    ]);
+    fails_with(&out, &["mixnode.mix_port", "must all differ"]);
+    assert!(
+        !home.node_dir("n").exists(),
+        "a refused init left {}",
+        home.node_dir("n").display()
+    );
+    // The same id then initialises.
+    assert_success(&home.run(&["init", "--id", "n", "--host", "127.0.0.1"]));
+}
+
+#[test]
+fn init_that_cannot_write_leaves_no_half_made_id() {
+    let home = Home::new();
+    // The config file's temporary name is taken by a folder: the keys are written, then the
+    // config cannot be (as on a full disk; this fails for root too).
+    let config_dir = home.node_dir("n").join("config");
+    fs::create_dir_all(config_dir.join("config.toml.tmp")).unwrap();
+    let out = home.run(&["init", "--id", "n", "--host", "127.0.0.1"]);
+    fs::remove_dir(config_dir.join("config.toml.tmp")).unwrap();
+    fails_with(&out, &["config.toml", "nothing was kept"]);
+    assert!(
+        !home.node_dir("n").join("data").exists(),
+        "the keys written before the failure are gone"
+    );
+    assert_success(&home.run(&["init", "--id", "n", "--host", "127.0.0.1"]));
+}
+
+#[test]
+fn a_private_key_readable_by_others_is_refused_with_chmod() {
+    let home = Home::new();
+    home.init_local("n");
+    let key = home.node_dir("n").join("data/private_identity.pem");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = home.run(&["run", "--id", "n"]);
+    fails_with(
+        &out,
+        &["private_identity.pem", "can be read by others", "chmod 600"],
+    );
+    // node-details reads the keys too.
+    fails_with(&home.run(&["node-details", "--id", "n"]), &["chmod 600"]);
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_success(&home.run(&["node-details", "--id", "n"]));
+}
+
+#[test]
+fn an_unreadable_key_or_config_gets_a_fix_that_keeps_the_identity() {
+    if unsafe { libc::geteuid() } == 0 {
+        eprintln!("skipped: running as root, which reads any file");
+        return;
+    }
+    let home = Home::new();
+    home.init_local("n");
+    let key = home.node_dir("n").join("data/public_sphinx.pem");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o000)).unwrap();
+    let out = home.run(&["node-details", "--id", "n"]);
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    fails_with(&out, &["public_sphinx.pem", "the user that owns the file"]);
+    let text = stderr(&out);
+    assert!(!text.contains("new --id"), "{text}");
+    assert_eq!(
+        text.matches("ermission denied").count(),
+        1,
+        "the OS error once:\n{text}"
+    );
+
+    let config = home.config_file("n");
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o000)).unwrap();
+    let out = home.run(&["run", "--id", "n"]);
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
+    fails_with(&out, &["config.toml", "Fix:", "the user that owns"]);
+}
+
+#[test]
+fn a_host_name_in_the_config_gets_the_address_fix() {
+    let home = Home::new();
+    home.init_local("n");
+    set_config_value(&home, "n", "listening_address", "\"localhost\"");
+    let out = home.run(&["run", "--id", "n"]);
+    fails_with(&out, &["config.toml", "listening_address", "IP literals"]);
+    assert!(!stderr(&out).contains("durations"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_taken_http_port_names_its_config_field() {
+    let home = Home::new();
+    let (_, _, http) = home.init_local("n");
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", http)).unwrap();
+    let out = home.run_bounded(&["run", "--id", "n"], Duration::from_secs(20));
+    fails_with(&out, &["mixnode.http_api_port", "already in use"]);
+}
+
+#[test]
+fn upgrade_finds_keys_that_moved_into_the_nodes_own_data_folder() {
+    let home = Home::new();
+    assert_success(&home.run(&["init", "--id", "fixture-node", "--host", "127.0.0.1"]));
+    let text = fs::read_to_string(format!(
+        "{}/tests/fixtures/config-0.11.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    // The old file names /home/nym/..., where no key is: the keys sit in this node's data/.
+    fs::write(home.config_file("fixture-node"), &text).unwrap();
+    let out = home.run(&["upgrade", "--id", "fixture-node"]);
+    assert_success(&out);
+    assert!(
+        stdout(&out).contains("the same name in this node's data/"),
+        "{}",
+        stdout(&out)
+    );
+    let upgraded = fs::read_to_string(home.config_file("fixture-node")).unwrap();
+    assert!(!upgraded.contains("/home/nym"), "{upgraded}");
+    assert_success(&home.run(&["node-details", "--id", "fixture-node"]));
+}
+
+#[test]
+fn an_old_config_names_the_real_id_in_its_fix() {
+    let home = Home::new();
+    assert_success(&home.run(&["init", "--id", "old-one", "--host", "127.0.0.1"]));
+    let text = fs::read_to_string(format!(
+        "{}/tests/fixtures/config-0.11.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    fs::write(home.config_file("old-one"), text).unwrap();
+    let out = home.run(&["run", "--id", "old-one"]);
+    fails_with(&out, &["nym-mixnode upgrade --id old-one"]);
+    assert!(!stderr(&out).contains("<id>"), "{}", stderr(&out));
+}
+
+#[test]
+fn describe_on_a_running_node_is_served_without_a_restart() {
+    let home = Home::new();
+    let (_, _, http) = home.init_local("n");
+    let running = home.spawn_run("n", 1);
+    let api: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
+    wait_for(Duration::from_secs(20), "the API", || {
+        http_get(api, "/health").filter(|(s, _)| *s == 200)
+    });
+    let out = home.run(&["describe", "--id", "n", "--name", "fresh name"]);
+    assert_success(&out);
+    assert!(
+        stdout(&out).contains("no restart is needed"),
+        "{}",
+        stdout(&out)
+    );
+    wait_for(Duration::from_secs(5), "the new name", || {
+        http_get(api, "/description").filter(|(_, body)| body.contains("fresh name"))
+    });
+    drop(running);
+}
+
+#[test]
+fn an_idle_node_stops_without_waiting_out_the_drain() {
+    let home = Home::new();
+    let (_, _, http) = home.init_local("n");
+    set_config_value(&home, "n", "drain_timeout", "\"5s\"");
+    let running = home.spawn_run("n", 2);
+    let api: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
+    wait_for(Duration::from_secs(20), "the API", || {
+        http_get(api, "/health").filter(|(s, _)| *s == 200)
+    });
+    let started = Instant::now();
+    let out = running.stop_with(libc::SIGTERM, Duration::from_secs(30));
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Nothing in flight: it must not wait out the 5 s drain.
+    assert!(took < Duration::from_secs(4), "stopping took {took:?}");
+}
