@@ -208,3 +208,57 @@ fn an_idle_node_stops_without_waiting_out_the_drain() {
     // Nothing in flight: it must not wait out the 5 s drain.
     assert!(took < Duration::from_secs(4), "stopping took {took:?}");
 }
+
+#[test]
+fn home_and_id_come_from_flags_or_the_environment() {
+    let home = Home::new();
+    let other = tempfile::tempdir().unwrap();
+    let other_home = other.path().to_str().unwrap();
+    // --home wins over NYM_MIXNODE_HOME (which Home sets).
+    assert_success(&home.run(&[
+        "--home",
+        other_home,
+        "init",
+        "--id",
+        "n",
+        "--host",
+        "127.0.0.1",
+    ]));
+    assert!(other.path().join("mixnodes/n/config/config.toml").is_file());
+    assert!(!home.node_dir("n").exists());
+    // NYM_MIXNODE_ID stands for --id.
+    let out = home
+        .cmd()
+        .args(["--home", other_home, "node-details", "--output", "json"])
+        .env("NYM_MIXNODE_ID", "n")
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let details: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(details["host"], "127.0.0.1");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let home = Home::new();
+    let (_, _, http) = home.init_local("n");
+    set_config_value(&home, "n", "format", "\"json\"");
+    let running = home.spawn_run("n", 1);
+    let api: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
+    wait_for(Duration::from_secs(20), "the API", || {
+        http_get(api, "/health").filter(|(s, _)| *s == 200)
+    });
+    let out = running.stop_with(libc::SIGTERM, Duration::from_secs(30));
+    assert!(out.status.success());
+    let text = stderr(&out);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() > 3, "{text}");
+    for line in lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            value["level"].is_string() && value["fields"].is_object(),
+            "{line}"
+        );
+    }
+}

@@ -11,7 +11,7 @@ use crate::config::description::Description;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Id of the node.
-    #[arg(long)]
+    #[arg(long, env = "NYM_MIXNODE_ID")]
     pub id: String,
     /// Name of the node.
     #[arg(long)]

@@ -11,7 +11,7 @@ use crate::keys::{KeyPaths, NodeKeys};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Id of the node: the name of its folder under <home>/mixnodes/.
-    #[arg(long)]
+    #[arg(long, env = "NYM_MIXNODE_ID")]
     pub id: String,
     /// IPv4 or IPv6 address to bind (no port, no host name).
     #[arg(long, value_parser = super::host_arg)]

@@ -39,8 +39,13 @@ pub fn banner() -> String {
 /// A Sphinx mixnode for the Nym mixnet.
 #[derive(Parser, Debug)]
 #[command(name = "nym-mixnode", version = config::VERSION, about, long_about = None)]
-#[command(after_help = "Files live in $NYM_MIXNODE_HOME (default ~/.nym)/mixnodes/<id>/.")]
+#[command(
+    after_help = "Files live in <home>/mixnodes/<id>/ (home: --home, else $NYM_MIXNODE_HOME, else ~/.nym). Every --id also reads $NYM_MIXNODE_ID."
+)]
 pub struct Cli {
+    /// The home folder of the nodes' files [default: ~/.nym].
+    #[arg(long, global = true, env = "NYM_MIXNODE_HOME", value_name = "DIR")]
+    pub home: Option<std::path::PathBuf>,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
@@ -78,6 +83,10 @@ pub enum Command {
 /// Parse the command line, run the command, turn any error into a message and exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(home) = &cli.home {
+        // Set once, before any thread starts: every path below reads the home from here.
+        std::env::set_var(config::HOME_ENV, home);
+    }
     let result = match cli.command {
         Command::Init(args) => init::execute(args),
         Command::Run(args) => run::execute(args),

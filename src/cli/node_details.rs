@@ -29,7 +29,7 @@ pub(super) fn live_keys(config: &Config, keys: &NodeKeys) -> anyhow::Result<Vec<
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Id of the node.
-    #[arg(long)]
+    #[arg(long, env = "NYM_MIXNODE_ID")]
     pub id: String,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]

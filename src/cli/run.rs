@@ -7,7 +7,7 @@ use crate::node::{self, NodeOptions};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Id of the node.
-    #[arg(long)]
+    #[arg(long, env = "NYM_MIXNODE_ID")]
     pub id: String,
     /// Shards (cores) to run; overrides `engine.cores` in the config (0 = all cores).
     #[arg(long)]
@@ -33,7 +33,7 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
     }
     let keys = crate::keys::NodeKeys::load(&config.key_paths())?;
     let description = Description::load(&paths.description_file())?;
-    crate::logging::init(&config.logging.level);
+    crate::logging::init(&config.logging.level, config.logging.format);
 
     let m = &config.mixnode;
     print!("{}", super::banner());

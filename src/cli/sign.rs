@@ -6,7 +6,7 @@ use super::Output;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Id of the node whose identity key signs.
-    #[arg(long)]
+    #[arg(long, env = "NYM_MIXNODE_ID")]
     pub id: String,
     /// The text to sign, e.g. "@telegram_handle punk1wallet...".
     #[arg(long)]

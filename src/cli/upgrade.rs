@@ -8,7 +8,7 @@ use crate::config::upgrade::{upgrade, Upgrade};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Id of the node.
-    #[arg(long)]
+    #[arg(long, env = "NYM_MIXNODE_ID")]
     pub id: String,
 }
 

@@ -534,6 +534,8 @@ pub struct LoggingSection {
     /// How often a summary line of packets mixed and dropped is logged.
     #[serde(with = "humantime_serde")]
     pub summary_interval: Duration,
+    /// "text" (`key=value` lines, the default) or "json" (one object per line).
+    pub format: crate::logging::LogFormat,
 }
 
 impl Default for LoggingSection {
@@ -541,6 +543,7 @@ impl Default for LoggingSection {
         LoggingSection {
             level: "info".to_string(),
             summary_interval: Duration::from_secs(60),
+            format: crate::logging::LogFormat::Text,
         }
     }
 }

@@ -38,6 +38,63 @@ pub struct MetricsInput<'a> {
     pub telemetry: &'a Telemetry,
     /// The API server's own counters.
     pub server: &'a ServerCounts,
+    /// This process's figures, as read from /proc (None where it cannot be read).
+    pub process: Option<ProcessFigures>,
+}
+
+/// The standard `process_*` figures of Prometheus client libraries.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProcessFigures {
+    /// User and system CPU time, seconds.
+    pub cpu_seconds: f64,
+    /// Resident memory, bytes.
+    pub resident_bytes: u64,
+    /// Virtual memory, bytes.
+    pub virtual_bytes: u64,
+    /// Open file descriptors.
+    pub open_fds: u64,
+    /// The open-files limit (soft).
+    pub max_fds: u64,
+    /// Start time, seconds since the Unix epoch.
+    pub start_time_seconds: f64,
+}
+
+impl ProcessFigures {
+    /// Read this process's figures from /proc; `started` is when it started.
+    pub fn read(started: std::time::SystemTime) -> Option<ProcessFigures> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let after = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let mut statm = statm.split_whitespace();
+        let virtual_pages: u64 = statm.next()?.parse().ok()?;
+        let resident_pages: u64 = statm.next()?.parse().ok()?;
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+        let max_fds = rlimit::Resource::NOFILE
+            .get()
+            .map(|(soft, _)| soft)
+            .unwrap_or(0);
+        let start_time_seconds = started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        Some(ProcessFigures {
+            cpu_seconds: (utime + stime) / ticks,
+            resident_bytes: resident_pages * page,
+            virtual_bytes: virtual_pages * page,
+            // The directory read itself holds one descriptor.
+            open_fds: open_fds.saturating_sub(1),
+            max_fds,
+            start_time_seconds,
+        })
+    }
 }
 
 /// Label pairs of one series.
@@ -150,6 +207,56 @@ pub fn render(input: &MetricsInput) -> String {
         "Packet engine shards (cores) running.",
     );
     o.sample("nym_mixnode_shards", &[], shards.len());
+    if let Some(p) = input.process {
+        for (name, kind, help, value) in [
+            (
+                "process_cpu_seconds_total",
+                "counter",
+                "Total user and system CPU time spent in seconds.",
+                p.cpu_seconds,
+            ),
+            (
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                p.resident_bytes as f64,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "gauge",
+                "Virtual memory size in bytes.",
+                p.virtual_bytes as f64,
+            ),
+            (
+                "process_open_fds",
+                "gauge",
+                "Number of open file descriptors.",
+                p.open_fds as f64,
+            ),
+            (
+                "process_max_fds",
+                "gauge",
+                "Maximum number of open file descriptors.",
+                p.max_fds as f64,
+            ),
+            (
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since unix epoch in seconds.",
+                p.start_time_seconds,
+            ),
+        ] {
+            o.family(name, kind, help);
+            o.sample(name, &[], value);
+        }
+    }
+    o.per_shard(
+        "nym_mixnode_accept_errors_total",
+        "counter",
+        "Accepts on the mix port that failed (most often out of file descriptors); the shard backs off and goes on.",
+        shards,
+        |s| s.accept_errors,
+    );
 
     o.per_shard(
         "nym_mixnode_packets_received_total",
@@ -568,6 +675,7 @@ mod tests {
             shards: &[shard, ShardSnapshot::default()],
             telemetry: &telemetry,
             server: &ServerCounts::default(),
+            process: ProcessFigures::read(std::time::SystemTime::now()),
         });
         assert!(text.contains("nym_mixnode_packets_received_total{shard=\"0\"} 7\n"));
         assert!(

@@ -121,6 +121,8 @@ pub struct RouteContext<'a> {
     pub verloc: &'a serde_json::Value,
     /// The description now.
     pub description: &'a Description,
+    /// This process's figures for /metrics (read by the driver, not by `route`).
+    pub process: Option<metrics::ProcessFigures>,
 }
 
 /// `/health`: 200 and `"status": "up"`, or 503 and `"status": "stalled"` with the shards the
@@ -285,6 +287,7 @@ pub fn route(target: &str, cx: &RouteContext) -> Response {
                 shards: cx.shards,
                 telemetry: &cx.collector.telemetry,
                 server: cx.server,
+                process: cx.process,
             }),
         },
         _ => Response::text(
@@ -591,6 +594,9 @@ fn handle(shared: &Shared, worker: usize, stream: std::net::TcpStream) {
                     server: &shared.counters.snapshot(),
                     verloc: &verloc,
                     description: &state.description.current(),
+                    process: (head.target.starts_with("/metrics"))
+                        .then(|| metrics::ProcessFigures::read(state.started_wall))
+                        .flatten(),
                 },
             )
         },
@@ -722,8 +728,29 @@ mod tests {
                 server: &ServerCounts::default(),
                 verloc: &verloc,
                 description: &state.description.current(),
+                process: Some(metrics::ProcessFigures {
+                    cpu_seconds: 1.5,
+                    resident_bytes: 4096,
+                    ..Default::default()
+                }),
             },
         )
+    }
+
+    #[test]
+    fn metrics_carry_the_process_figures_and_accept_errors() {
+        let state = state();
+        let body = get("/metrics", &state).body;
+        assert!(body.contains("process_cpu_seconds_total 1.5"), "{body}");
+        assert!(
+            body.contains("process_resident_memory_bytes 4096"),
+            "{body}"
+        );
+        assert!(body.contains("# TYPE process_open_fds gauge"), "{body}");
+        assert!(
+            body.contains("nym_mixnode_accept_errors_total{shard=\"1\"} 0"),
+            "{body}"
+        );
     }
 
     #[test]
