@@ -87,7 +87,7 @@ fn a_private_key_readable_by_others_is_refused_with_chmod() {
 #[test]
 fn an_unreadable_key_or_config_gets_a_fix_that_keeps_the_identity() {
     if unsafe { libc::geteuid() } == 0 {
-        eprintln!("skipped: running as root, which reads any file");
+        visible_note("skipped: the unreadable-file check runs as a user other than root (root reads any file)");
         return;
     }
     let home = Home::new();

@@ -75,7 +75,7 @@ fn every_script_has_help() {
 #[test]
 fn install_into_a_temporary_root_is_idempotent() {
     if !is_root() {
-        eprintln!("skipped: install needs root");
+        common::visible_note("skipped: install into a temporary root needs root");
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -180,13 +180,10 @@ fn bench_runs_each_shard_count_and_writes_the_report() {
 
 #[test]
 fn the_unit_passes_systemd_analyze_verify() {
-    let have = Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !have {
-        eprintln!("skipped: systemd-analyze is not installed (apt-get install systemd)");
+    if !common::tool_present(
+        "systemd-analyze",
+        "the unit check (apt-get install systemd)",
+    ) {
         return;
     }
     let unit = std::fs::read_to_string(

@@ -331,3 +331,35 @@ impl Drop for Running {
         }
     }
 }
+
+/// Say `note` where a person sees it: straight to the terminal's stderr, past the test
+/// harness's capture of `println!` and `eprintln!`.
+pub fn visible_note(note: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "note: {note}");
+}
+
+/// Whether the tool `name` (one of those `.ci/run` installs) can run. A missing one is said
+/// on the terminal, and the check that needs it is skipped; under CI (`CI=true`) a missing
+/// tool fails the test instead, unless `.ci/run` said it could not install it
+/// (`NYM_MIXNODE_CI_MISSING` lists those, and `.ci/run` prints why).
+pub fn tool_present(name: &str, skipped: &str) -> bool {
+    let found = Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return true;
+    }
+    let under_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let excused = std::env::var("NYM_MIXNODE_CI_MISSING")
+        .is_ok_and(|list| list.split_whitespace().any(|t| t == name));
+    assert!(
+        !under_ci || excused,
+        "{name} is not installed under CI: .ci/run should have installed it ({skipped})"
+    );
+    visible_note(&format!("{name} is not installed; skipping {skipped}"));
+    false
+}
