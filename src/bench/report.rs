@@ -7,18 +7,101 @@ use plotters::prelude::*;
 
 use super::BenchResult;
 
-/// Draw the two plots side by side into an SVG string.
+/// Height of the plots.
+const PLOT_HEIGHT: u32 = 440;
+/// Height of one row of the table under the plots.
+const ROW_HEIGHT: u32 = 20;
+
+/// Draw the two plots side by side, and under them a table of the figures, into an SVG
+/// string.
 pub fn svg(result: &BenchResult) -> Result<String, String> {
     let mut out = String::new();
     {
-        let root = SVGBackend::with_string(&mut out, (1100, 440)).into_drawing_area();
+        let rows = table_rows(result);
+        let height = PLOT_HEIGHT + 24 + ROW_HEIGHT * rows.len() as u32;
+        let root = SVGBackend::with_string(&mut out, (1100, height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let (left, right) = root.split_horizontally(550);
+        let (plots, table) = root.split_vertically(PLOT_HEIGHT);
+        let (left, right) = plots.split_horizontally(550);
         throughput(&left, result)?;
         latency(&right, result)?;
+        // Columns at fixed places (SVG text collapses runs of spaces).
+        const COLUMNS: [i32; 9] = [24, 90, 150, 260, 350, 440, 540, 640, 740];
+        for (i, row) in rows.iter().enumerate() {
+            let y = 12 + (i as u32 * ROW_HEIGHT) as i32;
+            let font = if i == 0 {
+                ("sans-serif", 13).into_font().style(FontStyle::Bold)
+            } else {
+                ("sans-serif", 13).into_font()
+            };
+            let cells: Vec<(i32, &String)> = if row.len() == 1 {
+                vec![(COLUMNS[0], &row[0])]
+            } else {
+                COLUMNS.iter().copied().zip(row.iter()).collect()
+            };
+            for (x, cell) in cells {
+                table
+                    .draw(&Text::new(cell.clone(), (x, y), font.clone()))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(out)
+}
+
+/// The table under the SVG's plots: a header, one row of cells per run, and a note.
+fn table_rows(result: &BenchResult) -> Vec<Vec<String>> {
+    let header = [
+        "shards",
+        "hop",
+        "forwarded/s",
+        "vs crate",
+        "node CPU",
+        "added p50",
+        "added p99",
+        "in node p50",
+        "in node p99",
+    ];
+    let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+    for r in &result.runs {
+        let (p50, p99) = if r.rate_asked.is_some() {
+            (ms(r.latency.p50_us), ms(r.latency.p99_us))
+        } else {
+            ("saturated".to_string(), "saturated".to_string())
+        };
+        rows.push(vec![
+            r.cores.to_string(),
+            r.hop_processor.to_string(),
+            format!("{:.0}", r.forwarded_per_s),
+            format!("{:.2}x", r.efficiency),
+            format!("{:.2}", r.cpu.node),
+            p50,
+            p99,
+            ms(r.latency_in_node.p50_us),
+            ms(r.latency_in_node.p99_us),
+        ]);
+    }
+    rows.push(vec![format!(
+        "Packet size {}, requested delay {} ms. vs crate: forwarded/s over the Sphinx crate's process() x shards, measured in the same run. Added latency: only with --rate (a saturated run measures its queue).",
+        result.size, result.delay_ms
+    )]);
+    rows
+}
+
+/// An end-to-end latency figure, or why there is none: a saturated run measures the queue in
+/// front of the node.
+fn saturated_or(run: &super::RunResult, us: u64) -> String {
+    if run.rate_asked.is_some() {
+        ms(us)
+    } else {
+        "saturated: use --rate".to_string()
+    }
+}
+
+/// Microseconds as milliseconds, for the tables.
+fn ms(us: u64) -> String {
+    format!("{:.2} ms", us as f64 / 1000.0)
 }
 
 fn throughput<DB: DrawingBackend>(
@@ -36,13 +119,22 @@ fn throughput<DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(64)
-        .build_cartesian_2d(0.5..max_cores + 0.5, 0.0..max_rate * 1.15)
+        // Headroom above the highest point keeps the legend off the lines.
+        .build_cartesian_2d(0.5..max_cores + 0.5, 0.0..max_rate * 1.45)
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
         .x_desc("shards (cores)")
         .y_desc("packets/s")
-        .x_labels(max_cores as usize + 1)
+        .x_labels(max_cores as usize + 2)
+        .x_label_formatter(&|v| {
+            if (v - v.round()).abs() < 1e-9 && *v >= 1.0 {
+                format!("{v:.0}")
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(|e| e.to_string())?;
     let measured: Vec<(f64, f64)> = r
@@ -82,7 +174,7 @@ fn latency<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     r: &BenchResult,
 ) -> Result<(), String> {
-    let max_us = r
+    let max_ms = r
         .runs
         .iter()
         .flat_map(|x| {
@@ -94,33 +186,53 @@ fn latency<DB: DrawingBackend>(
         })
         .max()
         .unwrap_or(1)
-        .max(1) as f64;
+        .max(1) as f64
+        / 1000.0;
     let mut chart = ChartBuilder::on(area)
         .caption(
-            "Added latency by percentile (thick: end to end; thin: in the node)",
+            "Added latency by percentile (thick: end to end, with --rate; thin: in the node)",
             ("sans-serif", 18),
         )
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(64)
-        .build_cartesian_2d(0.0..100.0, (1.0..max_us * 1.5).log_scale())
+        // Two decades of headroom above the highest point keep the legend off the curves.
+        .build_cartesian_2d(0.0..100.0, (0.001..max_ms * 100.0).log_scale())
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
         .x_desc("percentile")
-        .y_desc("µs beyond the requested delay")
+        .y_desc("ms beyond the requested delay")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| {
+            if *v >= 1.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v}")
+            }
+        })
         .draw()
         .map_err(|e| e.to_string())?;
     let colors = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
     for (i, run) in r.runs.iter().enumerate() {
         let color = colors[i % colors.len()];
         let label = format!("{} shard(s), {}", run.cores, run.hop_processor);
-        // End to end: thick, filled markers. The node's own measure: thin, hollow markers.
-        draw_curve(&mut chart, &run.latency, color, 2, label.clone())?;
+        // End to end: thick, filled markers (only with an open-loop rate: a saturated run
+        // measures the queue in front of the node). The node's own measure: thin, hollow
+        // markers, in a lighter shade of the same colour.
+        if run.rate_asked.is_some() {
+            draw_curve(
+                &mut chart,
+                &run.latency,
+                color,
+                2,
+                format!("{label}, end to end"),
+            )?;
+        }
         draw_curve(
             &mut chart,
             &run.latency_in_node,
-            color,
+            lighter(color),
             1,
             format!("{label}, in node"),
         )?;
@@ -145,13 +257,15 @@ where
     let points: Vec<(f64, f64)> = latency
         .curve
         .iter()
-        .map(|(q, v)| (*q, (*v).max(1) as f64))
+        .map(|(q, v)| (*q, (*v).max(1) as f64 / 1000.0))
         .collect();
     chart
         .draw_series(LineSeries::new(points.clone(), color.stroke_width(width)))
         .map_err(|e| e.to_string())?
         .label(label)
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+        .legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(width))
+        });
     let style = if width >= 2 {
         color.filled()
     } else {
@@ -161,6 +275,12 @@ where
         .draw_series(points.iter().map(|p| Circle::new(*p, 3, style)))
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// `color` mixed halfway to white.
+fn lighter(color: RGBColor) -> RGBColor {
+    let mix = |c: u8| c / 2 + 128;
+    RGBColor(mix(color.0), mix(color.1), mix(color.2))
 }
 
 /// The legend box both plots use.
@@ -183,7 +303,7 @@ pub fn html(result: &BenchResult) -> Result<String, String> {
     let mut rows = String::new();
     for r in &result.runs {
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.2}x</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             r.cores,
             r.hop_processor,
             r.forwarded_per_s,
@@ -192,11 +312,11 @@ pub fn html(result: &BenchResult) -> Result<String, String> {
             r.cpu.node,
             r.cpu.generator,
             r.cpu.receiver,
-            r.latency.p50_us,
-            r.latency.p99_us,
-            r.latency.p999_us,
-            r.latency.max_us,
-            r.latency_in_node.p99_us,
+            saturated_or(r, r.latency.p50_us),
+            saturated_or(r, r.latency.p99_us),
+            saturated_or(r, r.latency.p999_us),
+            saturated_or(r, r.latency.max_us),
+            ms(r.latency_in_node.p99_us),
             r.bytes_per_held_packet.map_or("-".to_string(), |b| format!("{b:.0}")),
         ));
     }
@@ -217,7 +337,7 @@ pub fn html(result: &BenchResult) -> Result<String, String> {
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>bench-mix report</title>\
          <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:4px 8px;text-align:right}}</style></head><body>\
          <h1>bench-mix</h1><p>Packet size {}, requested delay {} ms.</p>{}\
-         <table><tr><th>shards</th><th>hop processor</th><th>forwarded/s</th><th>ceiling/s (1 thread)</th><th>efficiency</th><th>node CPU</th><th>generator CPU</th><th>sink CPU</th><th>p50 µs</th><th>p99 µs</th><th>p99.9 µs</th><th>max µs</th><th>in node p99 µs</th><th>bytes/held packet</th></tr>\n{}</table>\
+         <table><tr><th>shards</th><th>hop processor</th><th>forwarded/s</th><th>ceiling/s (crate process(), 1 thread)</th><th>vs crate (per shard)</th><th>node CPU</th><th>generator CPU</th><th>sink CPU</th><th>added p50</th><th>added p99</th><th>added p99.9</th><th>added max</th><th>in node p99</th><th>bytes/held packet</th></tr>\n{}</table>\
          <div>{}</div></body></html>\n",
         result.size, result.delay_ms, scaling, rows, plot
     ))
