@@ -262,3 +262,60 @@ fn json_logs_are_one_object_per_line() {
         );
     }
 }
+
+#[test]
+fn under_systemd_the_node_says_ready_feeds_the_watchdog_and_says_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let home = Home::new();
+    let (_, _, http) = home.init_local("n");
+    let socket_path = home.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let child = home
+        .cmd()
+        .args(["run", "--id", "n", "--cores", "1"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut messages: Vec<String> = Vec::new();
+    let read_until = |what: &str, timeout: Duration, messages: &mut Vec<String>| {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let mut buf = [0u8; 256];
+            if let Ok(n) = socket.recv(&mut buf) {
+                messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                if messages.last().is_some_and(|m| m.contains(what)) {
+                    return true;
+                }
+            }
+        }
+        false
+    };
+    assert!(
+        read_until("READY=1", Duration::from_secs(20), &mut messages),
+        "{messages:?}"
+    );
+    // Ready means serving.
+    assert_eq!(
+        http_get(([127, 0, 0, 1], http).into(), "/health").map(|(s, _)| s),
+        Some(200)
+    );
+    // Fed at half of the 2 s interval.
+    assert!(
+        read_until("WATCHDOG=1", Duration::from_secs(5), &mut messages),
+        "{messages:?}"
+    );
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(
+        read_until("STOPPING=1", Duration::from_secs(10), &mut messages),
+        "{messages:?}"
+    );
+    let out = wait_exit(child, Duration::from_secs(30), "nym-mixnode run");
+    assert!(out.status.success(), "{}", stderr(&out));
+}

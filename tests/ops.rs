@@ -29,7 +29,7 @@ fn set_summary_interval(home: &Home, id: &str, value: &str) {
 #[test]
 fn init_on_ipv6_loopback_runs_and_serves_health_on_it() {
     let home = Home::new();
-    let (mix, verloc, http) = (free_port(), free_port(), free_port());
+    let [mix, verloc, http] = free_ports();
     let out = home.run(&[
         "init",
         "--id",

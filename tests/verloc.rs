@@ -253,6 +253,22 @@ fn three_nodes_measure_each_other_and_report_sane_figures() {
     eventually(Duration::from_secs(10), "a second run", || {
         (nodes[0].node().verloc_stats().runs_finished >= 2).then_some(())
     });
+    // The same counters on /metrics.
+    let mut s = TcpStream::connect(nodes[0].node().addresses.http_api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut metrics = String::new();
+    s.read_to_string(&mut metrics).unwrap();
+    let value = |line: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in /metrics"))
+    };
+    assert!(value("nym_mixnode_verloc_runs_total{outcome=\"finished\"}") >= 2);
+    assert!(value("nym_mixnode_verloc_echoes_answered_total") >= 20);
+    assert!(value("nym_mixnode_verloc_targets_measured_total") >= 2);
 }
 
 /// How a fake VerLoc node answers.

@@ -62,11 +62,28 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
     config.engine.cores = shards;
     node::limits::raise_open_files_limit(node::limits::descriptors_needed(&config, shards))?;
     let running = node::start(&config, keys, description, NodeOptions::default())?;
+    // Under systemd (Type=notify): ready once every port is bound. With WatchdogSec, the
+    // watchdog is fed at half its interval, and only while no shard is stalled, so that
+    // systemd restarts a node whose shard has hung.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog = sd_notify::watchdog_enabled();
+    let summary_interval = config.logging.summary_interval;
+    let tick = watchdog.map_or(summary_interval, |w| (w / 2).min(summary_interval));
+    let mut next_summary = std::time::Instant::now() + summary_interval;
     let mut summary = node::summary::Summarizer::default();
-    let signal = node::wait_for_shutdown_signal_every(config.logging.summary_interval, || {
-        summary.log(&running.snapshots());
+    let signal = node::wait_for_shutdown_signal_every(tick, || {
+        let snapshots = running.snapshots();
+        if watchdog.is_some() && !snapshots.iter().any(|s| s.stalled) {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+        let now = std::time::Instant::now();
+        if now >= next_summary {
+            summary.log(&snapshots);
+            next_summary = now + summary_interval;
+        }
     })?;
     tracing::info!(signal, "shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     running.shutdown();
     Ok(())
 }

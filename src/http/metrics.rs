@@ -40,6 +40,8 @@ pub struct MetricsInput<'a> {
     pub server: &'a ServerCounts,
     /// This process's figures, as read from /proc (None where it cannot be read).
     pub process: Option<ProcessFigures>,
+    /// VerLoc's listener and measurer counters, when VerLoc runs.
+    pub verloc: Option<&'a crate::verloc::VerlocStats>,
 }
 
 /// The standard `process_*` figures of Prometheus client libraries.
@@ -183,6 +185,108 @@ pub fn buckets(h: &Histogram<u64>, bounds_seconds: &[f64]) -> (Vec<u64>, f64) {
     (counts, sum_nanos / 1e9)
 }
 
+/// A counter family with one label: name, label key, help, and each label value's count.
+type LabelledFamily<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, u64)>);
+
+/// VerLoc's counters: its listener (connections, echoes) and its measurer (runs, targets).
+fn verloc_metrics(o: &mut Out, v: &crate::verloc::VerlocStats) {
+    let plain: [(&str, &str, &str, u64); 6] = [
+        (
+            "nym_mixnode_verloc_connections_active",
+            "gauge",
+            "VerLoc connections being served.",
+            v.connections_active,
+        ),
+        (
+            "nym_mixnode_verloc_connections_accepted_total",
+            "counter",
+            "VerLoc connections accepted.",
+            v.connections_accepted,
+        ),
+        (
+            "nym_mixnode_verloc_accept_errors_total",
+            "counter",
+            "VerLoc accepts that failed.",
+            v.accept_errors,
+        ),
+        (
+            "nym_mixnode_verloc_echoes_answered_total",
+            "counter",
+            "VerLoc echo packets answered.",
+            v.echoes_answered,
+        ),
+        (
+            "nym_mixnode_verloc_topology_entries_skipped_total",
+            "counter",
+            "Topology entries VerLoc skipped (summed over runs).",
+            v.topology_entries_skipped,
+        ),
+        (
+            "nym_mixnode_verloc_targets_measured_total",
+            "counter",
+            "Nodes VerLoc measured (summed over runs).",
+            v.targets_measured,
+        ),
+    ];
+    for (name, kind, help, value) in plain {
+        o.family(name, kind, help);
+        o.sample(name, &[], value);
+    }
+    let labelled: [LabelledFamily; 5] = [
+        (
+            "nym_mixnode_verloc_connections_refused_total",
+            "reason",
+            "VerLoc connections refused: at verloc.connections_max, or no thread could be started.",
+            vec![
+                ("limit", v.connections_refused_limit),
+                ("thread", v.connections_refused_thread),
+            ],
+        ),
+        (
+            "nym_mixnode_verloc_connections_closed_total",
+            "reason",
+            "VerLoc connections closed, by why.",
+            vec![
+                ("peer", v.connections_closed_peer),
+                ("truncated", v.connections_closed_truncated),
+                ("idle", v.connections_closed_idle),
+                ("limit", v.connections_closed_limit),
+                ("bad_echo", v.connections_closed_bad_echo),
+                ("io_error", v.connections_closed_io_error),
+                ("stopped", v.connections_closed_stopped),
+            ],
+        ),
+        (
+            "nym_mixnode_verloc_echoes_rejected_total",
+            "reason",
+            "VerLoc echo packets rejected, by why.",
+            v.echoes_rejected.clone(),
+        ),
+        (
+            "nym_mixnode_verloc_runs_total",
+            "outcome",
+            "VerLoc measurement runs: started, finished, or not started for want of a node list.",
+            vec![
+                ("started", v.runs_started),
+                ("finished", v.runs_finished),
+                ("no_node_list", v.runs_no_node_list),
+            ],
+        ),
+        (
+            "nym_mixnode_verloc_targets_failed_total",
+            "reason",
+            "Nodes VerLoc could not measure, by why (summed over runs).",
+            v.targets_failed.clone(),
+        ),
+    ];
+    for (name, label, help, values) in labelled {
+        o.family(name, "counter", help);
+        for (key, value) in values {
+            o.sample(name, &[(label, key)], value);
+        }
+    }
+}
+
 /// The `/metrics` body.
 pub fn render(input: &MetricsInput) -> String {
     let mut o = Out {
@@ -249,6 +353,9 @@ pub fn render(input: &MetricsInput) -> String {
             o.family(name, kind, help);
             o.sample(name, &[], value);
         }
+    }
+    if let Some(v) = input.verloc {
+        verloc_metrics(&mut o, v);
     }
     o.per_shard(
         "nym_mixnode_accept_errors_total",
@@ -676,6 +783,7 @@ mod tests {
             telemetry: &telemetry,
             server: &ServerCounts::default(),
             process: ProcessFigures::read(std::time::SystemTime::now()),
+            verloc: None,
         });
         assert!(text.contains("nym_mixnode_packets_received_total{shard=\"0\"} 7\n"));
         assert!(

@@ -77,6 +77,8 @@ pub struct ApiState {
     pub http: HttpSection,
     /// The latest VerLoc run; the VerLoc measurer writes it.
     pub verloc: Arc<VerlocResults>,
+    /// VerLoc's counters, for /metrics (None until given, see [`ApiState::with_verloc_stats`]).
+    pub verloc_stats: Option<crate::verloc::VerlocStatsReader>,
     /// This machine's hardware, read once.
     pub hardware: hardware::Hardware,
 }
@@ -100,8 +102,15 @@ impl ApiState {
             shards,
             http,
             verloc,
+            verloc_stats: None,
             hardware: hardware::read(),
         }
+    }
+
+    /// Export VerLoc's counters on /metrics, read through `reader`.
+    pub fn with_verloc_stats(mut self, reader: crate::verloc::VerlocStatsReader) -> ApiState {
+        self.verloc_stats = Some(reader);
+        self
     }
 }
 
@@ -123,6 +132,8 @@ pub struct RouteContext<'a> {
     pub description: &'a Description,
     /// This process's figures for /metrics (read by the driver, not by `route`).
     pub process: Option<metrics::ProcessFigures>,
+    /// VerLoc's counters for /metrics (read by the driver).
+    pub verloc_stats: Option<crate::verloc::VerlocStats>,
 }
 
 /// `/health`: 200 and `"status": "up"`, or 503 and `"status": "stalled"` with the shards the
@@ -288,6 +299,7 @@ pub fn route(target: &str, cx: &RouteContext) -> Response {
                 telemetry: &cx.collector.telemetry,
                 server: cx.server,
                 process: cx.process,
+                verloc: cx.verloc_stats.as_ref(),
             }),
         },
         _ => Response::text(
@@ -597,6 +609,11 @@ fn handle(shared: &Shared, worker: usize, stream: std::net::TcpStream) {
                     process: (head.target.starts_with("/metrics"))
                         .then(|| metrics::ProcessFigures::read(state.started_wall))
                         .flatten(),
+                    verloc_stats: state
+                        .verloc_stats
+                        .as_ref()
+                        .filter(|_| head.target.starts_with("/metrics"))
+                        .map(|r| r.read()),
                 },
             )
         },
@@ -733,6 +750,7 @@ mod tests {
                     resident_bytes: 4096,
                     ..Default::default()
                 }),
+                verloc_stats: None,
             },
         )
     }

@@ -285,7 +285,8 @@ pub fn start(
             engine.stats(),
             config.http.clone(),
             verloc.results(),
-        ),
+        )
+        .with_verloc_stats(verloc.stats_reader()),
         engine.telemetry(),
     )?;
     let addresses = NodeAddresses {

@@ -94,6 +94,11 @@ impl Listener {
         self.active.load(Ordering::Acquire)
     }
 
+    /// The shared count of connections being served.
+    pub(crate) fn active_count(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.active)
+    }
+
     /// Wait for the accept loop to end (the stop signal must be raised) and for connection
     /// threads to close their sockets, at most `grace`.
     pub(crate) fn join(mut self, grace: Duration) {

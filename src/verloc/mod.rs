@@ -255,6 +255,24 @@ pub enum VerlocError {
     },
 }
 
+/// Reads [`VerlocStats`] from any thread.
+#[derive(Clone, Debug)]
+pub struct VerlocStatsReader {
+    counters: Arc<VerlocCounters>,
+    active: Option<Arc<std::sync::atomic::AtomicUsize>>,
+}
+
+impl VerlocStatsReader {
+    /// The counters now.
+    pub fn read(&self) -> VerlocStats {
+        let active = self
+            .active
+            .as_ref()
+            .map_or(0, |a| a.load(Ordering::Acquire));
+        self.counters.snapshot(active)
+    }
+}
+
 /// The running listener and measurer.
 pub struct Verloc {
     listener: Option<listener::Listener>,
@@ -338,6 +356,14 @@ impl Verloc {
     pub fn stats(&self) -> VerlocStats {
         let active = self.listener.as_ref().map_or(0, |l| l.active());
         self.counters.snapshot(active)
+    }
+
+    /// A handle that reads the counters from another thread (the HTTP API's /metrics).
+    pub fn stats_reader(&self) -> VerlocStatsReader {
+        VerlocStatsReader {
+            counters: self.counters.clone(),
+            active: self.listener.as_ref().map(|l| l.active_count()),
+        }
     }
 
     /// Stop both services: the listening socket and every connection are closed, and a run

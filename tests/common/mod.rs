@@ -76,7 +76,8 @@ impl Home {
 
     /// `init` on 127.0.0.1 with OS-chosen free ports; returns (mix, verloc, http) ports.
     pub fn init_local(&self, id: &str) -> (u16, u16, u16) {
-        let ports = (free_port(), free_port(), free_port());
+        let ports = free_ports();
+        let ports = (ports[0], ports[1], ports[2]);
         let out = self.run(&[
             "init",
             "--id",
@@ -117,6 +118,19 @@ pub fn assert_success(out: &Output) {
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 0");
     l.local_addr().expect("addr").port()
+}
+
+/// Three distinct ports the OS reports free right now: held open together while picked, so
+/// that the OS cannot hand out one of them twice.
+pub fn free_ports() -> [u16; 3] {
+    let held: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 0"))
+        .collect();
+    let ports: Vec<u16> = held
+        .iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect();
+    [ports[0], ports[1], ports[2]]
 }
 
 /// GET `path` from `addr`; (status, body). None when the connection fails.
