@@ -9,6 +9,15 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// A file of `tests/fixtures/`.
+fn fixture(name: &str) -> String {
+    fs::read_to_string(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
 fn fails_with(out: &std::process::Output, needles: &[&str]) {
     assert!(!out.status.success(), "expected a failure");
     let text = stderr(out);
@@ -135,11 +144,7 @@ fn a_taken_http_port_names_its_config_field() {
 fn upgrade_finds_keys_that_moved_into_the_nodes_own_data_folder() {
     let home = Home::new();
     assert_success(&home.run(&["init", "--id", "fixture-node", "--host", "127.0.0.1"]));
-    let text = fs::read_to_string(format!(
-        "{}/tests/fixtures/config-0.11.toml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
+    let text = fixture("config-0.11.toml");
     // The old file names /home/nym/..., where no key is: the keys sit in this node's data/.
     fs::write(home.config_file("fixture-node"), &text).unwrap();
     let out = home.run(&["upgrade", "--id", "fixture-node"]);
@@ -158,11 +163,7 @@ fn upgrade_finds_keys_that_moved_into_the_nodes_own_data_folder() {
 fn an_old_config_names_the_real_id_in_its_fix() {
     let home = Home::new();
     assert_success(&home.run(&["init", "--id", "old-one", "--host", "127.0.0.1"]));
-    let text = fs::read_to_string(format!(
-        "{}/tests/fixtures/config-0.11.toml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
+    let text = fixture("config-0.11.toml");
     fs::write(home.config_file("old-one"), text).unwrap();
     let out = home.run(&["run", "--id", "old-one"]);
     fails_with(&out, &["nym-mixnode upgrade --id old-one"]);
