@@ -186,7 +186,7 @@ fn describe_on_a_running_node_is_served_without_a_restart() {
         "{}",
         stdout(&out)
     );
-    wait_for(Duration::from_secs(5), "the new name", || {
+    wait_for(Duration::from_secs(15), "the new name", || {
         http_get(api, "/description").filter(|(_, body)| body.contains("fresh name"))
     });
     drop(running);
@@ -196,7 +196,7 @@ fn describe_on_a_running_node_is_served_without_a_restart() {
 fn an_idle_node_stops_without_waiting_out_the_drain() {
     let home = Home::new();
     let (_, _, http) = home.init_local("n");
-    set_config_value(&home, "n", "drain_timeout", "\"5s\"");
+    set_config_value(&home, "n", "drain_timeout", "\"20s\"");
     let running = home.spawn_run("n", 2);
     let api: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
     wait_for(Duration::from_secs(20), "the API", || {
@@ -206,8 +206,9 @@ fn an_idle_node_stops_without_waiting_out_the_drain() {
     let out = running.stop_with(libc::SIGTERM, Duration::from_secs(30));
     let took = started.elapsed();
     assert!(out.status.success(), "{}", stderr(&out));
-    // Nothing in flight: it must not wait out the 5 s drain.
-    assert!(took < Duration::from_secs(4), "stopping took {took:?}");
+    // Nothing in flight: it must not wait out the 20 s drain (the bound is generous, for a
+    // busy machine).
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}");
 }
 
 #[test]
@@ -308,13 +309,13 @@ fn under_systemd_the_node_says_ready_feeds_the_watchdog_and_says_stopping() {
     );
     // Fed at half of the 2 s interval.
     assert!(
-        read_until("WATCHDOG=1", Duration::from_secs(5), &mut messages),
+        read_until("WATCHDOG=1", Duration::from_secs(15), &mut messages),
         "{messages:?}"
     );
     // SAFETY: kill with a valid pid and signal.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(
-        read_until("STOPPING=1", Duration::from_secs(10), &mut messages),
+        read_until("STOPPING=1", Duration::from_secs(20), &mut messages),
         "{messages:?}"
     );
     let out = wait_exit(child, Duration::from_secs(30), "nym-mixnode run");
