@@ -18,6 +18,16 @@ fn fixture(name: &str) -> String {
     .unwrap()
 }
 
+/// Start node `n` with `cores` shards and wait until its API on port `http` answers /health.
+fn run_until_healthy(home: &Home, cores: u32, http: u16) -> (Running, std::net::SocketAddr) {
+    let running = home.spawn_run("n", cores);
+    let api: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
+    wait_for(Duration::from_secs(20), "the API", || {
+        http_get(api, "/health").filter(|(s, _)| *s == 200)
+    });
+    (running, api)
+}
+
 fn fails_with(out: &std::process::Output, needles: &[&str]) {
     assert!(!out.status.success(), "expected a failure");
     let text = stderr(out);
@@ -174,11 +184,7 @@ fn an_old_config_names_the_real_id_in_its_fix() {
 fn describe_on_a_running_node_is_served_without_a_restart() {
     let home = Home::new();
     let (_, _, http) = home.init_local("n");
-    let running = home.spawn_run("n", 1);
-    let api: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
-    wait_for(Duration::from_secs(20), "the API", || {
-        http_get(api, "/health").filter(|(s, _)| *s == 200)
-    });
+    let (running, api) = run_until_healthy(&home, 1, http);
     let out = home.run(&["describe", "--id", "n", "--name", "fresh name"]);
     assert_success(&out);
     assert!(
@@ -197,11 +203,7 @@ fn an_idle_node_stops_without_waiting_out_the_drain() {
     let home = Home::new();
     let (_, _, http) = home.init_local("n");
     set_config_value(&home, "n", "drain_timeout", "\"20s\"");
-    let running = home.spawn_run("n", 2);
-    let api: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
-    wait_for(Duration::from_secs(20), "the API", || {
-        http_get(api, "/health").filter(|(s, _)| *s == 200)
-    });
+    let (running, _) = run_until_healthy(&home, 2, http);
     let started = Instant::now();
     let out = running.stop_with(libc::SIGTERM, Duration::from_secs(30));
     let took = started.elapsed();
@@ -245,11 +247,7 @@ fn json_logs_are_one_object_per_line() {
     let home = Home::new();
     let (_, _, http) = home.init_local("n");
     set_config_value(&home, "n", "format", "\"json\"");
-    let running = home.spawn_run("n", 1);
-    let api: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
-    wait_for(Duration::from_secs(20), "the API", || {
-        http_get(api, "/health").filter(|(s, _)| *s == 200)
-    });
+    let (running, _) = run_until_healthy(&home, 1, http);
     let out = running.stop_with(libc::SIGTERM, Duration::from_secs(30));
     assert!(out.status.success());
     let text = stderr(&out);
