@@ -380,6 +380,7 @@ fn write_topology(path: &std::path::Path, hosts: &[&str]) {
                 host: host.to_string(),
                 mix_port: 1789,
                 verloc_port: 1790,
+                ..Default::default()
             }
         })
         .collect();

@@ -90,6 +90,7 @@ impl VerlocNode {
             host: "127.0.0.1".into(),
             mix_port: self.node().addresses.mix.port(),
             verloc_port: self.verloc_addr().port(),
+            ..Default::default()
         }
     }
 }
@@ -113,6 +114,7 @@ fn entry_for(identity: &VerifyingKey, addr: SocketAddr) -> TopologyEntry {
         host: addr.ip().to_string(),
         mix_port: 1789,
         verloc_port: addr.port(),
+        ..Default::default()
     }
 }
 

@@ -12,11 +12,16 @@ pub struct Args {
     /// Shards (cores) to run; overrides `engine.cores` in the config (0 = all cores).
     #[arg(long)]
     pub cores: Option<usize>,
-    /// Topology: a JSON file or an http:// URL listing the nodes; VerLoc measures them and,
-    /// with `engine.forward_to = "known"`, packets go only to their addresses. Overrides
-    /// `topology.source` and `verloc.topology` in the config.
+    /// Topology: a JSON file or an http(s):// URL listing the nodes, or "nym-api"; VerLoc
+    /// measures them and, with `engine.forward_to = "known"`, packets go only to their
+    /// addresses. Overrides `topology.source` and `verloc.topology` in the config.
     #[arg(long)]
     pub topology: Option<String>,
+    /// nym-api's base URL (e.g. https://validator.nymtech.net/api): read the topology from
+    /// its node list. Sets `rotation.nym_api` and, unless --topology is given,
+    /// `topology.source = "nym-api"`.
+    #[arg(long, value_name = "URL")]
+    pub nym_api: Option<String>,
 }
 
 pub(super) fn execute(args: Args) -> anyhow::Result<()> {
@@ -25,9 +30,19 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
     if let Some(cores) = args.cores {
         config.engine.cores = cores;
     }
+    if let Some(url) = args.nym_api {
+        crate::topology::TopologySource::parse(&url)
+            .map_err(|e| anyhow::anyhow!("--nym-api: {e}"))?;
+        config.rotation.nym_api = Some(url);
+        if args.topology.is_none() {
+            config.topology.source = crate::topology::NYM_API_SOURCE.to_string();
+            config.verloc.topology = String::new();
+        }
+    }
     if let Some(topology) = args.topology {
         // Checked here so that a bad --topology fails before anything starts.
-        crate::topology::TopologySource::parse(&topology)?;
+        crate::topology::refresh::KnownSource::parse(&topology, config.rotation.nym_api.as_deref())
+            .map_err(|e| anyhow::anyhow!("--topology: {e}"))?;
         config.verloc.topology = topology.clone();
         config.topology.source = topology;
     }

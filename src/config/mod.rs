@@ -213,6 +213,23 @@ pub struct Config {
     /// Which nodes exist.
     #[serde(default)]
     pub topology: TopologySection,
+    /// How the node describes itself on `/api/v1/`.
+    #[serde(default)]
+    pub host: HostSection,
+}
+
+/// `[host]`: what the node says of itself on `/api/v1/` beyond its keys and addresses (the
+/// addresses are `mixnode.announce_address`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostSection {
+    /// A DNS name of this machine for host-information (empty: none).
+    pub hostname: String,
+    /// ISO 3166 alpha-2 code of the country the machine is in, e.g. "DE" (empty: unsaid).
+    pub location: String,
+    /// Whether the operator accepted Nym's operator terms and conditions
+    /// (<https://nymtech.net/terms-and-conditions/operators/v1.0.0>).
+    pub accepted_operator_terms_and_conditions: bool,
 }
 
 /// `[rotation]`: where the Sphinx key schedule comes from.
@@ -294,8 +311,8 @@ pub enum ForwardTo {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TopologySection {
-    /// A topology file (path), an http:// URL of one, or "nym-api" to read the nodes nym-api
-    /// lists (`rotation.nym_api`); empty for none.
+    /// A topology file (path), an http(s):// URL of one, or "nym-api" to read the nodes
+    /// nym-api lists (`rotation.nym_api`); empty for none.
     pub source: String,
     /// How often the topology is read again.
     #[serde(with = "humantime_serde")]
@@ -472,8 +489,8 @@ impl Default for HttpSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VerlocSection {
-    /// Topology file (JSON) or HTTP URL listing the nodes to measure; empty: the one of
-    /// `[topology]`, if a file or URL.
+    /// Topology file (JSON), http(s) URL or "nym-api" (its node list) naming the nodes to
+    /// measure; empty: the one of `[topology]`.
     pub topology: String,
     /// Echo packets sent to each node per run.
     pub packets_per_node: usize,
@@ -621,6 +638,7 @@ impl Config {
             logging: LoggingSection::default(),
             rotation: RotationSection::default(),
             topology: TopologySection::default(),
+            host: HostSection::default(),
         }
     }
 
@@ -721,7 +739,7 @@ impl Config {
                 return Err(invalid(
                     "topology.source",
                     error.to_string(),
-                    "give a file path, an http:// URL or \"nym-api\"",
+                    "give a file path, an http:// or https:// URL, or \"nym-api\"",
                 ));
             }
         }
@@ -849,6 +867,24 @@ impl Config {
                     ports[0], ports[1], ports[2]
                 ),
                 "give each service its own port",
+            ));
+        }
+        let h = &self.host;
+        let country_code =
+            h.location.len() == 2 && h.location.bytes().all(|b| b.is_ascii_uppercase());
+        if !h.location.is_empty() && !country_code {
+            return Err(invalid(
+                "host.location",
+                format!("'{}' is not a two-letter country code", h.location),
+                "give the ISO 3166 alpha-2 code in capitals (e.g. \"DE\"), or leave it empty",
+            ));
+        }
+        let name_ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+        if h.hostname.len() > 253 || !h.hostname.chars().all(name_ok) {
+            return Err(invalid(
+                "host.hostname",
+                format!("'{}' is not a DNS name", h.hostname),
+                "give the machine's DNS name (letters, digits, '-' and '.'), or leave it empty",
             ));
         }
         if m.announce_address.is_unspecified() {

@@ -375,6 +375,7 @@ fn migrate_legacy(
         logging,
         rotation: super::RotationSection::default(),
         topology: super::TopologySection::default(),
+        host: super::HostSection::default(),
     };
     notes.push(format!(
         "listening on {listening_ip}, announcing {announce_ip}; ports mix {mix_port}, verloc {verloc_port}, http api {http_api_port}"

@@ -42,6 +42,8 @@ pub struct MetricsInput<'a> {
     pub process: Option<ProcessFigures>,
     /// VerLoc's listener and measurer counters, when VerLoc runs.
     pub verloc: Option<&'a crate::verloc::VerlocStats>,
+    /// Outbound HTTP(S) calls: (purpose, outcome, count).
+    pub outbound: &'a [(&'static str, &'static str, u64)],
 }
 
 /// The standard `process_*` figures of Prometheus client libraries.
@@ -356,6 +358,17 @@ pub fn render(input: &MetricsInput) -> String {
     }
     if let Some(v) = input.verloc {
         verloc_metrics(&mut o, v);
+    }
+    if !input.outbound.is_empty() {
+        let name = "nym_mixnode_outbound_requests_total";
+        o.family(
+            name,
+            "counter",
+            "The node's own HTTP(S) calls (topology, nym-api's key schedule, announcements to nym-api), by purpose and outcome; a failed one is retried later.",
+        );
+        for (purpose, outcome, count) in input.outbound {
+            o.sample(name, &[("purpose", purpose), ("outcome", outcome)], count);
+        }
     }
     o.per_shard(
         "nym_mixnode_accept_errors_total",
@@ -784,6 +797,7 @@ mod tests {
             server: &ServerCounts::default(),
             process: ProcessFigures::read(std::time::SystemTime::now()),
             verloc: None,
+            outbound: &[],
         });
         assert!(text.contains("nym_mixnode_packets_received_total{shard=\"0\"} 7\n"));
         assert!(

@@ -18,6 +18,7 @@
 pub mod collect;
 pub mod hardware;
 pub mod metrics;
+pub mod nym_node;
 pub mod page;
 pub mod server;
 
@@ -81,6 +82,8 @@ pub struct ApiState {
     pub verloc_stats: Option<crate::verloc::VerlocStatsReader>,
     /// This machine's hardware, read once.
     pub hardware: hardware::Hardware,
+    /// What `/api/v1/` says of the node.
+    pub me: nym_node::SelfDescription,
 }
 
 impl ApiState {
@@ -92,6 +95,7 @@ impl ApiState {
         shards: Arc<Vec<ShardStats>>,
         http: HttpSection,
         verloc: Arc<VerlocResults>,
+        me: nym_node::SelfDescription,
     ) -> ApiState {
         let started_wall = SystemTime::now() - started.elapsed();
         ApiState {
@@ -104,6 +108,7 @@ impl ApiState {
             verloc,
             verloc_stats: None,
             hardware: hardware::read(),
+            me,
         }
     }
 
@@ -134,28 +139,30 @@ pub struct RouteContext<'a> {
     pub process: Option<metrics::ProcessFigures>,
     /// VerLoc's counters for /metrics (read by the driver).
     pub verloc_stats: Option<crate::verloc::VerlocStats>,
+    /// What an `/api/v1/` route needs read (by the driver).
+    pub v1: &'a nym_node::V1Figures,
+    /// Outbound HTTP(S) calls for /metrics (read by the driver): (purpose, outcome, count).
+    pub outbound: Vec<(&'static str, &'static str, u64)>,
 }
 
 /// `/health`: 200 and `"status": "up"`, or 503 and `"status": "stalled"` with the shards the
-/// watchdog sees stalled.
-pub fn health(shards: &[ShardSnapshot], uptime: Duration) -> Response {
+/// watchdog sees stalled. `/api/v1/health` (`v1`) names the uptime `uptime`, as nym-node does.
+pub fn health(shards: &[ShardSnapshot], uptime: Duration, v1: bool) -> Response {
     let stalled: Vec<usize> = shards
         .iter()
         .enumerate()
         .filter(|(_, s)| s.stalled)
         .map(|(i, _)| i)
         .collect();
-    if stalled.is_empty() {
-        json(
-            200,
-            &serde_json::json!({"status": "up", "uptime_s": uptime.as_secs(), "shards_stalled": []}),
-        )
+    let uptime_field = if v1 { "uptime" } else { "uptime_s" };
+    let (status, word) = if stalled.is_empty() {
+        (200, "up")
     } else {
-        json(
-            503,
-            &serde_json::json!({"status": "stalled", "uptime_s": uptime.as_secs(), "shards_stalled": stalled}),
-        )
-    }
+        (503, "stalled")
+    };
+    let mut body = serde_json::json!({"status": word, "shards_stalled": stalled});
+    body[uptime_field] = uptime.as_secs().into();
+    json(status, &body)
 }
 
 /// Connections that found every worker busy, held by the control thread for a moment: a
@@ -217,8 +224,11 @@ impl BusyConnections {
                             .iter()
                             .map(ShardStats::snapshot)
                             .collect();
-                        let response =
-                            health(&shards, now.saturating_duration_since(shared.state.started));
+                        let response = health(
+                            &shards,
+                            now.saturating_duration_since(shared.state.started),
+                            path == "/api/v1/health",
+                        );
                         server::answer(stream, &response, request.head_only, &shared.counters);
                     } else if let Err((stream, _)) = dispatch(stream, shared, queue) {
                         // Make room: a worker still reading a slow head after a second is
@@ -275,7 +285,8 @@ pub fn route(target: &str, cx: &RouteContext) -> Response {
             body: page::page(&live()),
         },
         "/live" => json(200, &live()),
-        "/health" => health(cx.shards, uptime),
+        "/health" => health(cx.shards, uptime, false),
+        "/api/v1/health" => health(cx.shards, uptime, true),
         "/description" => json(
             200,
             &serde_json::to_value(cx.description).unwrap_or_default(),
@@ -289,7 +300,7 @@ pub fn route(target: &str, cx: &RouteContext) -> Response {
             200,
             &serde_json::to_value(&state.hardware).unwrap_or_default(),
         ),
-        "/metrics" => Response {
+        "/metrics" | "/api/v1/metrics/prometheus" => Response {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             body: metrics::render(&metrics::MetricsInput {
@@ -300,8 +311,25 @@ pub fn route(target: &str, cx: &RouteContext) -> Response {
                 server: cx.server,
                 process: cx.process,
                 verloc: cx.verloc_stats.as_ref(),
+                outbound: &cx.outbound,
             }),
         },
+        _ if path.starts_with("/api/v1/") || path == "/api/v1" => {
+            let stats = &cx.collector.stats;
+            nym_node::route(
+                path,
+                &nym_node::V1Input {
+                    me: &state.me,
+                    uptime,
+                    shards: cx.shards,
+                    stats: (&stats.previous, &stats.current),
+                    description: cx.description,
+                    hardware: &state.hardware,
+                    figures: cx.v1,
+                },
+            )
+            .unwrap_or_else(|| nym_node::not_found(path))
+        }
         _ => Response::text(
             404,
             "not found; try /, /health, /description, /stats, /verloc, /hardware or /metrics\n",
@@ -596,6 +624,14 @@ fn handle(shared: &Shared, worker: usize, stream: std::net::TcpStream) {
             let verloc = state.verloc.to_json();
             let shards: Vec<ShardSnapshot> =
                 state.shards.iter().map(ShardStats::snapshot).collect();
+            let path = head.target.split('?').next().unwrap_or("");
+            let prometheus = matches!(path, "/metrics" | "/api/v1/metrics/prometheus");
+            let v1 = nym_node::V1Figures {
+                host_information: (path == "/api/v1/host-information")
+                    .then(|| state.me.signed_host_information()),
+                machine_load: (path == "/api/v1/load").then(machine_load).flatten(),
+                verloc: (path == "/api/v1/metrics/verloc").then(|| state.verloc.runs()),
+            };
             route(
                 &head.target,
                 &RouteContext {
@@ -606,18 +642,32 @@ fn handle(shared: &Shared, worker: usize, stream: std::net::TcpStream) {
                     server: &shared.counters.snapshot(),
                     verloc: &verloc,
                     description: &state.description.current(),
-                    process: (head.target.starts_with("/metrics"))
+                    process: prometheus
                         .then(|| metrics::ProcessFigures::read(state.started_wall))
                         .flatten(),
                     verloc_stats: state
                         .verloc_stats
                         .as_ref()
-                        .filter(|_| head.target.starts_with("/metrics"))
+                        .filter(|_| prometheus)
                         .map(|r| r.read()),
+                    v1: &v1,
+                    outbound: if prometheus {
+                        crate::topology::fetch::COUNTERS.snapshot()
+                    } else {
+                        Vec::new()
+                    },
                 },
             )
         },
     );
+}
+
+/// The one-minute load average over the CPUs this process may use (`/proc/loadavg`).
+fn machine_load() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let one_minute: f64 = text.split_whitespace().next()?.parse().ok()?;
+    let cores = std::thread::available_parallelism().ok()?.get() as f64;
+    Some(one_minute / cores)
 }
 
 /// Wait up to `timeout` for `listener` to have a connection ready.
@@ -728,6 +778,13 @@ mod tests {
             Arc::new(vec![ShardStats::default(), ShardStats::default()]),
             HttpSection::default(),
             Arc::new(VerlocResults::new()),
+            nym_node::SelfDescription::new(
+                ed25519_dalek::SigningKey::from_bytes(&[5; 32]),
+                crate::rotation::AnnouncedKeys::new(crate::rotation::Announced {
+                    primary: (crate::rotation::LEGACY_ROTATION_ID, [6; 32]),
+                    pre_announced: None,
+                }),
+            ),
         )
     }
 
@@ -751,8 +808,79 @@ mod tests {
                     ..Default::default()
                 }),
                 verloc_stats: None,
+                v1: &nym_node::V1Figures::default(),
+                outbound: vec![("topology", "tls", 2)],
             },
         )
+    }
+
+    #[test]
+    fn api_v1_routes_answer_json_and_unknown_ones_a_json_404() {
+        let state = state();
+        for path in [
+            "/api/v1/health",
+            "/api/v1/host-information",
+            "/api/v1/build-information",
+            "/api/v1/roles",
+            "/api/v1/auxiliary-details",
+            "/api/v1/gateway/client-interfaces/mixnet-websockets",
+            "/api/v1/description",
+            "/api/v1/system-info",
+            "/api/v1/load",
+            "/api/v1/mixnode",
+            "/api/v1/metrics/mixing",
+            "/api/v1/metrics/packets-stats",
+            "/api/v1/metrics/verloc",
+        ] {
+            let r = get(path, &state);
+            assert_eq!(
+                (r.status, r.content_type),
+                (200, "application/json"),
+                "{path}"
+            );
+            let _: serde_json::Value = serde_json::from_str(&r.body).expect(path);
+        }
+        let health: serde_json::Value =
+            serde_json::from_str(&get("/api/v1/health", &state).body).unwrap();
+        assert_eq!(
+            (health["status"].as_str(), health["uptime"].as_u64()),
+            (Some("up"), Some(42))
+        );
+        let build: serde_json::Value =
+            serde_json::from_str(&get("/api/v1/build-information", &state).body).unwrap();
+        assert_eq!(build["binary_name"], "nym-mixnode");
+        assert_eq!(build["build_version"], crate::config::VERSION);
+        let host: serde_json::Value =
+            serde_json::from_str(&get("/api/v1/host-information", &state).body).unwrap();
+        assert_eq!(
+            host["data"]["keys"]["primary_x25519_sphinx_key"]["rotation_id"],
+            u32::MAX
+        );
+        let prometheus = get("/api/v1/metrics/prometheus", &state);
+        assert!(prometheus
+            .body
+            .contains("nym_mixnode_packets_received_total"));
+        assert!(prometheus.body.contains(
+            "nym_mixnode_outbound_requests_total{purpose=\"topology\",outcome=\"tls\"} 2\n"
+        ));
+        for unknown in ["/api/v1/nope", "/api/v1", "/api/v1/metrics/sessions"] {
+            let r = get(unknown, &state);
+            assert_eq!(
+                (r.status, r.content_type),
+                (404, "application/json"),
+                "{unknown}"
+            );
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            assert!(
+                body["message"].as_str().unwrap().contains(unknown),
+                "{}",
+                r.body
+            );
+        }
+        assert_eq!(
+            get("/nope", &state).content_type,
+            "text/plain; charset=utf-8"
+        );
     }
 
     #[test]
@@ -786,7 +914,11 @@ mod tests {
             stalled: true,
             ..ShardSnapshot::default()
         };
-        let r = health(&[ShardSnapshot::default(), stalled], Duration::from_secs(5));
+        let r = health(
+            &[ShardSnapshot::default(), stalled],
+            Duration::from_secs(5),
+            false,
+        );
         assert_eq!(r.status, 503);
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(

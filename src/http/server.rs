@@ -16,7 +16,8 @@
 //!   [`HEADERS_COUNT_MAX`] (`431`); a body is refused (`413`); other methods get `405`;
 //!   anything unparsable gets `400`.
 //!
-//! The parser ([`parse_head`]) is pure; [`serve_connection`] is the thin driver around it.
+//! The parser ([`parse_head`]) is pure (httparse for the syntax, with the limits above
+//! checked around it); [`serve_connection`] is the thin driver around it.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -73,54 +74,35 @@ impl Reject {
 }
 
 /// Parse the bytes received so far. `Ok(None)`: the head is not complete yet (and within
-/// limits so far).
+/// limits so far). The syntax is httparse's; the limits and what is refused are this server's.
 pub fn parse_head(bytes: &[u8]) -> Result<Option<RequestHead>, Reject> {
-    let line_end = bytes.windows(2).position(|w| w == b"\r\n");
-    let Some(line_end) = line_end else {
-        return if bytes.len() > REQUEST_LINE_BYTES_MAX {
-            Err(Reject::LineTooLong)
-        } else {
-            Ok(None)
-        };
-    };
-    if line_end > REQUEST_LINE_BYTES_MAX {
-        return Err(Reject::LineTooLong);
+    // The request line's limit first: httparse has none.
+    match bytes.windows(2).position(|w| w == b"\r\n") {
+        None if bytes.len() > REQUEST_LINE_BYTES_MAX => return Err(Reject::LineTooLong),
+        Some(end) if end > REQUEST_LINE_BYTES_MAX => return Err(Reject::LineTooLong),
+        _ => {}
     }
-    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n");
-    let scanned = match head_end {
-        Some(end) => &bytes[..end + 2],
-        None => bytes,
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_COUNT_MAX];
+    let mut request = httparse::Request::new(&mut headers);
+    let head_len = match request.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            return if bytes.len() > REQUEST_HEAD_BYTES_MAX {
+                Err(Reject::HeadTooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject::HeadTooLarge),
+        Err(_) => return Err(Reject::Malformed),
     };
-    let header_lines = scanned[line_end + 2..]
-        .windows(2)
-        .filter(|w| *w == b"\r\n")
-        .count();
-    if header_lines > HEADERS_COUNT_MAX {
+    if head_len > REQUEST_HEAD_BYTES_MAX {
         return Err(Reject::HeadTooLarge);
     }
-    let Some(head_end) = head_end else {
-        return if bytes.len() > REQUEST_HEAD_BYTES_MAX {
-            Err(Reject::HeadTooLarge)
-        } else {
-            Ok(None)
-        };
-    };
-    if head_end + 4 > REQUEST_HEAD_BYTES_MAX {
-        return Err(Reject::HeadTooLarge);
-    }
-    let head = std::str::from_utf8(&bytes[..head_end]).map_err(|_| Reject::Malformed)?;
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().ok_or(Reject::Malformed)?;
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(method), Some(target)) = (request.method, request.path) else {
         return Err(Reject::Malformed);
     };
-    if !matches!(version, "HTTP/1.0" | "HTTP/1.1") || !target.starts_with('/') {
-        return Err(Reject::Malformed);
-    }
-    if target.bytes().any(|b| b.is_ascii_control()) {
+    if !target.starts_with('/') {
         return Err(Reject::Malformed);
     }
     let head_only = match method {
@@ -131,14 +113,10 @@ pub fn parse_head(bytes: &[u8]) -> Result<Option<RequestHead>, Reject> {
         }
         _ => return Err(Reject::Malformed),
     };
-    for line in lines {
-        let (name, value) = line.split_once(':').ok_or(Reject::Malformed)?;
-        if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace()) {
-            return Err(Reject::Malformed);
-        }
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding")
-            || (name.eq_ignore_ascii_case("content-length") && value != "0")
+    for header in request.headers.iter() {
+        let value = std::str::from_utf8(header.value).unwrap_or("?").trim();
+        if header.name.eq_ignore_ascii_case("transfer-encoding")
+            || (header.name.eq_ignore_ascii_case("content-length") && value != "0")
         {
             return Err(Reject::Body);
         }

@@ -4,6 +4,7 @@
 //! Everything that can fail at start (a port in use, an address this machine does not have)
 //! fails here, before the node reports itself started, with a message that says what to do.
 
+pub mod announce;
 pub mod limits;
 pub mod replay_store;
 pub mod summary;
@@ -18,6 +19,7 @@ use crate::http::{ApiServer, ApiState};
 use crate::keys::NodeKeys;
 use crate::rotation::controller::{self, Controller};
 use crate::rotation::store::KeyStore;
+use crate::rotation::{Announced, AnnouncedKeys};
 use crate::shard::stats::{ShardCounts, ShardSnapshot};
 use crate::shard::{Engine, EngineKey, EngineKeys, EngineSettings};
 use crate::topology::refresh::{KnownSource, Refresher};
@@ -68,13 +70,16 @@ pub enum StartError {
     #[error(transparent)]
     Rotation(#[from] crate::rotation::controller::RotationError),
     /// The configured topology could not be read.
-    #[error("cannot read the known nodes from {origin}: {detail}. Fix: check topology.source in config.toml (a file path, an http:// URL or \"nym-api\"), or clear it to forward anywhere")]
+    #[error("cannot read the known nodes from {origin}: {detail}. Fix: check topology.source in config.toml (a file path, an http(s):// URL or \"nym-api\"), or clear it to forward anywhere")]
     Topology {
         /// The path or URL.
         origin: String,
         /// What went wrong.
         detail: String,
     },
+    /// A bug: the keys prepared have no primary key.
+    #[error("internal error: the sphinx keys prepared have no primary key")]
+    NoPrimaryKey,
 }
 
 /// A started node.
@@ -168,6 +173,25 @@ fn load_known(
     Ok((Some(source), Some(Arc::new(known))))
 }
 
+/// What `/api/v1/` says of the node, from `config`.
+fn self_description(
+    config: &Config,
+    keys: &NodeKeys,
+    announced: AnnouncedKeys,
+) -> crate::http::nym_node::SelfDescription {
+    let mut me = crate::http::nym_node::SelfDescription::new(keys.identity.clone(), announced);
+    let m = &config.mixnode;
+    me.ip_addresses = vec![m.announce_address];
+    let text = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
+    me.hostname = text(&config.host.hostname);
+    me.location = text(&config.host.location);
+    me.accepted_terms = config.host.accepted_operator_terms_and_conditions;
+    me.mix_port = m.mix_port;
+    me.verloc_port = m.verloc_port;
+    me.packet_memory_bytes_max = config.engine.packet_memory_bytes_max;
+    me
+}
+
 /// Start the node's services. A port of 0 in the config lets the OS choose (tests).
 pub fn start(
     config: &Config,
@@ -259,6 +283,18 @@ pub fn start(
         engine.save_requester(),
         engine.filter_images(),
     );
+    // With nym-api's schedule, tell nym-api when the node starts and when its keys change.
+    let announcer = match (&config.rotation.mode, &config.rotation.nym_api) {
+        (crate::rotation::RotationMode::Network, Some(base)) => Some(announce::Announcer::new(
+            base.clone(),
+            keys.identity.clone(),
+        )),
+        _ => None,
+    };
+    let announced = AnnouncedKeys::new(
+        Announced::from_plan(&start_keys.plan, &start_keys.secrets, start_keys.rotating)
+            .ok_or(StartError::NoPrimaryKey)?,
+    );
     let rotation = Controller::start(
         config.rotation.clone(),
         e.replay_filter_packets_max,
@@ -266,16 +302,25 @@ pub fn start(
         &start_keys,
         engine.key_updater(),
         engine.stats(),
+        controller::Announcing {
+            keys: announced.clone(),
+            on_change: announcer
+                .clone()
+                .map(|a| Box::new(move || a.announce()) as Box<dyn FnMut() + Send>),
+        },
     );
-    // VerLoc measures `verloc.topology`, or else the node's topology file.
+    // VerLoc measures `verloc.topology`, or else the node's topology (a file, a URL or
+    // nym-api's node list).
     let mut verloc_settings = config.verloc.clone();
-    let node_topology = config.topology.source.trim();
-    if verloc_settings.topology.trim().is_empty()
-        && node_topology != crate::topology::NYM_API_SOURCE
-    {
-        verloc_settings.topology = node_topology.to_string();
+    if verloc_settings.topology.trim().is_empty() {
+        verloc_settings.topology = config.topology.source.trim().to_string();
     }
-    let verloc = Verloc::start(verloc_socket, keys.identity.clone(), &verloc_settings)?;
+    let verloc = Verloc::start(
+        verloc_socket,
+        keys.identity.clone(),
+        &verloc_settings,
+        config.rotation.nym_api.as_deref(),
+    )?;
     let api = ApiServer::start(
         api_addr,
         ApiState::new(
@@ -285,6 +330,7 @@ pub fn start(
             engine.stats(),
             config.http.clone(),
             verloc.results(),
+            self_description(config, &keys, announced),
         )
         .with_verloc_stats(verloc.stats_reader()),
         engine.telemetry(),
@@ -295,6 +341,10 @@ pub fn start(
         http_api: api.local_addr(),
     };
     tracing::info!(mix = %addresses.mix, verloc = %addresses.verloc, http_api = %addresses.http_api, shards = engine.shard_count(), "node started");
+    if let Some(announcer) = &announcer {
+        // Now that the API answers what nym-api will ask.
+        announcer.announce();
+    }
     Ok(RunningNode {
         engine,
         rotation,

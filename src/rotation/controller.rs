@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use x25519_dalek::StaticSecret;
 
 use super::store::{public_base58, KeyStore, Manifest, ManifestKey, StoreError};
-use super::{KeyPlan, RotationMode, Schedule};
+use super::{Announced, AnnouncedKeys, KeyPlan, RotationMode, Schedule};
 use crate::config::{RotationSection, REPLAY_FILTER_PACKETS_STATIC};
 use crate::shard::stats::ShardStats;
 use crate::shard::{KeyUpdater, NewKey};
@@ -62,21 +62,21 @@ pub fn schedule_url(base: &str) -> String {
     format!("{}/v1/epoch/key-rotation-info", base.trim_end_matches('/'))
 }
 
-/// Ask nym-api at `base` for the schedule.
+/// Ask nym-api at `base` for the schedule (counted on /metrics as `key_rotation`).
 pub fn fetch_schedule(base: &str, timeout: Duration) -> Result<Schedule, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .build()
-        .into();
+    use crate::topology::fetch::{Purpose, COUNTERS};
     let url = schedule_url(base);
-    let mut response = agent.get(&url).call().map_err(|e| e.to_string())?;
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(NYM_API_BODY_MAX)
-        .read_to_vec()
-        .map_err(|e| e.to_string())?;
-    Schedule::from_nym_api(&body).map_err(|e| e.to_string())
+    let body =
+        crate::topology::http_get(&url, timeout, NYM_API_BODY_MAX as usize).map_err(|e| {
+            COUNTERS.failed(Purpose::KeyRotation, &e);
+            e.to_string()
+        })?;
+    let schedule = Schedule::from_nym_api(&body).map_err(|e| {
+        COUNTERS.bad_body(Purpose::KeyRotation);
+        e.to_string()
+    })?;
+    COUNTERS.ok(Purpose::KeyRotation);
+    Ok(schedule)
 }
 
 /// The keys the engine starts with.
@@ -219,6 +219,14 @@ pub fn filter_packets(packets_max: Option<u64>, schedule: Option<&Schedule>, rat
     }
 }
 
+/// Where key changes are told: the shared announced keys, then `on_change`.
+pub struct Announcing {
+    /// Set at each change.
+    pub keys: AnnouncedKeys,
+    /// Called after (the announcement to nym-api).
+    pub on_change: Option<Box<dyn FnMut() + Send>>,
+}
+
 /// The running controller.
 pub struct Controller {
     stop: Arc<AtomicBool>,
@@ -233,13 +241,17 @@ struct Follower {
     live: KeyPlan,
     updater: KeyUpdater,
     stats: Arc<Vec<ShardStats>>,
+    announced: AnnouncedKeys,
+    on_change: Option<Box<dyn FnMut() + Send>>,
     next_poll: Instant,
     /// Packets received and when, at the last key change: the rate since sizes new filters.
     rate_mark: (Instant, u64),
 }
 
 impl Controller {
-    /// Follow the schedule from `start` (a static key: nothing to follow, no thread).
+    /// Follow the schedule from `start` (a static key: nothing to follow, no thread). At
+    /// each key change `announcing.keys` is updated, then its `on_change` runs (on this
+    /// thread).
     pub fn start(
         section: RotationSection,
         packets_max: Option<u64>,
@@ -247,7 +259,12 @@ impl Controller {
         start: &StartKeys,
         updater: KeyUpdater,
         stats: Arc<Vec<ShardStats>>,
+        announcing: Announcing,
     ) -> Controller {
+        let Announcing {
+            keys: announced,
+            on_change,
+        } = announcing;
         let stop = Arc::new(AtomicBool::new(false));
         let Some(schedule) = start.schedule else {
             return Controller { stop, thread: None };
@@ -262,6 +279,8 @@ impl Controller {
             live: start.plan,
             updater,
             stats,
+            announced,
+            on_change,
             rate_mark: (Instant::now(), received),
         };
         let thread = {
@@ -434,6 +453,12 @@ impl Follower {
             "sphinx keys rotated"
         );
         self.live = plan;
+        if let Some(announced) = Announced::from_plan(&plan, &secrets, true) {
+            self.announced.set(announced);
+        }
+        if let Some(on_change) = self.on_change.as_mut() {
+            on_change();
+        }
     }
 }
 

@@ -424,3 +424,79 @@ mod tests {
         }
     }
 }
+
+/// `rotation_id` of a static key in host-information: nym-node's "legacy" id.
+pub const LEGACY_ROTATION_ID: u32 = u32::MAX;
+
+/// The Sphinx keys the node announces (host-information): the primary and, in a rotation's
+/// last epoch, the next one. The old key kept for one epoch after a rotation is not
+/// announced: clients no longer build packets for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Announced {
+    /// The primary key: (rotation id, public key).
+    pub primary: (u32, [u8; 32]),
+    /// The pre-announced key, if any.
+    pub pre_announced: Option<(u32, [u8; 32])>,
+}
+
+impl Announced {
+    /// What `plan` announces, with `secrets` (rotation id, secret) holding its keys; a static
+    /// key (`rotating` false) is announced with [`LEGACY_ROTATION_ID`].
+    pub fn from_plan(
+        plan: &KeyPlan,
+        secrets: &[(u32, x25519_dalek::StaticSecret)],
+        rotating: bool,
+    ) -> Option<Announced> {
+        let public = |id: u32| {
+            secrets
+                .iter()
+                .find(|(i, _)| *i == id)
+                .map(|(_, s)| x25519_dalek::PublicKey::from(s).to_bytes())
+        };
+        let primary = public(plan.primary)?;
+        if !rotating {
+            return Some(Announced {
+                primary: (LEGACY_ROTATION_ID, primary),
+                pre_announced: None,
+            });
+        }
+        let pre_announced = match plan.other {
+            Some((id, KeyState::PreAnnounced)) => public(id).map(|k| (id, k)),
+            _ => None,
+        };
+        Some(Announced {
+            primary: (plan.primary, primary),
+            pre_announced,
+        })
+    }
+}
+
+/// The announced keys, shared: the rotation thread writes them at each change, the HTTP API
+/// reads them per request (neither is on the packet path), and `changes` counts the writes so
+/// that a reader can tell it must sign host-information again.
+#[derive(Clone, Debug)]
+pub struct AnnouncedKeys {
+    inner: std::sync::Arc<std::sync::Mutex<(Announced, u64)>>,
+}
+
+impl AnnouncedKeys {
+    /// Start with `announced`.
+    pub fn new(announced: Announced) -> AnnouncedKeys {
+        AnnouncedKeys {
+            inner: std::sync::Arc::new(std::sync::Mutex::new((announced, 0))),
+        }
+    }
+
+    /// The keys now, and how many changes came before.
+    pub fn get(&self) -> (Announced, u64) {
+        *self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Announce `announced` from now on.
+    pub fn set(&self, announced: Announced) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.0 != announced {
+            *inner = (announced, inner.1 + 1);
+        }
+    }
+}

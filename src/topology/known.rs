@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
-use super::{Topology, TOPOLOGY_NODES_MAX};
+use super::{SkippedEntry, Topology, TopologyNode, TOPOLOGY_NODES_MAX};
 
 /// `topology.source` naming nym-api's node list instead of a file.
 pub const NYM_API_SOURCE: &str = "nym-api";
@@ -65,9 +65,13 @@ impl KnownNodes {
         origin: &str,
         resolve: &mut impl FnMut(&str) -> Vec<IpAddr>,
     ) -> KnownNodes {
-        let nodes = topology.nodes.iter().map(|node| match node.host.parse() {
-            Ok(ip) => vec![ip],
-            Err(_) => resolve(&node.host),
+        let nodes = topology.nodes.iter().map(|node| {
+            let mut ips = match node.host.parse() {
+                Ok(ip) => vec![ip],
+                Err(_) => resolve(&node.host),
+            };
+            ips.extend(node.addresses.iter().copied());
+            ips
         });
         KnownNodes::from_addresses(nodes.collect::<Vec<_>>(), origin)
     }
@@ -106,18 +110,79 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// One page of nym-api's node list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NymApiPage {
-    /// Each node's announced addresses (entries without any are left out).
-    pub nodes: Vec<Vec<IpAddr>>,
-    /// Nodes on this page, with or without addresses.
+    /// The nodes that checked (each with its addresses, keys and mix port).
+    pub nodes: Vec<TopologyNode>,
+    /// Entries on this page that did not check, and why.
+    pub skipped: Vec<SkippedEntry>,
+    /// Nodes on this page, good or not.
     pub entries: usize,
     /// Nodes in the whole list, when the page says.
     pub total: Option<usize>,
 }
 
-/// Read one page of `GET /v2/unstable/nym-nodes/semi-skimmed`: the nodes are under
-/// `nodes.data` (each with its addresses in `basic.ip_addresses`), and `nodes.pagination.total`
-/// counts the whole list. Other shapes seen from nym-api (a bare `nodes` or `data` array,
-/// `ip_addresses` at the node's top) are read too; unparsable addresses are skipped.
+/// VerLoc port assumed for nodes from nym-api (its node list does not carry one).
+pub const NYM_API_VERLOC_PORT: u16 = 1790;
+
+fn key_field(value: Option<&Value>, field: &str) -> Result<[u8; 32], String> {
+    let text = value
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("`{field}` is missing"))?;
+    super::decode_key(text, field)
+}
+
+/// One entry of the list: `basic` (`SkimmedNodeV1`) and the Noise key.
+fn check_nym_api_node(node: &Value, rotation_id: Option<u32>) -> Result<TopologyNode, String> {
+    let basic = node.get("basic").unwrap_or(node);
+    let identity = key_field(
+        basic.get("ed25519_identity_pubkey"),
+        "ed25519_identity_pubkey",
+    )?;
+    let identity = ed25519_dalek::VerifyingKey::from_bytes(&identity)
+        .map_err(|_| "`ed25519_identity_pubkey` is not a valid Ed25519 public key".to_string())?;
+    let sphinx = key_field(basic.get("x25519_sphinx_pubkey"), "x25519_sphinx_pubkey")?;
+    let addresses: Vec<IpAddr> = basic
+        .get("ip_addresses")
+        .and_then(Value::as_array)
+        .ok_or("`ip_addresses` is missing")?
+        .iter()
+        .filter_map(Value::as_str)
+        .filter_map(|text| text.trim().parse().ok())
+        .take(ADDRESSES_PER_NODE_MAX)
+        .collect();
+    let Some(first) = addresses.first() else {
+        return Err("`ip_addresses` holds no IP address".to_string());
+    };
+    let mix_port = basic
+        .get("mix_port")
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+        .ok_or("`mix_port` is missing or not 1 to 65535")?;
+    let noise = node
+        .get("x25519_noise_versioned_key")
+        .or_else(|| node.get("noise_key"))
+        .filter(|v| !v.is_null());
+    let noise_key = match noise {
+        Some(noise) => Some(key_field(noise.get("x25519_pubkey"), "x25519_pubkey")?),
+        None => None,
+    };
+    Ok(TopologyNode {
+        identity,
+        sphinx_key: x25519_dalek::PublicKey::from(sphinx),
+        host: first.to_string(),
+        mix_port,
+        verloc_port: NYM_API_VERLOC_PORT,
+        addresses: addresses[1..].to_vec(),
+        sphinx_rotation_id: rotation_id,
+        noise_key,
+    })
+}
+
+/// Read one page of `GET /v2/unstable/nym-nodes/semi-skimmed`
+/// (`PaginatedCachedNodesResponseV2<SemiSkimmedNodeV1>`): the nodes are under `nodes.data`,
+/// `nodes.pagination.total` counts the whole list, and `metadata.rotation_id` is the rotation
+/// of the Sphinx keys listed. A bare `nodes` or `data` array is read too. An entry that does
+/// not check (a bad key, no address, no mix port) is skipped with its reason.
 pub fn parse_nym_api_page(body: &[u8]) -> Result<NymApiPage, String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let nodes_value = value.get("nodes").unwrap_or(&value);
@@ -132,24 +197,29 @@ pub fn parse_nym_api_page(body: &[u8]) -> Result<NymApiPage, String> {
         .and_then(|p| p.get("total"))
         .and_then(Value::as_u64)
         .map(|t| t as usize);
+    let rotation_id = value
+        .get("metadata")
+        .and_then(|m| m.get("rotation_id"))
+        .and_then(Value::as_u64)
+        .and_then(|r| u32::try_from(r).ok());
     let mut page = NymApiPage {
         entries: list.len(),
         total,
         ..NymApiPage::default()
     };
-    for node in list.iter().take(TOPOLOGY_NODES_MAX) {
-        let basic = node.get("basic").unwrap_or(node);
-        let Some(addresses) = basic.get("ip_addresses").and_then(Value::as_array) else {
-            continue;
-        };
-        let ips: Vec<IpAddr> = addresses
-            .iter()
-            .filter_map(Value::as_str)
-            .filter_map(|text| text.trim().parse().ok())
-            .take(ADDRESSES_PER_NODE_MAX)
-            .collect();
-        if !ips.is_empty() {
-            page.nodes.push(ips);
+    for (index, node) in list.iter().enumerate().take(TOPOLOGY_NODES_MAX) {
+        match check_nym_api_node(node, rotation_id) {
+            Ok(node) => page.nodes.push(node),
+            Err(reason) => page.skipped.push(SkippedEntry {
+                index,
+                identity_key: node
+                    .get("basic")
+                    .unwrap_or(node)
+                    .get("ed25519_identity_pubkey")
+                    .and_then(Value::as_str)
+                    .map(|s| s.chars().take(64).collect()),
+                reason,
+            }),
         }
     }
     Ok(page)
@@ -190,24 +260,65 @@ mod tests {
         assert_eq!(known.addresses(), ADDRESSES_PER_NODE_MAX);
     }
 
+    fn b58(bytes: &[u8]) -> String {
+        bs58::encode(bytes).into_string()
+    }
+
+    fn identity(seed: u8) -> String {
+        b58(ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+            .verifying_key()
+            .as_bytes())
+    }
+
     #[test]
-    fn a_nym_api_page_gives_each_nodes_addresses_and_the_total() {
-        let body = br#"{"status":"fresh","refreshed_at":"2026-11-30T10:00:00Z",
-          "nodes":{"pagination":{"total":3,"page":0,"size":2},"data":[
-            {"basic":{"node_id":1,"ed25519_identity_pubkey":"x","ip_addresses":["1.2.3.4","2001:db8::7"],"mix_port":1789},"x25519_noise_versioned_pubkey":null},
-            {"basic":{"node_id":2,"ip_addresses":["not an ip", "5.6.7.8"]}},
-            {"basic":{"node_id":3,"ip_addresses":[]}}
-          ]}}"#;
-        let page = parse_nym_api_page(body).expect("parses");
-        assert_eq!(page.total, Some(3));
-        assert_eq!(page.entries, 3);
-        assert_eq!(
-            page.nodes,
-            vec![vec![a("1.2.3.4"), a("2001:db8::7")], vec![a("5.6.7.8")],]
+    fn a_nym_api_page_gives_each_nodes_keys_addresses_and_the_total() {
+        let body = format!(
+            r#"{{"metadata":{{"status":null,"absolute_epoch_id":100,"rotation_id":4,"refreshed_at":"2026-11-30T10:00:00Z"}},
+          "nodes":{{"pagination":{{"total":5,"page":0,"size":4}},"data":[
+            {{"basic":{{"node_id":1,"ed25519_identity_pubkey":"{id1}","ip_addresses":["1.2.3.4","2001:db8::7"],"mix_port":1789,"x25519_sphinx_pubkey":"{s1}","role":"Inactive","entry":null,"performance":"1"}},"x25519_noise_versioned_key":{{"supported_version":1,"x25519_pubkey":"{n1}"}}}},
+            {{"basic":{{"node_id":2,"ed25519_identity_pubkey":"{id2}","ip_addresses":["not an ip", "5.6.7.8"],"mix_port":1800,"x25519_sphinx_pubkey":"{s1}"}},"x25519_noise_versioned_key":null}},
+            {{"basic":{{"node_id":3,"ed25519_identity_pubkey":"{id3}","ip_addresses":[],"mix_port":1789,"x25519_sphinx_pubkey":"{s1}"}}}},
+            {{"basic":{{"node_id":4,"ed25519_identity_pubkey":"short","ip_addresses":["9.9.9.9"],"mix_port":1789,"x25519_sphinx_pubkey":"{s1}"}}}}
+          ]}}}}"#,
+            id1 = identity(1),
+            id2 = identity(2),
+            id3 = identity(3),
+            s1 = b58(&[7; 32]),
+            n1 = b58(&[8; 32]),
         );
-        let bare = parse_nym_api_page(br#"{"nodes":[{"ip_addresses":["9.9.9.9"]}]}"#).unwrap();
-        assert_eq!(bare.nodes, vec![vec![a("9.9.9.9")]]);
-        assert_eq!(bare.total, None);
+        let page = parse_nym_api_page(body.as_bytes()).expect("parses");
+        assert_eq!((page.total, page.entries), (Some(5), 4));
+        assert_eq!(page.nodes.len(), 2);
+        let first = &page.nodes[0];
+        assert_eq!(first.identity_base58(), identity(1));
+        assert_eq!(first.sphinx_key.to_bytes(), [7; 32]);
+        assert_eq!(first.host, "1.2.3.4");
+        assert_eq!(first.addresses, vec![a("2001:db8::7")]);
+        assert_eq!(first.sphinx_rotation_id, Some(4));
+        assert_eq!(first.noise_key, Some([8; 32]));
+        assert_eq!(first.verloc_port, NYM_API_VERLOC_PORT);
+        assert_eq!(
+            (
+                page.nodes[1].host.as_str(),
+                page.nodes[1].mix_port,
+                page.nodes[1].noise_key
+            ),
+            ("5.6.7.8", 1800, None)
+        );
+        let reasons: Vec<String> = page.skipped.iter().map(|s| s.to_string()).collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons[0].contains("no IP address"), "{reasons:?}");
+        assert!(
+            reasons[1].starts_with("nodes[3] (identity_key short)"),
+            "{reasons:?}"
+        );
+        let topology = Topology {
+            nodes: page.nodes,
+            skipped: Vec::new(),
+        };
+        let known = KnownNodes::from_topology(&topology, "api", &mut |_| Vec::new());
+        assert!(known.contains(a("2001:db8::7")) && known.contains(a("5.6.7.8")));
+        assert_eq!(known.addresses(), 3);
         assert!(parse_nym_api_page(b"{\"nodes\": 5}").is_err());
         assert!(parse_nym_api_page(b"<html>").is_err());
     }
@@ -222,6 +333,9 @@ mod tests {
             host: host.to_string(),
             mix_port: 1789,
             verloc_port: 1790,
+            addresses: Vec::new(),
+            sphinx_rotation_id: None,
+            noise_key: None,
         };
         let topology = Topology {
             nodes: vec![node("10.1.1.1"), node("mix.example"), node("gone.example")],

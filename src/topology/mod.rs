@@ -15,25 +15,33 @@
 //! }
 //! ```
 //!
-//! `host` is an IP address or a DNS name. Other fields, at the top or in an entry, are ignored
-//! so that writers may add their own. An entry that does not check (a key that is not 32
+//! `host` is an IP address or a DNS name. Optional fields, as nym-api describes today's nodes:
+//! `ip_addresses` (more addresses of the node, for the egress filter and inbound room),
+//! `sphinx_rotation_id` (the rotation of `sphinx_key`) and `noise_key` (base58 X25519 Noise
+//! public key). Other fields, at the top or in an entry, are ignored so that writers may add
+//! their own. An entry that does not check (a key that is not 32
 //! base58 bytes, a port of 0, a missing field) is skipped and reported by its index and
 //! identity key; the rest of the file still counts.
 //!
-//! The file comes from a path or from an `http://` URL ([`TopologySource`]); HTTPS is not
-//! spoken. Limits: [`TOPOLOGY_BYTES_MAX`] bytes and [`TOPOLOGY_NODES_MAX`] entries.
+//! The file comes from a path or from an `http://` or `https://` URL ([`TopologySource`],
+//! fetched with ureq over rustls). nym-api's node list is read by [`known`] and
+//! [`refresh`] into the same [`Topology`]. Limits: [`TOPOLOGY_BYTES_MAX`] bytes and
+//! [`TOPOLOGY_NODES_MAX`] entries.
 //!
 //! Parsing ([`parse_topology`]) is pure; only [`TopologySource::load`] does I/O.
 
+pub mod fetch;
 pub mod known;
 pub mod refresh;
 
+pub use fetch::{http_get, FetchError};
+
 pub use known::{KnownNodes, NYM_API_SOURCE};
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::Read;
+use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
@@ -43,13 +51,11 @@ use serde_json::Value;
 pub const TOPOLOGY_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Most entries read; later ones are skipped.
 pub const TOPOLOGY_NODES_MAX: usize = 10_000;
-/// Largest HTTP response head read, in bytes.
-const HTTP_HEAD_BYTES_MAX: usize = 16 * 1024;
 /// Longest host name accepted.
 const HOST_LENGTH_MAX: usize = 253;
 
 /// One entry as written in the file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopologyEntry {
     /// Ed25519 identity public key, base58.
     pub identity_key: String,
@@ -61,6 +67,15 @@ pub struct TopologyEntry {
     pub mix_port: u16,
     /// VerLoc port.
     pub verloc_port: u16,
+    /// More IP addresses of the node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_addresses: Vec<String>,
+    /// The rotation `sphinx_key` belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sphinx_rotation_id: Option<u32>,
+    /// X25519 Noise public key, base58.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_key: Option<String>,
 }
 
 /// The file as written: what scripts and tests serialise.
@@ -91,6 +106,12 @@ pub struct TopologyNode {
     pub mix_port: u16,
     /// VerLoc port.
     pub verloc_port: u16,
+    /// Its other IP addresses (besides `host`).
+    pub addresses: Vec<IpAddr>,
+    /// The rotation of `sphinx_key`, when the source says.
+    pub sphinx_rotation_id: Option<u32>,
+    /// Its Noise public key, if it has one.
+    pub noise_key: Option<[u8; 32]>,
 }
 
 impl TopologyNode {
@@ -249,12 +270,31 @@ fn check_entry(entry: &Value) -> Result<TopologyNode, String> {
             return Err(format!("`{field}` is 0"));
         }
     }
+    let mut addresses = Vec::new();
+    for text in entry
+        .ip_addresses
+        .iter()
+        .take(known::ADDRESSES_PER_NODE_MAX)
+    {
+        let ip = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("`ip_addresses` has '{text}', not an IP address"))?;
+        addresses.push(ip);
+    }
+    let noise_key = match &entry.noise_key {
+        Some(text) => Some(decode_key(text, "noise_key")?),
+        None => None,
+    };
     Ok(TopologyNode {
         identity,
         sphinx_key,
         host: host.to_string(),
         mix_port: entry.mix_port,
         verloc_port: entry.verloc_port,
+        addresses,
+        sphinx_rotation_id: entry.sphinx_rotation_id,
+        noise_key,
     })
 }
 
@@ -263,21 +303,12 @@ fn check_entry(entry: &Value) -> Result<TopologyNode, String> {
 pub enum TopologySource {
     /// A JSON file.
     File(PathBuf),
-    /// An `http://` URL.
-    Http {
-        /// The URL as given.
-        url: String,
-        /// Host name or IP (IPv6 without brackets).
-        host: String,
-        /// Port (80 when not given).
-        port: u16,
-        /// Path and query, starting with `/`.
-        path: String,
-    },
+    /// An `http://` or `https://` URL of one.
+    Url(String),
 }
 
 impl TopologySource {
-    /// Read `text` as an `http://` URL or, failing that, a file path. Empty means no source.
+    /// Read `text` as an http(s) URL or, failing that, a file path. Empty means no source.
     pub fn parse(text: &str) -> Result<Option<TopologySource>, TopologyError> {
         let text = text.trim();
         let bad = |problem: &str| TopologyError::BadSource {
@@ -287,21 +318,16 @@ impl TopologySource {
         if text.is_empty() {
             return Ok(None);
         }
-        if text.starts_with("https://") {
-            return Err(bad(
-                "is an https URL; this node fetches plain http:// only (or save the file and give its path)",
-            ));
-        }
-        let Some(rest) = text.strip_prefix("http://") else {
+        let Some(rest) = text
+            .strip_prefix("http://")
+            .or_else(|| text.strip_prefix("https://"))
+        else {
             if text.contains("://") {
-                return Err(bad("has a scheme other than http://"));
+                return Err(bad("has a scheme other than http:// or https://"));
             }
             return Ok(Some(TopologySource::File(PathBuf::from(text))));
         };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
         let (host, port) = if let Some(inner) = authority.strip_prefix('[') {
             let (host, after) = inner
                 .split_once(']')
@@ -316,40 +342,39 @@ impl TopologySource {
         if host.is_empty() || authority.contains('@') {
             return Err(bad("has no host, or has user info"));
         }
-        let port = match port {
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| bad("has a port that is not 1 to 65535"))?,
-            None => 80,
-        };
-        Ok(Some(TopologySource::Http {
-            url: text.to_string(),
-            host: host.to_string(),
-            port,
-            path: path.to_string(),
-        }))
+        if port.is_some_and(|p| p.parse::<u16>().ok().filter(|p| *p != 0).is_none()) {
+            return Err(bad("has a port that is not 1 to 65535"));
+        }
+        Ok(Some(TopologySource::Url(text.to_string())))
     }
 
     /// The path or URL, for messages.
     pub fn origin(&self) -> String {
         match self {
             TopologySource::File(path) => path.display().to_string(),
-            TopologySource::Http { url, .. } => url.clone(),
+            TopologySource::Url(url) => url.clone(),
         }
     }
 
-    /// Read and parse the topology. `timeout` bounds an HTTP fetch as a whole.
+    /// Read and parse the topology. `timeout` bounds a fetch as a whole.
     pub fn load(&self, timeout: Duration) -> Result<Topology, TopologyError> {
         let text = match self {
             TopologySource::File(path) => read_file_capped(path)?,
-            TopologySource::Http {
-                url,
-                host,
-                port,
-                path,
-            } => http_get(url, host, *port, path, timeout)?,
+            TopologySource::Url(url) => {
+                let body = http_get(url, timeout, TOPOLOGY_BYTES_MAX).map_err(|e| match e {
+                    FetchError::TooLarge => TopologyError::TooLarge {
+                        origin: url.clone(),
+                    },
+                    other => TopologyError::Http {
+                        url: url.clone(),
+                        detail: other.to_string(),
+                    },
+                })?;
+                String::from_utf8(body).map_err(|_| TopologyError::Http {
+                    url: url.clone(),
+                    detail: "the body is not UTF-8".to_string(),
+                })?
+            }
         };
         parse_topology(&text, &self.origin())
     }
@@ -373,93 +398,11 @@ fn read_file_capped(path: &PathBuf) -> Result<String, TopologyError> {
     Ok(text)
 }
 
-/// A minimal HTTP/1.0 GET: one request, the body read to the end of the connection.
-fn http_get(
-    url: &str,
-    host: &str,
-    port: u16,
-    path: &str,
-    timeout: Duration,
-) -> Result<String, TopologyError> {
-    let fail = |detail: String| TopologyError::Http {
-        url: url.to_string(),
-        detail,
-    };
-    let deadline = Instant::now() + timeout;
-    let addrs: Vec<_> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| fail(format!("cannot resolve {host}: {e}")))?
-        .collect();
-    let mut last_error = format!("{host} resolved to no address");
-    let mut stream = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last_error = format!("cannot connect to {addr}: {e}"),
-        }
-    }
-    let mut stream = stream.ok_or_else(|| fail(last_error))?;
-    let io = |e: std::io::Error| fail(e.to_string());
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let host_header = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    let request = format!(
-        "GET {path} HTTP/1.0\r\nHost: {host_header}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).map_err(io)?;
-    let cap = HTTP_HEAD_BYTES_MAX + TOPOLOGY_BYTES_MAX;
-    let mut response = Vec::with_capacity(64 * 1024);
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(fail(format!("no complete answer within {timeout:?}")));
-        }
-        stream.set_read_timeout(Some(remaining)).map_err(io)?;
-        let n = stream.read(&mut chunk).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        if response.len() + n > cap {
-            return Err(TopologyError::TooLarge {
-                origin: url.to_string(),
-            });
-        }
-        response.extend_from_slice(&chunk[..n]);
-    }
-    let head_end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| fail("the answer has no HTTP header end".to_string()))?;
-    let head = String::from_utf8_lossy(&response[..head_end]);
-    let status_line = head.lines().next().unwrap_or("");
-    let status = status_line.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        return Err(fail(format!("the server answered '{status_line}'")));
-    }
-    if head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked"))
-    {
-        return Err(fail(
-            "the server sent a chunked body to an HTTP/1.0 request".to_string(),
-        ));
-    }
-    String::from_utf8(response[head_end + 4..].to_vec())
-        .map_err(|_| fail("the body is not UTF-8".to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use ed25519_dalek::SigningKey;
+    use std::io::Write;
 
     fn entry(seed: u8) -> TopologyEntry {
         TopologyEntry {
@@ -473,6 +416,9 @@ mod tests {
             host: "127.0.0.1".to_string(),
             mix_port: 1789,
             verloc_port: 1790,
+            ip_addresses: Vec::new(),
+            sphinx_rotation_id: None,
+            noise_key: None,
         }
     }
 
@@ -535,29 +481,24 @@ mod tests {
             TopologySource::parse("/etc/nym/topology.json").unwrap(),
             Some(TopologySource::File("/etc/nym/topology.json".into()))
         );
-        assert_eq!(
-            TopologySource::parse("http://127.0.0.1:8080/topology.json?x=1").unwrap(),
-            Some(TopologySource::Http {
-                url: "http://127.0.0.1:8080/topology.json?x=1".into(),
-                host: "127.0.0.1".into(),
-                port: 8080,
-                path: "/topology.json?x=1".into(),
-            })
-        );
-        match TopologySource::parse("http://[::1]/t").unwrap() {
-            Some(TopologySource::Http { host, port, .. }) => {
-                assert_eq!((host.as_str(), port), ("::1", 80))
-            }
-            other => panic!("{other:?}"),
+        for url in [
+            "http://127.0.0.1:8080/topology.json?x=1",
+            "http://[::1]/t",
+            "http://example.org",
+            "https://example.org/t",
+            "https://[2001:db8::1]:8443/t",
+        ] {
+            assert_eq!(
+                TopologySource::parse(url).unwrap(),
+                Some(TopologySource::Url(url.into()))
+            );
         }
-        match TopologySource::parse("http://example.org").unwrap() {
-            Some(TopologySource::Http { path, .. }) => assert_eq!(path, "/"),
-            other => panic!("{other:?}"),
-        }
-        assert!(TopologySource::parse("https://example.org/t").is_err());
         assert!(TopologySource::parse("ftp://example.org/t").is_err());
         assert!(TopologySource::parse("http://h:0/t").is_err());
+        assert!(TopologySource::parse("http://h:x/t").is_err());
         assert!(TopologySource::parse("http://:80/t").is_err());
+        assert!(TopologySource::parse("http://u@h/t").is_err());
+        assert!(TopologySource::parse("http://[::1/t").is_err());
     }
 
     #[test]
@@ -586,7 +527,7 @@ mod tests {
         let topology = source.load(Duration::from_secs(5)).unwrap();
         assert_eq!(topology.nodes.len(), 1);
         let request = server.join().unwrap();
-        assert!(request.starts_with("GET /t.json HTTP/1.0\r\n"), "{request}");
+        assert!(request.starts_with("GET /t.json HTTP/1.1\r\n"), "{request}");
     }
 
     #[test]

@@ -9,8 +9,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::fetch::{Purpose, COUNTERS};
 use super::known::{parse_nym_api_page, KnownNodes, NYM_API_NODES_PATH, NYM_API_SOURCE};
-use super::{TopologySource, TOPOLOGY_BYTES_MAX, TOPOLOGY_NODES_MAX};
+use super::{
+    http_get, FetchError, Topology, TopologyError, TopologySource, TOPOLOGY_BYTES_MAX,
+    TOPOLOGY_NODES_MAX,
+};
 use crate::background::STOP_WAIT;
 use crate::config::Config;
 
@@ -33,16 +37,20 @@ pub enum KnownSource {
 impl KnownSource {
     /// The source `config` names in `topology.source`; None when it is empty.
     pub fn from_config(config: &Config) -> Result<Option<KnownSource>, String> {
-        let source = config.topology.source.trim();
-        if source == NYM_API_SOURCE {
-            let base = config
-                .rotation
-                .nym_api
-                .clone()
-                .ok_or("topology.source is \"nym-api\" but rotation.nym_api is not set")?;
-            return Ok(Some(KnownSource::NymApi(base)));
+        KnownSource::parse(&config.topology.source, config.rotation.nym_api.as_deref())
+    }
+
+    /// `text` as a source: "nym-api" (nym-api at `nym_api`), a file path or a URL.
+    pub fn parse(text: &str, nym_api: Option<&str>) -> Result<Option<KnownSource>, String> {
+        let text = text.trim();
+        if text == NYM_API_SOURCE {
+            let base = nym_api
+                .filter(|b| !b.trim().is_empty())
+                .ok_or("the source is \"nym-api\" but rotation.nym_api is not set")?;
+            TopologySource::parse(base).map_err(|e| format!("rotation.nym_api: {e}"))?;
+            return Ok(Some(KnownSource::NymApi(base.trim().to_string())));
         }
-        Ok(TopologySource::parse(source)
+        Ok(TopologySource::parse(text)
             .map_err(|e| e.to_string())?
             .map(KnownSource::Topology))
     }
@@ -57,19 +65,37 @@ impl KnownSource {
         }
     }
 
-    /// Read the known nodes now.
-    pub fn load(&self) -> Result<KnownNodes, String> {
+    /// Read the nodes now, each call counted in [`COUNTERS`].
+    pub fn load_topology(&self) -> Result<Topology, String> {
+        let counters = &COUNTERS;
         match self {
+            KnownSource::Topology(source @ TopologySource::File(_)) => {
+                source.load(READ_TIMEOUT).map_err(|e| e.to_string())
+            }
             KnownSource::Topology(source) => {
-                let topology = source.load(READ_TIMEOUT).map_err(|e| e.to_string())?;
-                Ok(KnownNodes::from_topology(
-                    &topology,
-                    &source.origin(),
-                    &mut resolve,
-                ))
+                let loaded = source.load(READ_TIMEOUT);
+                match &loaded {
+                    Ok(_) => counters.ok(Purpose::Topology),
+                    Err(TopologyError::Invalid { .. }) => counters.bad_body(Purpose::Topology),
+                    Err(TopologyError::TooLarge { .. }) => {
+                        counters.failed(Purpose::Topology, &FetchError::TooLarge)
+                    }
+                    Err(e) => counters.failed(Purpose::Topology, &FetchError::Other(e.to_string())),
+                }
+                loaded.map_err(|e| e.to_string())
             }
             KnownSource::NymApi(_) => load_nym_api(&self.origin()),
         }
+    }
+
+    /// Read the known nodes now.
+    pub fn load(&self) -> Result<KnownNodes, String> {
+        let topology = self.load_topology()?;
+        Ok(KnownNodes::from_topology(
+            &topology,
+            &self.origin(),
+            &mut resolve,
+        ))
     }
 }
 
@@ -83,36 +109,40 @@ fn resolve(host: &str) -> Vec<IpAddr> {
     }
 }
 
-fn load_nym_api(origin: &str) -> Result<KnownNodes, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(READ_TIMEOUT))
-        .build()
-        .into();
-    let mut nodes = Vec::new();
+/// nym-api's node list, page by page, as a topology.
+fn load_nym_api(origin: &str) -> Result<Topology, String> {
+    let counters = &COUNTERS;
+    let mut topology = Topology::default();
     for page in 0..NYM_API_PAGES_MAX {
         let url = format!("{origin}?page={page}&per_page={NYM_API_PAGE_SIZE}");
-        let mut response = agent
-            .get(&url)
-            .call()
-            .map_err(|e| format!("cannot read {url}: {e}"))?;
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(TOPOLOGY_BYTES_MAX as u64)
-            .read_to_vec()
-            .map_err(|e| format!("cannot read {url}: {e}"))?;
-        let read = parse_nym_api_page(&body).map_err(|e| format!("{url}: {e}"))?;
+        let body = http_get(&url, READ_TIMEOUT, TOPOLOGY_BYTES_MAX).map_err(|e| {
+            counters.failed(Purpose::Topology, &e);
+            format!("cannot read {url}: {e}")
+        })?;
+        let read = parse_nym_api_page(&body).map_err(|e| {
+            counters.bad_body(Purpose::Topology);
+            format!("{url}: {e}")
+        })?;
+        counters.ok(Purpose::Topology);
         let entries = read.entries;
-        nodes.extend(read.nodes);
-        let seen = page * NYM_API_PAGE_SIZE + entries;
+        let offset = page * NYM_API_PAGE_SIZE;
+        topology
+            .skipped
+            .extend(read.skipped.into_iter().map(|mut s| {
+                s.index += offset;
+                s
+            }));
+        topology.nodes.extend(read.nodes);
+        let seen = offset + entries;
         let done = entries == 0
             || read.total.is_none_or(|total| seen >= total)
-            || nodes.len() >= TOPOLOGY_NODES_MAX;
+            || topology.nodes.len() >= TOPOLOGY_NODES_MAX;
         if done {
             break;
         }
     }
-    Ok(KnownNodes::from_addresses(nodes, origin))
+    topology.nodes.truncate(TOPOLOGY_NODES_MAX);
+    Ok(topology)
 }
 
 /// Reads the known nodes again every interval and hands each new set to `apply`.
@@ -121,12 +151,16 @@ pub struct Refresher {
     thread: Option<JoinHandle<()>>,
 }
 
+/// The first wait before a failed read is tried again.
+pub const RETRY_FIRST: Duration = Duration::from_secs(30);
+
 /// How often the refresher looks at its stop flag while it waits.
 const STOP_POLL: Duration = Duration::from_millis(100);
 
 impl Refresher {
     /// Start the thread: every `interval`, read `source` and, when it changed, pass it to
-    /// `apply`.
+    /// `apply`. A read that fails is tried again after [`RETRY_FIRST`], doubling up to
+    /// `interval` while it keeps failing.
     pub fn start(
         source: KnownSource,
         interval: Duration,
@@ -140,6 +174,7 @@ impl Refresher {
             .spawn(move || {
                 let mut current = current;
                 let mut next = Instant::now() + interval;
+                let mut retry = RETRY_FIRST.min(interval);
                 while !flag.load(Ordering::Acquire) {
                     if Instant::now() < next {
                         std::thread::sleep(STOP_POLL.min(next - Instant::now()));
@@ -150,6 +185,9 @@ impl Refresher {
                     if flag.load(Ordering::Acquire) {
                         break;
                     }
+                    if loaded.is_ok() {
+                        retry = RETRY_FIRST.min(interval);
+                    }
                     match loaded {
                         Ok(known) if known == *current => {}
                         Ok(known) => {
@@ -158,7 +196,9 @@ impl Refresher {
                             apply(Arc::clone(&current));
                         }
                         Err(error) => {
-                            tracing::warn!(origin = %source.origin(), %error, "topology: cannot read the known nodes; keeping the last ones read");
+                            tracing::warn!(origin = %source.origin(), %error, retry_in = %humantime::format_duration(retry), "topology: cannot read the known nodes; keeping the last ones read");
+                            next = Instant::now() + retry;
+                            retry = (retry * 2).min(interval);
                         }
                     }
                 }

@@ -20,7 +20,8 @@ use super::results::{NodeResult, VerlocResults};
 use super::stats::Measurement;
 use super::{Counter, StopSignal, VerlocCounters};
 use crate::config::VerlocSection;
-use crate::topology::{Topology, TopologySource};
+use crate::topology::refresh::KnownSource;
+use crate::topology::Topology;
 
 /// Entries of a topology logged one by one when skipped; the rest are summed up.
 const SKIPPED_LOGGED_MAX: usize = 20;
@@ -166,7 +167,7 @@ pub fn measure_node(
 /// Everything the measuring thread needs.
 pub(crate) struct MeasurerContext {
     pub(crate) settings: VerlocSection,
-    pub(crate) source: Option<TopologySource>,
+    pub(crate) source: Option<KnownSource>,
     pub(crate) identity: Arc<SigningKey>,
     pub(crate) results: Arc<VerlocResults>,
     pub(crate) counters: Arc<VerlocCounters>,
@@ -204,7 +205,7 @@ fn load_topology(context: &MeasurerContext) -> Option<Topology> {
     let Some(source) = &context.source else {
         return Some(Topology::default());
     };
-    match source.load(context.settings.connect_timeout) {
+    match source.load_topology() {
         Ok(topology) => {
             for skipped in topology.skipped.iter().take(SKIPPED_LOGGED_MAX) {
                 tracing::warn!(origin = %source.origin(), "VerLoc: skipping topology entry {skipped}");

@@ -32,7 +32,7 @@ use ed25519_dalek::SigningKey;
 use serde::Serialize;
 
 use crate::config::VerlocSection;
-use crate::topology::{TopologyError, TopologySource};
+use crate::topology::refresh::KnownSource;
 
 pub use measure::TargetFailure;
 pub use packet::EchoReject;
@@ -243,8 +243,8 @@ fn lookup(pairs: &[(&'static str, u64)], label: &str) -> u64 {
 #[derive(Debug, thiserror::Error)]
 pub enum VerlocError {
     /// The topology source is not usable.
-    #[error(transparent)]
-    Topology(#[from] TopologyError),
+    #[error("verloc.topology: {0}")]
+    Source(String),
     /// A thread or socket could not be set up.
     #[error("cannot start VerLoc on {addr}: {source}")]
     Io {
@@ -284,13 +284,16 @@ pub struct Verloc {
 }
 
 impl Verloc {
-    /// Serve echoes on `socket` (already bound) and measure the topology of `settings`.
+    /// Serve echoes on `socket` (already bound) and measure the topology of `settings`
+    /// (`"nym-api"`: the nodes nym-api at `nym_api` lists).
     pub fn start(
         socket: TcpListener,
         identity: SigningKey,
         settings: &VerlocSection,
+        nym_api: Option<&str>,
     ) -> Result<Verloc, VerlocError> {
-        let source = TopologySource::parse(&settings.topology)?;
+        let source =
+            KnownSource::parse(&settings.topology, nym_api).map_err(VerlocError::Source)?;
         let local_addr = socket.local_addr().map_err(|source| VerlocError::Io {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source,

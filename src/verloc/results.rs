@@ -123,6 +123,8 @@ impl RunReport {
 #[derive(Debug, Default)]
 pub struct VerlocResults {
     report: Mutex<RunReport>,
+    /// The run before the current one, once one finished.
+    previous: Mutex<Option<RunReport>>,
 }
 
 impl VerlocResults {
@@ -148,8 +150,25 @@ impl VerlocResults {
         self.with(|r| r.to_json())
     }
 
+    /// The current run and the one before it (`/api/v1/metrics/verloc`).
+    pub fn runs(&self) -> (RunReport, Option<RunReport>) {
+        let previous = self
+            .previous
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        (self.snapshot(), previous)
+    }
+
     pub(crate) fn start_run(&self, total_tested: usize, now: SystemTime) {
-        self.with(|r| r.start_run(total_tested, now));
+        let finished = self.with(|r| {
+            let finished = r.run_finished.is_some().then(|| r.clone());
+            r.start_run(total_tested, now);
+            finished
+        });
+        if let Some(finished) = finished {
+            *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = Some(finished);
+        }
     }
 
     pub(crate) fn append(&self, batch: &[NodeResult]) {
@@ -176,6 +195,25 @@ mod tests {
                 standard_deviation: Duration::from_micros(250),
             }),
         }
+    }
+
+    #[test]
+    fn a_finished_run_becomes_the_previous_one_when_the_next_starts() {
+        let results = VerlocResults::new();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_622_548_800);
+        results.start_run(1, start);
+        assert_eq!(results.runs().1, None);
+        results.append(&[node(1, Some(3))]);
+        results.start_run(1, start + Duration::from_secs(60));
+        assert_eq!(results.runs().1, None, "an unfinished run is not kept");
+        results.append(&[node(2, Some(4))]);
+        results.finish(start + Duration::from_secs(90));
+        results.start_run(1, start + Duration::from_secs(120));
+        let (current, previous) = results.runs();
+        let previous = previous.expect("the finished run");
+        assert_eq!(previous.results[0].identity, node(2, None).identity);
+        assert!(current.results.is_empty());
+        assert_eq!(current.run_started, Some(start + Duration::from_secs(120)));
     }
 
     #[test]
