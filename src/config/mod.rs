@@ -317,6 +317,10 @@ pub struct TopologySection {
     /// How often the topology is read again.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
+    /// How long one read may take (a file, a URL, or each page of nym-api's list); a read
+    /// that takes longer fails and is tried again later.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
 }
 
 impl Default for TopologySection {
@@ -324,6 +328,7 @@ impl Default for TopologySection {
         TopologySection {
             source: String::new(),
             refresh_interval: Duration::from_secs(600),
+            read_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -742,6 +747,13 @@ impl Config {
                     "give a file path, an http:// or https:// URL, or \"nym-api\"",
                 ));
             }
+        }
+        if t.read_timeout < Duration::from_millis(100) {
+            return Err(invalid(
+                "topology.read_timeout",
+                format!("is {}", humantime::format_duration(t.read_timeout)),
+                "set at least \"100ms\" (default \"20s\")",
+            ));
         }
         if t.refresh_interval < Duration::from_secs(1) {
             return Err(invalid(

@@ -156,10 +156,12 @@ fn load_known(
         }
         return Ok((None, None));
     };
-    let known = source.load().map_err(|detail| StartError::Topology {
-        origin: source.origin(),
-        detail,
-    })?;
+    let known = source
+        .load(config.topology.read_timeout)
+        .map_err(|detail| StartError::Topology {
+            origin: source.origin(),
+            detail,
+        })?;
     let forwarding = match config.engine.forward_to {
         ForwardTo::Known => "only to these addresses",
         ForwardTo::Any => "to any address (engine.forward_to = \"any\")",
@@ -266,6 +268,7 @@ pub fn start(
             Some(Refresher::start(
                 source,
                 config.topology.refresh_interval,
+                config.topology.read_timeout,
                 known,
                 move |known| {
                     if !updater.update(Some(known)) {

@@ -144,6 +144,11 @@ impl FetchCounters {
         self.add(purpose, error.kind());
     }
 
+    /// Count a call that failed as `kind` (a [`FetchError::kind`]).
+    pub fn failed_as(&self, purpose: Purpose, kind: &str) {
+        self.add(purpose, kind);
+    }
+
     /// Count an answer that did not parse.
     pub fn bad_body(&self, purpose: Purpose) {
         self.add(purpose, "bad_body");

@@ -180,6 +180,8 @@ pub enum TopologyError {
         url: String,
         /// What went wrong.
         detail: String,
+        /// Its class ([`FetchError::kind`]).
+        kind: &'static str,
     },
     /// The document is larger than [`TOPOLOGY_BYTES_MAX`].
     #[error("topology from {origin} is larger than {TOPOLOGY_BYTES_MAX} bytes")]
@@ -368,10 +370,11 @@ impl TopologySource {
                     other => TopologyError::Http {
                         url: url.clone(),
                         detail: other.to_string(),
+                        kind: other.kind(),
                     },
                 })?;
-                String::from_utf8(body).map_err(|_| TopologyError::Http {
-                    url: url.clone(),
+                String::from_utf8(body).map_err(|_| TopologyError::Invalid {
+                    origin: url.clone(),
                     detail: "the body is not UTF-8".to_string(),
                 })?
             }

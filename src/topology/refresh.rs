@@ -18,7 +18,8 @@ use super::{
 use crate::background::STOP_WAIT;
 use crate::config::Config;
 
-/// How long one read (a file, a URL, or each nym-api page) may take.
+/// How long one read (a file, a URL, or each nym-api page) may take where the config does not
+/// say (`topology.read_timeout` does for the known nodes).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(20);
 /// Nodes asked for per nym-api page.
 const NYM_API_PAGE_SIZE: usize = 500;
@@ -65,32 +66,36 @@ impl KnownSource {
         }
     }
 
-    /// Read the nodes now, each call counted in [`COUNTERS`].
-    pub fn load_topology(&self) -> Result<Topology, String> {
+    /// Read the nodes now, each call (each page) within `timeout` and counted in
+    /// [`COUNTERS`].
+    pub fn load_topology(&self, timeout: Duration) -> Result<Topology, String> {
         let counters = &COUNTERS;
         match self {
             KnownSource::Topology(source @ TopologySource::File(_)) => {
-                source.load(READ_TIMEOUT).map_err(|e| e.to_string())
+                source.load(timeout).map_err(|e| e.to_string())
             }
             KnownSource::Topology(source) => {
-                let loaded = source.load(READ_TIMEOUT);
+                let loaded = source.load(timeout);
                 match &loaded {
                     Ok(_) => counters.ok(Purpose::Topology),
                     Err(TopologyError::Invalid { .. }) => counters.bad_body(Purpose::Topology),
                     Err(TopologyError::TooLarge { .. }) => {
                         counters.failed(Purpose::Topology, &FetchError::TooLarge)
                     }
+                    Err(TopologyError::Http { kind, .. }) => {
+                        counters.failed_as(Purpose::Topology, kind)
+                    }
                     Err(e) => counters.failed(Purpose::Topology, &FetchError::Other(e.to_string())),
                 }
                 loaded.map_err(|e| e.to_string())
             }
-            KnownSource::NymApi(_) => load_nym_api(&self.origin()),
+            KnownSource::NymApi(_) => load_nym_api(&self.origin(), timeout),
         }
     }
 
-    /// Read the known nodes now.
-    pub fn load(&self) -> Result<KnownNodes, String> {
-        let topology = self.load_topology()?;
+    /// Read the known nodes now (see [`KnownSource::load_topology`]).
+    pub fn load(&self, timeout: Duration) -> Result<KnownNodes, String> {
+        let topology = self.load_topology(timeout)?;
         Ok(KnownNodes::from_topology(
             &topology,
             &self.origin(),
@@ -110,12 +115,14 @@ fn resolve(host: &str) -> Vec<IpAddr> {
 }
 
 /// nym-api's node list, page by page, as a topology.
-fn load_nym_api(origin: &str) -> Result<Topology, String> {
+fn load_nym_api(origin: &str, timeout: Duration) -> Result<Topology, String> {
     let counters = &COUNTERS;
     let mut topology = Topology::default();
+    // nym-api may answer fewer nodes per page than asked: count what came.
+    let mut seen = 0usize;
     for page in 0..NYM_API_PAGES_MAX {
         let url = format!("{origin}?page={page}&per_page={NYM_API_PAGE_SIZE}");
-        let body = http_get(&url, READ_TIMEOUT, TOPOLOGY_BYTES_MAX).map_err(|e| {
+        let body = http_get(&url, timeout, TOPOLOGY_BYTES_MAX).map_err(|e| {
             counters.failed(Purpose::Topology, &e);
             format!("cannot read {url}: {e}")
         })?;
@@ -125,7 +132,7 @@ fn load_nym_api(origin: &str) -> Result<Topology, String> {
         })?;
         counters.ok(Purpose::Topology);
         let entries = read.entries;
-        let offset = page * NYM_API_PAGE_SIZE;
+        let offset = seen;
         topology
             .skipped
             .extend(read.skipped.into_iter().map(|mut s| {
@@ -133,7 +140,7 @@ fn load_nym_api(origin: &str) -> Result<Topology, String> {
                 s
             }));
         topology.nodes.extend(read.nodes);
-        let seen = offset + entries;
+        seen += entries;
         let done = entries == 0
             || read.total.is_none_or(|total| seen >= total)
             || topology.nodes.len() >= TOPOLOGY_NODES_MAX;
@@ -164,6 +171,7 @@ impl Refresher {
     pub fn start(
         source: KnownSource,
         interval: Duration,
+        timeout: Duration,
         current: Arc<KnownNodes>,
         mut apply: impl FnMut(Arc<KnownNodes>) + Send + 'static,
     ) -> Refresher {
@@ -181,7 +189,7 @@ impl Refresher {
                         continue;
                     }
                     next = Instant::now() + interval;
-                    let loaded = source.load();
+                    let loaded = source.load(timeout);
                     if flag.load(Ordering::Acquire) {
                         break;
                     }

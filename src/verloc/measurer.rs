@@ -205,7 +205,7 @@ fn load_topology(context: &MeasurerContext) -> Option<Topology> {
     let Some(source) = &context.source else {
         return Some(Topology::default());
     };
-    match source.load_topology() {
+    match source.load_topology(crate::topology::refresh::READ_TIMEOUT) {
         Ok(topology) => {
             for skipped in topology.skipped.iter().take(SKIPPED_LOGGED_MAX) {
                 tracing::warn!(origin = %source.origin(), "VerLoc: skipping topology entry {skipped}");

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mixnet;
+pub mod nym_api;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
