@@ -24,12 +24,16 @@
 //! - [`verloc`]: latency measurements between nodes: echo codec, figures and results (pure),
 //!   the VerLoc listener and measurer (threads).
 //! - [`topology`]: the JSON list of nodes that VerLoc measures and the localnet script writes;
-//!   `topology::known`, the known nodes' addresses that gate forwarding and keep inbound room
-//!   (pure), and `topology::refresh`, which reads them from a file or nym-api (a thread).
+//!   `topology::known`, the known nodes' addresses that gate forwarding and keep inbound room,
+//!   and nym-api's node list page parser (pure); `topology::refresh`, which reads them from a
+//!   file, a URL or nym-api (a thread); `topology::fetch`, every outbound HTTP(S) call (ureq,
+//!   rustls) and its counters.
 //! - [`background`]: stopping the threads that talk to the network without waiting on it.
 //! - [`node`]: starts and stops the services in order; saving and loading the replay filters;
-//!   the open-files limit and the summary log line.
-//! - [`http`]: the HTTP API control thread.
+//!   the open-files limit and the summary log line; `node::announce`, the announcement to
+//!   nym-api's refresh-described.
+//! - [`http`]: the HTTP API control thread; `http::nym_node`, the `/api/v1/` routes in
+//!   nym-node's shapes and the signed host-information (pure).
 //! - [`config`]: `config.toml`, `description.toml`, home folders, and upgrades of old files.
 //! - [`keys`]: the identity (Ed25519) and Sphinx (X25519) key files.
 //! - [`probe`]: sends test packets through a node and says whether it is mixing.

@@ -618,7 +618,7 @@ fn probe_says_a_running_node_is_mixing_and_a_dead_one_is_not() {
 }
 
 #[test]
-fn run_refuses_an_https_topology_before_starting() {
+fn run_refuses_a_topology_or_nym_api_it_cannot_fetch_before_starting() {
     let home = Home::new();
     home.init_local("n");
     let out = home.run(&[
@@ -626,10 +626,18 @@ fn run_refuses_an_https_topology_before_starting() {
         "--id",
         "n",
         "--topology",
-        "https://example.org/topology.json",
+        "ftp://example.org/topology.json",
     ]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("https://example.org/topology.json"), "{err}");
-    assert!(err.contains("http://"), "{err}");
+    assert!(err.contains("--topology"), "{err}");
+    assert!(err.contains("ftp://example.org/topology.json"), "{err}");
+    assert!(err.contains("http:// or https://"), "{err}");
+    assert!(!err.contains("node started"), "{err}");
+    let out = home.run(&["run", "--id", "n", "--nym-api", "validator.example/api"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("--nym-api"), "{err}");
+    // Without a scheme it reads as a file path; there is no such file.
+    assert!(err.contains("validator.example/api"), "{err}");
 }

@@ -218,6 +218,49 @@ fn junk_slow_and_failing_answers_are_counted_and_keep_the_last_nodes() {
 }
 
 #[test]
+fn a_junk_or_slow_key_schedule_is_counted_and_the_node_keeps_its_keys() {
+    let stub = StubNymApi::start(five_nodes(), 2);
+    let home = tempfile::tempdir().unwrap();
+    let mut config = config(&home, &stub);
+    config.rotation.poll_interval = Duration::from_secs(1);
+    let node = start(&config, home).expect("starts");
+    let schedule = |outcome: &str| {
+        common::metric_sum(
+            node.api,
+            "nym_mixnode_outbound_requests_total",
+            &format!("purpose=\"key_rotation\",outcome=\"{outcome}\""),
+        )
+        .unwrap_or(0)
+    };
+    let primary = || {
+        json(node.api, "/api/v1/host-information")["data"]["keys"]["primary_x25519_sphinx_key"]
+            .clone()
+    };
+    let before = primary();
+    assert!(schedule("ok") >= 1);
+
+    stub.set_schedule_answer(Answer::Malformed);
+    common::wait_for(Duration::from_secs(20), "a bad schedule counted", || {
+        (schedule("bad_body") >= 1).then_some(())
+    });
+    assert_eq!(primary(), before);
+
+    // Slower than the node waits for nym-api (10 s): a timeout, while the API answers at once.
+    stub.set_schedule_answer(Answer::Slow(Duration::from_secs(15)));
+    let asked = Instant::now();
+    common::wait_for(Duration::from_secs(40), "a slow schedule counted", || {
+        assert_eq!(json(node.api, "/api/v1/health")["status"], "up");
+        (schedule("timeout") >= 1).then_some(())
+    });
+    assert!(
+        asked.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(primary(), before);
+}
+
+#[test]
 fn a_node_list_nym_api_cannot_give_at_start_is_refused_naming_it() {
     let stub = StubNymApi::start(five_nodes(), 2);
     stub.set_nodes_answer(Answer::Malformed);

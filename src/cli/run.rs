@@ -31,8 +31,13 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
         config.engine.cores = cores;
     }
     if let Some(url) = args.nym_api {
-        crate::topology::TopologySource::parse(&url)
-            .map_err(|e| anyhow::anyhow!("--nym-api: {e}"))?;
+        match crate::topology::TopologySource::parse(&url) {
+            Ok(Some(crate::topology::TopologySource::Url(_))) => {}
+            Ok(_) => anyhow::bail!(
+                "--nym-api: '{url}' is not an http:// or https:// URL. Fix: give nym-api's base URL, e.g. --nym-api https://validator.nymtech.net/api"
+            ),
+            Err(e) => anyhow::bail!("--nym-api: {e}"),
+        }
         config.rotation.nym_api = Some(url);
         if args.topology.is_none() {
             config.topology.source = crate::topology::NYM_API_SOURCE.to_string();

@@ -6,8 +6,9 @@
 //! `"describe-cache-refresh-request"`.
 //!
 //! Sent with `rotation.mode = "network"` at start and after each key change, from a thread of
-//! its own, at most one at a time; a failure is logged and counted (`announce` on /metrics),
-//! never fatal: nym-api describes every bonded node on its own schedule anyway.
+//! its own, at most one at a time; a failure is logged, counted (`announce` on /metrics) and
+//! tried again twice, 30 s apart, and is never fatal: nym-api describes every bonded node on
+//! its own schedule anyway.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,6 +22,10 @@ use crate::topology::fetch::{http_post_json, Purpose, COUNTERS};
 pub const REFRESH_PATH: &str = "/v1/nym-nodes/refresh-described";
 /// How long one announcement may take.
 pub const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Tries of one announcement, [`ANNOUNCE_RETRY`] apart.
+pub const ANNOUNCE_ATTEMPTS: u32 = 3;
+/// The wait after a failed try.
+pub const ANNOUNCE_RETRY: Duration = Duration::from_secs(30);
 /// What the signature covers after the identity and the timestamp.
 const REFRESH_DOMAIN: &[u8] = b"describe-cache-refresh-request";
 
@@ -63,7 +68,8 @@ impl Announcer {
         }
     }
 
-    /// Announce now, on a thread (skipped when one is still under way).
+    /// Announce now, on a thread, trying up to [`ANNOUNCE_ATTEMPTS`] times (skipped when one
+    /// is still under way).
     pub fn announce(&self) {
         if self.busy.swap(true, Ordering::AcqRel) {
             return;
@@ -72,7 +78,14 @@ impl Announcer {
         let spawned = std::thread::Builder::new()
             .name("announce".into())
             .spawn(move || {
-                this.announce_now();
+                for attempt in 1..=ANNOUNCE_ATTEMPTS {
+                    if this.announce_now() {
+                        break;
+                    }
+                    if attempt < ANNOUNCE_ATTEMPTS {
+                        std::thread::sleep(ANNOUNCE_RETRY);
+                    }
+                }
                 this.busy.store(false, Ordering::Release);
             });
         if spawned.is_err() {

@@ -48,7 +48,15 @@ impl KnownSource {
             let base = nym_api
                 .filter(|b| !b.trim().is_empty())
                 .ok_or("the source is \"nym-api\" but rotation.nym_api is not set")?;
-            TopologySource::parse(base).map_err(|e| format!("rotation.nym_api: {e}"))?;
+            match TopologySource::parse(base) {
+                Ok(Some(TopologySource::Url(_))) => {}
+                Ok(_) => {
+                    return Err(format!(
+                        "nym-api's base URL '{base}' is not an http:// or https:// URL"
+                    ))
+                }
+                Err(e) => return Err(format!("nym-api's base URL: {e}")),
+            }
             return Ok(Some(KnownSource::NymApi(base.trim().to_string())));
         }
         Ok(TopologySource::parse(text)
