@@ -28,6 +28,8 @@
 //!   and nym-api's node list page parser (pure); `topology::refresh`, which reads them from a
 //!   file, a URL or nym-api (a thread); `topology::fetch`, every outbound HTTP(S) call (ureq,
 //!   rustls) and its counters.
+//! - [`monitor`]: the node's loop packets through itself and the network, the record of
+//!   their fates (pure) and the thread that sends them; `/report` and `/history`.
 //! - [`background`]: stopping the threads that talk to the network without waiting on it.
 //! - [`node`]: starts and stops the services in order; saving and loading the replay filters;
 //!   the open-files limit and the summary log line; `node::announce`, the announcement to
@@ -55,6 +57,7 @@ pub mod framing;
 pub mod http;
 pub mod keys;
 pub mod logging;
+pub mod monitor;
 pub mod node;
 pub mod probe;
 pub mod replay;

@@ -81,6 +81,12 @@ fn known_addresses(api: SocketAddr) -> Option<u64> {
     common::metric_sum(api, "nym_mixnode_known_node_addresses", "")
 }
 
+fn wait_known(api: SocketAddr, addresses: u64) {
+    common::wait_for(Duration::from_secs(10), "the known nodes published", || {
+        (known_addresses(api) == Some(addresses)).then_some(())
+    });
+}
+
 fn outbound(api: SocketAddr, outcome: &str) -> u64 {
     common::metric_sum(
         api,
@@ -111,8 +117,8 @@ fn the_topology_comes_from_nym_api_page_by_page_and_the_node_announces_itself() 
     for (page, request) in pages.iter().take(3).enumerate() {
         assert!(request.contains(&format!("page={page}&")), "{pages:?}");
     }
-    // Six addresses (one node has two) gate forwarding.
-    assert_eq!(known_addresses(node.api), Some(6));
+    // Six addresses (one node has two) gate forwarding (once the shards published them).
+    wait_known(node.api, 6);
 
     // The announcement: nym-api's NodeRefreshBody, signed by the node's identity.
     let body = common::wait_for(Duration::from_secs(10), "refresh-described", || {
@@ -173,7 +179,7 @@ fn junk_slow_and_failing_answers_are_counted_and_keep_the_last_nodes() {
     let stub = StubNymApi::start(five_nodes(), 2);
     let home = tempfile::tempdir().unwrap();
     let node = start(&config(&home, &stub), home).expect("starts");
-    assert_eq!(known_addresses(node.api), Some(6));
+    wait_known(node.api, 6);
     let health_is_quick = || {
         let asked = Instant::now();
         let health = json(node.api, "/api/v1/health");

@@ -117,6 +117,9 @@ pub struct PacketCounts {
     pub forwarded: u64,
     /// Packets dropped, by [`DropReason`] index.
     pub dropped: [u64; DropReason::COUNT],
+    /// The node's own loop packets that came back (their final hop is this node): they end
+    /// here, neither forwarded nor dropped.
+    pub looped: u64,
 }
 
 impl PacketCounts {
@@ -135,13 +138,17 @@ impl PacketCounts {
     /// Across shards this is only meaningful for the sum: a packet received on one shard may
     /// be forwarded (or dropped) by the shard that owns its next hop.
     pub fn in_flight(&self) -> i64 {
-        self.received as i64 - self.forwarded as i64 - self.dropped_total() as i64
+        self.received as i64
+            - self.forwarded as i64
+            - self.dropped_total() as i64
+            - self.looped as i64
     }
 
     /// Add another shard's counts to these.
     pub fn add(&mut self, other: &PacketCounts) {
         self.received += other.received;
         self.forwarded += other.forwarded;
+        self.looped += other.looped;
         for (mine, theirs) in self.dropped.iter_mut().zip(other.dropped.iter()) {
             *mine += theirs;
         }

@@ -216,6 +216,46 @@ pub struct Config {
     /// How the node describes itself on `/api/v1/`.
     #[serde(default)]
     pub host: HostSection,
+    /// The node's loops through itself and the network.
+    #[serde(default)]
+    pub monitor: MonitorSection,
+}
+
+/// `[monitor]`: loop packets the node sends through itself (and other nodes) to see that it
+/// mixes: `/report` and `/history`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorSection {
+    /// Whether to send loops at all.
+    pub enabled: bool,
+    /// Time between two rounds of loops.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Loops per round: the first through the node alone, the others through other nodes
+    /// of the topology when there is one.
+    pub loops_per_interval: usize,
+    /// Mean of the delay a loop asks of each hop (exponential, as a client draws it).
+    #[serde(with = "humantime_serde")]
+    pub mean_delay: Duration,
+    /// A loop back later than its delays plus this is late.
+    #[serde(with = "humantime_serde")]
+    pub late_after: Duration,
+    /// A loop not back this long after it was sent is lost.
+    #[serde(with = "humantime_serde")]
+    pub lost_after: Duration,
+}
+
+impl Default for MonitorSection {
+    fn default() -> Self {
+        MonitorSection {
+            enabled: true,
+            interval: Duration::from_secs(15),
+            loops_per_interval: 3,
+            mean_delay: Duration::from_millis(50),
+            late_after: Duration::from_secs(2),
+            lost_after: Duration::from_secs(30),
+        }
+    }
 }
 
 /// `[host]`: what the node says of itself on `/api/v1/` beyond its keys and addresses (the
@@ -644,6 +684,7 @@ impl Config {
             rotation: RotationSection::default(),
             topology: TopologySection::default(),
             host: HostSection::default(),
+            monitor: MonitorSection::default(),
         }
     }
 
@@ -879,6 +920,39 @@ impl Config {
                     ports[0], ports[1], ports[2]
                 ),
                 "give each service its own port",
+            ));
+        }
+        let mo = &self.monitor;
+        if mo.interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "monitor.interval",
+                format!("is {}", humantime::format_duration(mo.interval)),
+                "set at least \"1s\" (default \"15s\")",
+            ));
+        }
+        if mo.loops_per_interval == 0 || mo.loops_per_interval > 100 {
+            return Err(invalid(
+                "monitor.loops_per_interval",
+                format!("is {}", mo.loops_per_interval),
+                "set 1 to 100 (default 3), or monitor.enabled = false",
+            ));
+        }
+        if mo.mean_delay > Duration::from_secs(1) {
+            return Err(invalid(
+                "monitor.mean_delay",
+                format!("is {}", humantime::format_duration(mo.mean_delay)),
+                "set at most \"1s\" (default \"50ms\")",
+            ));
+        }
+        if mo.lost_after <= mo.late_after + Duration::from_secs(5) {
+            return Err(invalid(
+                "monitor.lost_after",
+                format!(
+                    "is {}, not more than late_after {} plus 5 s of delays",
+                    humantime::format_duration(mo.lost_after),
+                    humantime::format_duration(mo.late_after)
+                ),
+                "set lost_after well above late_after (defaults \"30s\" and \"2s\")",
             ));
         }
         let h = &self.host;

@@ -376,6 +376,7 @@ fn migrate_legacy(
         rotation: super::RotationSection::default(),
         topology: super::TopologySection::default(),
         host: super::HostSection::default(),
+        monitor: super::MonitorSection::default(),
     };
     notes.push(format!(
         "listening on {listening_ip}, announcing {announce_ip}; ports mix {mix_port}, verloc {verloc_port}, http api {http_api_port}"

@@ -44,6 +44,8 @@ pub struct MetricsInput<'a> {
     pub verloc: Option<&'a crate::verloc::VerlocStats>,
     /// Outbound HTTP(S) calls: (purpose, outcome, count).
     pub outbound: &'a [(&'static str, &'static str, u64)],
+    /// The monitor's loops by family (IPv4, IPv6); None when it is off.
+    pub monitor: Option<[crate::monitor::Tally; 2]>,
 }
 
 /// The standard `process_*` figures of Prometheus client libraries.
@@ -358,6 +360,31 @@ pub fn render(input: &MetricsInput) -> String {
     }
     if let Some(v) = input.verloc {
         verloc_metrics(&mut o, v);
+    }
+    o.per_shard(
+        "nym_mixnode_loops_returned_total",
+        "counter",
+        "The node's own loop packets that came back to it (their final hop): a series of their own, neither forwarded nor dropped.",
+        shards,
+        |s| s.counts.packets.looped,
+    );
+    if let Some(totals) = input.monitor {
+        let name = "nym_mixnode_monitor_loops_total";
+        o.family(
+            name,
+            "counter",
+            "The monitor's loops by address family and fate: sent, returned (in time), late, lost.",
+        );
+        for (family, tally) in ["ipv4", "ipv6"].iter().zip(totals.iter()) {
+            for (outcome, value) in [
+                ("sent", tally.sent),
+                ("returned", tally.returned),
+                ("late", tally.late),
+                ("lost", tally.lost),
+            ] {
+                o.sample(name, &[("family", family), ("outcome", outcome)], value);
+            }
+        }
     }
     if !input.outbound.is_empty() {
         let name = "nym_mixnode_outbound_requests_total";
@@ -798,6 +825,7 @@ mod tests {
             process: ProcessFigures::read(std::time::SystemTime::now()),
             verloc: None,
             outbound: &[],
+            monitor: None,
         });
         assert!(text.contains("nym_mixnode_packets_received_total{shard=\"0\"} 7\n"));
         assert!(

@@ -84,6 +84,8 @@ pub struct ApiState {
     pub hardware: hardware::Hardware,
     /// What `/api/v1/` says of the node.
     pub me: nym_node::SelfDescription,
+    /// The monitor's record (None: off).
+    pub monitor: Option<Arc<Mutex<crate::monitor::Monitor>>>,
 }
 
 impl ApiState {
@@ -109,7 +111,14 @@ impl ApiState {
             verloc_stats: None,
             hardware: hardware::read(),
             me,
+            monitor: None,
         }
+    }
+
+    /// Serve `/report` and `/history` from `record` (None: the monitor is off).
+    pub fn with_monitor(mut self, record: Option<Arc<Mutex<crate::monitor::Monitor>>>) -> ApiState {
+        self.monitor = record;
+        self
     }
 
     /// Export VerLoc's counters on /metrics, read through `reader`.
@@ -143,6 +152,18 @@ pub struct RouteContext<'a> {
     pub v1: &'a nym_node::V1Figures,
     /// Outbound HTTP(S) calls for /metrics (read by the driver): (purpose, outcome, count).
     pub outbound: Vec<(&'static str, &'static str, u64)>,
+    /// The monitor's document for `/report` or `/history`, or its totals for /metrics (read
+    /// by the driver); None when the monitor is off.
+    pub monitor: Option<MonitorFigures>,
+}
+
+/// What the monitor's record gave for one request.
+#[derive(Clone, Debug, Default)]
+pub struct MonitorFigures {
+    /// `/report` or `/history`, when asked.
+    pub document: Option<serde_json::Value>,
+    /// Loops by family (IPv4, IPv6), for /metrics.
+    pub totals: [crate::monitor::Tally; 2],
 }
 
 /// `/health`: 200 and `"status": "up"`, or 503 and `"status": "stalled"` with the shards the
@@ -296,6 +317,13 @@ pub fn route(target: &str, cx: &RouteContext) -> Response {
             json(200, &cx.collector.stats.render(debug))
         }
         "/verloc" => json(200, cx.verloc),
+        "/report" | "/history" => match cx.monitor.as_ref().and_then(|m| m.document.as_ref()) {
+            Some(document) => json(200, document),
+            None => json(
+                503,
+                &serde_json::json!({"message": "the monitor is off (monitor.enabled = false in config.toml)"}),
+            ),
+        },
         "/hardware" => json(
             200,
             &serde_json::to_value(&state.hardware).unwrap_or_default(),
@@ -312,6 +340,7 @@ pub fn route(target: &str, cx: &RouteContext) -> Response {
                 process: cx.process,
                 verloc: cx.verloc_stats.as_ref(),
                 outbound: &cx.outbound,
+                monitor: cx.monitor.as_ref().map(|m| m.totals),
             }),
         },
         _ if path.starts_with("/api/v1/") || path == "/api/v1" => {
@@ -651,6 +680,21 @@ fn handle(shared: &Shared, worker: usize, stream: std::net::TcpStream) {
                         .filter(|_| prometheus)
                         .map(|r| r.read()),
                     v1: &v1,
+                    monitor: state.monitor.as_ref().map(|record| {
+                        let record = record.lock().unwrap_or_else(|e| e.into_inner());
+                        let identity = &state.identity;
+                        MonitorFigures {
+                            document: match path {
+                                "/report" => Some(record.report(identity, SystemTime::now())),
+                                "/history" => Some(record.history(identity, SystemTime::now())),
+                                _ => None,
+                            },
+                            totals: [
+                                record.totals(crate::monitor::Family::V4),
+                                record.totals(crate::monitor::Family::V6),
+                            ],
+                        }
+                    }),
                     outbound: if prometheus {
                         crate::topology::fetch::COUNTERS.snapshot()
                     } else {
@@ -810,6 +854,7 @@ mod tests {
                 verloc_stats: None,
                 v1: &nym_node::V1Figures::default(),
                 outbound: vec![("topology", "tls", 2)],
+                monitor: None,
             },
         )
     }

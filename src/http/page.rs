@@ -1,5 +1,6 @@
 //! `/` and `/live`: a small page for a person (identity, uptime, packets per second per shard,
-//! drops by reason, and a chart of the last minutes) and the JSON it polls.
+//! drops by reason, a chart of the last minutes, and the monitor's loops over the last day
+//! from `/history`) and the JSON it polls.
 //!
 //! The page is one self-contained HTML document: inline style and script, no external
 //! assets, and the first data embedded so that it draws without a second request. The
@@ -141,6 +142,8 @@ canvas{width:100%;height:260px;display:block}
 </div>
 <div class="card" style="margin-top:16px"><h2>Last minutes (packets/s)</h2>
  <canvas id="chart" width="1100" height="260"></canvas><div class="legend" id="legend"></div></div>
+<div class="card" style="margin-top:16px"><h2>Loops through the node (last day, % back per hour)</h2>
+ <canvas id="loops" width="1100" height="160"></canvas><div class="sub" id="loops_note"></div></div>
 <script>
 "use strict";
 const COLORS=["#2f6fdf","#e0822b","#3aa55d","#a545c9","#d2405a","#1c9aa8","#8a6d3b","#666"];
@@ -174,7 +177,19 @@ function chart(c){
  if(c.t_s.length<2){g.fillStyle="#5b6475";g.fillText("collecting: one point a second",L+12,T+20)}
  const lg=el("legend");lg.replaceChildren();series.forEach(s=>{const sp=document.createElement("span"),i=document.createElement("i");i.style.background=s.c;sp.appendChild(i);sp.appendChild(document.createTextNode(s.name));lg.appendChild(sp)});
 }
-draw(__INITIAL_DATA__);
+function loops(h){
+ const cv=el("loops"),g=cv.getContext("2d"),W=cv.width,H=cv.height,L=56,B=24,T=10,R=10;
+ g.fillStyle="#fff";g.fillRect(0,0,W,H);g.font="12px sans-serif";
+ const pts=h.history||[],n=24,bw=(W-L-R)/n;
+ g.strokeStyle="#e3e6ec";g.fillStyle="#5b6475";
+ [0,50,100].forEach(p=>{const y=H-B-(H-T-B)*p/100;g.beginPath();g.moveTo(L,y);g.lineTo(W-R,y);g.stroke();g.fillText(p+"%",8,y+4)});
+ pts.slice(-n).forEach((p,i)=>{const v=p.ipv4Uptime==null?p.ipv6Uptime:p.ipv4Uptime;if(v==null)return;
+  const x=L+bw*(n-Math.min(pts.length,n)+i),hgt=(H-T-B)*v/100;g.fillStyle=v>=90?"#3aa55d":v>=50?"#e0822b":"#d2405a";g.fillRect(x+2,H-B-hgt,bw-4,hgt)});
+ g.fillStyle="#5b6475";g.fillText("-24 h",L,H-6);g.fillText("now",W-R-24,H-6);
+ el("loops_note").textContent=pts.length?"":"no loops yet (monitor.enabled = false, or the first interval has not passed)";
+}
+function loadLoops(){fetch("/history",{cache:"no-store"}).then(r=>r.ok?r.json():{history:[]}).then(loops).catch(()=>{})}
+draw(__INITIAL_DATA__);loadLoops();setInterval(loadLoops,30000);
 setInterval(()=>{fetch("/live",{cache:"no-store"}).then(r=>r.json()).then(draw).catch(()=>{})},2000);
 </script>
 </body></html>

@@ -89,6 +89,7 @@ pub struct RunningNode {
     topology: Option<Refresher>,
     saver: replay_store::Saver,
     verloc: Verloc,
+    monitor: Option<crate::monitor::driver::MonitorThread>,
     api: ApiServer,
     drain_timeout: Duration,
     /// Where each service actually listens.
@@ -194,6 +195,9 @@ fn self_description(
     me
 }
 
+/// Loop arrivals queued between the shards and the monitor thread.
+const LOOP_ARRIVALS_QUEUED_MAX: usize = 4096;
+
 /// Start the node's services. A port of 0 in the config lets the OS choose (tests).
 pub fn start(
     config: &Config,
@@ -251,6 +255,23 @@ pub fn start(
         });
     }
     let (known_source, known) = load_known(config)?;
+    // The monitor's loops: their destination, and the channel their arrivals come back on.
+    let loops = config.monitor.enabled.then(|| {
+        let (arrivals, receiver) = crossbeam_channel::bounded(LOOP_ARRIVALS_QUEUED_MAX);
+        (
+            crate::shard::LoopSink {
+                destination: crate::monitor::driver::random_destination(),
+                arrivals,
+            },
+            receiver,
+        )
+    });
+    let record = Arc::new(std::sync::Mutex::new(crate::monitor::Monitor::new(
+        crate::monitor::MonitorLimits {
+            late_after: config.monitor.late_after,
+            lost_after: config.monitor.lost_after,
+        },
+    )));
     let engine = Engine::start(EngineSettings {
         listen: SocketAddr::new(m.listening_address, m.mix_port),
         engine: config.engine.clone(),
@@ -261,6 +282,7 @@ pub fn start(
             keys: engine_keys,
         },
         known: known.clone(),
+        loops: loops.as_ref().map(|(sink, _)| sink.clone()),
     })?;
     let topology = match (known_source, known) {
         (Some(source), Some(known)) => {
@@ -333,9 +355,10 @@ pub fn start(
             engine.stats(),
             config.http.clone(),
             verloc.results(),
-            self_description(config, &keys, announced),
+            self_description(config, &keys, announced.clone()),
         )
-        .with_verloc_stats(verloc.stats_reader()),
+        .with_verloc_stats(verloc.stats_reader())
+        .with_monitor(loops.is_some().then(|| Arc::clone(&record))),
         engine.telemetry(),
     )?;
     let addresses = NodeAddresses {
@@ -348,12 +371,26 @@ pub fn start(
         // Now that the API answers what nym-api will ask.
         announcer.announce();
     }
+    let monitor = loops.map(|(sink, receiver)| {
+        crate::monitor::driver::MonitorThread::start(crate::monitor::driver::MonitorContext {
+            settings: config.monitor.clone(),
+            own_address: SocketAddr::new(m.announce_address, addresses.mix.port()),
+            own_identity: keys.identity_public().to_bytes(),
+            keys: announced.clone(),
+            destination: sink.destination,
+            arrivals: receiver,
+            topology: KnownSource::from_config(config).ok().flatten(),
+            topology_interval: config.topology.refresh_interval,
+            record,
+        })
+    });
     Ok(RunningNode {
         engine,
         rotation,
         topology,
         saver,
         verloc,
+        monitor,
         api,
         drain_timeout: config.engine.drain_timeout,
         addresses,
@@ -387,6 +424,9 @@ impl RunningNode {
     /// Stop every service: stop VerLoc, stop accepting packets, drain for the configured time,
     /// and wait. The final counts of each shard.
     pub fn shutdown(mut self) -> Vec<ShardCounts> {
+        if let Some(monitor) = self.monitor.as_mut() {
+            monitor.stop();
+        }
         self.verloc.stop();
         self.rotation.stop();
         if let Some(topology) = self.topology.as_mut() {

@@ -60,6 +60,7 @@ impl Summary {
                         .forwarded
                         .saturating_sub(previous.packets.forwarded),
                     dropped,
+                    looped: now.packets.looped.saturating_sub(previous.packets.looped),
                 },
                 connections_refused: now
                     .connections_refused

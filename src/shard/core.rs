@@ -43,7 +43,9 @@ use crate::forward::{
     TableLimits,
 };
 use crate::framing::FrameHeader;
-use crate::sphinx::{ExpandedPacket, HopProcessor, KeyUpdate, KeyUpdateError, LiveKey};
+use crate::sphinx::{
+    ExpandedPacket, FinalHopInfo, Finished, HopProcessor, KeyUpdate, KeyUpdateError, LiveKey,
+};
 use crate::topology::KnownNodes;
 
 use super::stats::ShardCounts;
@@ -83,6 +85,9 @@ pub struct CoreConfig {
     pub write_batch_packets_max: usize,
     /// Whether packets go only to known nodes (once the core is given them).
     pub forward_to: ForwardTo,
+    /// The destination of the node's own loop packets: a final hop for it is a loop come
+    /// back ([`ShardCore::take_loop`]), not a drop. None: no monitor.
+    pub loop_destination: Option<[u8; 32]>,
 }
 
 impl CoreConfig {
@@ -112,6 +117,7 @@ impl CoreConfig {
             },
             write_batch_packets_max: WRITE_BATCH_PACKETS_MAX,
             forward_to: engine.forward_to,
+            loop_destination: None,
         }
     }
 }
@@ -231,7 +237,21 @@ pub enum Outcome {
     },
     /// Already due: in its next hop's queue.
     Queued,
+    /// One of the node's own loops, come back: for the monitor.
+    Looped,
 }
+
+/// One of the node's own loop packets came back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoopArrival {
+    /// The identifier the monitor put in it.
+    pub identifier: [u8; 16],
+    /// When its frame was read.
+    pub at: Instant,
+}
+
+/// Loop arrivals a shard keeps for its driver; more are counted and not kept.
+pub const LOOP_ARRIVALS_MAX: usize = 256;
 
 /// Work for the driver that no call returns directly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,6 +338,10 @@ pub struct ShardCore {
     due: Vec<Held>,
     /// The nodes packets may go to, with `forward_to = "known"`; None: any.
     known: Option<Arc<KnownNodes>>,
+    /// Loops come back, for the driver to pass to the monitor.
+    loops: VecDeque<LoopArrival>,
+    /// Loop arrivals not kept because [`LOOP_ARRIVALS_MAX`] were waiting.
+    loops_unreported: u64,
 }
 
 impl ShardCore {
@@ -353,6 +377,8 @@ impl ShardCore {
             stopwatch,
             due: Vec::with_capacity(4096),
             known: None,
+            loops: VecDeque::new(),
+            loops_unreported: 0,
         })
     }
 
@@ -444,7 +470,8 @@ impl ShardCore {
         );
         let c = &self.counts;
         let came = c.packets.received + c.taken_over;
-        let went = c.packets.forwarded + c.handed_off + c.packets.dropped_total();
+        let went =
+            c.packets.forwarded + c.handed_off + c.packets.dropped_total() + c.packets.looped;
         assert_eq!(
             came,
             went + self.in_flight(),
@@ -564,11 +591,12 @@ impl ShardCore {
         timings: &mut impl Timings,
     ) -> Outcome {
         let started = (self.stopwatch)();
-        let result = self.processor.finish(packet, self.config.delay_max);
+        let result = self.processor.finish_any(packet, self.config.delay_max);
         timings.unwrap((self.stopwatch)().saturating_duration_since(started));
         self.note_filter_generation();
         let hop = match result {
-            Ok(hop) => hop,
+            Ok(Finished::Forward(hop)) => hop,
+            Ok(Finished::Final(info)) => return self.final_hop(info, received_at),
             Err(reason) => return self.drop_packet(reason),
         };
         if let Some(known) = &self.known {
@@ -591,6 +619,34 @@ impl ShardCore {
         } else {
             self.send(owner, Handoff::Hold(held), sink)
         }
+    }
+
+    /// A packet whose final hop is this node: one of its own loops (kept for the monitor),
+    /// or a drop.
+    fn final_hop(&mut self, info: FinalHopInfo, at: Instant) -> Outcome {
+        if self.config.loop_destination != Some(info.destination) {
+            return self.drop_packet(DropReason::FinalHop);
+        }
+        self.counts.packets.looped += 1;
+        if self.loops.len() < LOOP_ARRIVALS_MAX {
+            self.loops.push_back(LoopArrival {
+                identifier: info.identifier,
+                at,
+            });
+        } else {
+            self.loops_unreported += 1;
+        }
+        Outcome::Looped
+    }
+
+    /// The next loop come back, for the monitor.
+    pub fn take_loop(&mut self) -> Option<LoopArrival> {
+        self.loops.pop_front()
+    }
+
+    /// Loop arrivals not kept for the monitor (too many waiting).
+    pub fn loops_unreported(&self) -> u64 {
+        self.loops_unreported
     }
 
     /// Log when the replay filter turned a generation over (once per `capacity` packets).

@@ -143,6 +143,43 @@ fn writes_are_batched_up_to_the_batch_limit() {
 }
 
 #[test]
+fn the_nodes_own_loops_end_here_counted_apart_and_other_final_hops_are_dropped() {
+    let mut one = One::new(|c| c.loop_destination = Some([5; 32]));
+    let t0 = one.t0;
+    let mine = one.packets.final_hop_for([5; 32], [9; 16]);
+    assert_eq!(one.frame(&mine, t0), Outcome::Looped);
+    let theirs = one.packets.final_hop_for([6; 32], [9; 16]);
+    assert_eq!(
+        one.frame(&theirs, t0),
+        Outcome::Dropped(DropReason::FinalHop)
+    );
+    // A copy of a loop is a replay like any packet.
+    assert_eq!(one.frame(&mine, t0), Outcome::Dropped(DropReason::Replay));
+    let counts = one.core.counts();
+    assert_eq!(counts.packets.looped, 1);
+    assert_eq!(counts.packets.dropped_total(), 2);
+    assert_eq!(counts.in_flight(), 0);
+    one.core.check_conservation();
+    assert_eq!(
+        one.core.take_loop(),
+        Some(crate::shard::core::LoopArrival {
+            identifier: [9; 16],
+            at: t0
+        })
+    );
+    assert_eq!(one.core.take_loop(), None);
+    // Arrivals the driver has not taken are bounded; the rest are counted.
+    for i in 0..(crate::shard::core::LOOP_ARRIVALS_MAX + 3) {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let packet = one.packets.final_hop_for([5; 32], id);
+        assert_eq!(one.frame(&packet, t0), Outcome::Looped);
+    }
+    assert_eq!(one.core.loops_unreported(), 3);
+    one.core.check_conservation();
+}
+
+#[test]
 fn junk_bad_frames_replays_final_hops_and_bad_addresses_are_dropped_with_their_reason() {
     let mut one = One::new(|_| {});
     let t0 = one.t0;

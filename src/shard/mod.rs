@@ -110,6 +110,19 @@ pub struct EngineSettings {
     /// The known nodes to start with (None: no topology). Later sets go through
     /// [`Engine::known_updater`].
     pub known: Option<Arc<crate::topology::KnownNodes>>,
+    /// Where the node's own loops go when they come back (None: no monitor).
+    pub loops: Option<LoopSink>,
+}
+
+/// The monitor's end of the engine: its loops' destination, and the channel the shards put
+/// each one that comes back on (with `try_send`: a full channel loses the report, never
+/// blocks a shard).
+#[derive(Clone, Debug)]
+pub struct LoopSink {
+    /// The 32 destination bytes of the node's loop packets.
+    pub destination: [u8; 32],
+    /// Where arrivals go.
+    pub arrivals: crossbeam_channel::Sender<core::LoopArrival>,
 }
 
 /// One Sphinx key to start the engine with.
@@ -631,6 +644,7 @@ impl Engine {
                 senders: senders.clone(),
                 inbox_bytes: inbox_bytes.clone(),
                 known: settings.known.clone(),
+                loops: settings.loops.clone(),
                 known_updates: known_receivers.next().expect("one per shard"),
                 bells_out: bells_out.next().unwrap_or_default(),
                 bells_in: bells_in.next().unwrap_or_default(),

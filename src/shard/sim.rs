@@ -190,7 +190,7 @@ impl Sim {
             shard.core.check_conservation();
             let c = shard.core.counts().packets;
             came += c.received;
-            went += c.forwarded + c.dropped_total();
+            went += c.forwarded + c.dropped_total() + c.looped;
             in_flight += shard.core.in_flight();
             let figures = shard.core.figures();
             assert!(figures.table.next_hops as usize <= shard.core.config().table.next_hops_max);

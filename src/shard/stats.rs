@@ -18,6 +18,7 @@ pub struct ShardStats {
     sequence: AtomicU64,
     received: AtomicU64,
     forwarded: AtomicU64,
+    looped: AtomicU64,
     dropped: [AtomicU64; DropReason::COUNT],
     handed_off: AtomicU64,
     taken_over: AtomicU64,
@@ -167,8 +168,9 @@ pub struct ShardSnapshot {
 
 /// One shard's packet counts. A packet may enter a shard from the network (`received`) or
 /// from another shard (`taken_over`), and leave it to the network (`forwarded`), to another
-/// shard (`handed_off`) or by a drop. So per shard:
-/// `received + taken_over = forwarded + handed_off + dropped + in_flight`.
+/// shard (`handed_off`), by a drop, or as one of the node's own loops come back (`looped`).
+/// So per shard: `received + taken_over = forwarded + handed_off + dropped + looped +
+/// in_flight`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ShardCounts {
     /// Network and drop counters.
@@ -187,6 +189,7 @@ impl ShardCounts {
         self.packets.received as i64 + self.taken_over as i64
             - self.packets.forwarded as i64
             - self.packets.dropped_total() as i64
+            - self.packets.looped as i64
             - self.handed_off as i64
     }
 }
@@ -207,6 +210,7 @@ impl ShardStats {
         std::sync::atomic::fence(Ordering::Release);
         self.received.store(s.counts.packets.received, r);
         self.forwarded.store(s.counts.packets.forwarded, r);
+        self.looped.store(s.counts.packets.looped, r);
         for (slot, value) in self.dropped.iter().zip(s.counts.packets.dropped.iter()) {
             slot.store(*value, r);
         }
@@ -322,6 +326,7 @@ impl ShardStats {
                     received: self.received.load(r),
                     forwarded: self.forwarded.load(r),
                     dropped,
+                    looped: self.looped.load(r),
                 },
                 handed_off: self.handed_off.load(r),
                 taken_over: self.taken_over.load(r),

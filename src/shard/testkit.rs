@@ -164,6 +164,27 @@ impl Packets {
         build_packet(&route, [7u8; 32], SIZE, b"final", &initial).expect("valid route")
     }
 
+    /// A packet for which the node is the final hop, for `destination` with `identifier`.
+    pub fn final_hop_for(&mut self, destination: [u8; 32], identifier: [u8; 16]) -> Vec<u8> {
+        let route = [RouteHop {
+            address: NODE,
+            public_key: self.public_key,
+            delay: Duration::ZERO,
+        }];
+        let initial = StaticSecret::from(self.rng.tag());
+        crate::sphinx::build_packet_for(
+            &route,
+            crate::sphinx::FinalHopInfo {
+                destination,
+                identifier,
+            },
+            SIZE,
+            b"loop",
+            &initial,
+        )
+        .expect("valid route")
+    }
+
     /// A packet whose next-hop address bytes encode no socket address.
     pub fn bad_address(&mut self) -> Vec<u8> {
         let route = [
@@ -237,6 +258,7 @@ pub fn config(index: usize, shards: usize) -> CoreConfig {
         },
         write_batch_packets_max: 4,
         forward_to: crate::config::ForwardTo::Known,
+        loop_destination: None,
     }
 }
 

@@ -63,6 +63,8 @@ pub(super) struct ShardInit {
     /// The known nodes at start (None: no topology), and the channel of later ones.
     pub known: Option<Arc<KnownNodes>>,
     pub known_updates: Receiver<Option<Arc<KnownNodes>>>,
+    /// The monitor's loops (None: no monitor).
+    pub loops: Option<super::LoopSink>,
     /// Doorbells of the other shards, by shard index (None for this one).
     pub bells_out: Vec<Option<Doorbell>>,
     /// This shard's doorbell, one receiver per other shard.
@@ -134,6 +136,10 @@ struct Shard {
     /// Bytes in flight towards this shard: released as handoffs are taken.
     inbox_bytes: Arc<InboxBytes>,
     known_updates: Receiver<Option<Arc<KnownNodes>>>,
+    /// Where loops that came back go (the monitor).
+    loop_arrivals: Option<Sender<super::core::LoopArrival>>,
+    /// Loop arrivals the monitor's channel had no room for.
+    loops_unreported: Cell<u64>,
     /// Wakes a sleeping pump: a doorbell rang, or a packet due before its wake-up was held.
     pump_wake: Semaphore,
     /// When the sleeping pump will wake on its own; None while it runs.
@@ -186,7 +192,8 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
     // SAFETY: the fd is a listening TCP socket created for this shard and owned by nothing else.
     let listener = unsafe { TcpListener::from_raw_fd(init.listener_fd) };
     let shards = init.shards;
-    let config = CoreConfig::new(&init.engine, init.index, shards);
+    let mut config = CoreConfig::new(&init.engine, init.index, shards);
+    config.loop_destination = init.loops.as_ref().map(|l| l.destination);
     let core = match ShardCore::new(config, init.processor, Instant::now(), Instant::now) {
         Ok(mut core) => {
             core.set_known(init.known.clone());
@@ -216,6 +223,8 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
         inbox: init.inbox,
         inbox_bytes: Arc::clone(&init.inbox_bytes[init.index]),
         known_updates: init.known_updates,
+        loop_arrivals: init.loops.as_ref().map(|l| l.arrivals.clone()),
+        loops_unreported: Cell::new(0),
         pump_wake: Semaphore::new(0),
         pump_sleeping_until: Cell::new(None),
         links: RefCell::new(HashMap::new()),
@@ -308,6 +317,13 @@ impl Shard {
 
     /// Start the tasks of new links and wake the ones the core has work for.
     fn run_actions(self: &Rc<Self>) {
+        if let Some(arrivals) = &self.loop_arrivals {
+            while let Some(arrival) = self.core.borrow_mut().take_loop() {
+                if arrivals.try_send(arrival).is_err() {
+                    self.loops_unreported.set(self.loops_unreported.get() + 1);
+                }
+            }
+        }
         loop {
             let Some(action) = self.core.borrow_mut().poll_action() else {
                 break;

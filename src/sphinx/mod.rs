@@ -469,15 +469,21 @@ impl HopProcessor {
                 let (slot, expanded) = self.expand_fast(choice, packet_bytes);
                 out.copy_from_slice(packet_bytes);
                 let key = self.keys[slot].as_mut().expect("chosen slots are filled");
-                finish_fast(&mut key.replay_filter, &expanded, out, delay_max)
+                match finish_fast(&mut key.replay_filter, &expanded, out, delay_max)? {
+                    Unwrapped::Forward(meta) => Ok(meta),
+                    Unwrapped::Final(_) => Err(DropReason::FinalHop),
+                }
             }
             HopProcessorKind::Crate => {
                 let (slot, packet, secret) = self.expand_crate(choice, packet_bytes)?;
                 let key = self.keys[slot].as_mut().expect("chosen slots are filled");
-                let (next_packet, meta) =
-                    finish_crate(&mut key.replay_filter, packet, secret, delay_max)?;
-                write_packet(&next_packet, out)?;
-                Ok(meta)
+                match finish_crate(&mut key.replay_filter, packet, secret, delay_max)? {
+                    Unwrapped::Forward((next_packet, meta)) => {
+                        write_packet(&next_packet, out)?;
+                        Ok(meta)
+                    }
+                    Unwrapped::Final(_) => Err(DropReason::FinalHop),
+                }
             }
         }
     }
@@ -588,6 +594,20 @@ impl HopProcessor {
         expanded: ExpandedPacket,
         delay_max: Duration,
     ) -> Result<ForwardHop, DropReason> {
+        match self.finish_any(expanded, delay_max)? {
+            Finished::Forward(hop) => Ok(hop),
+            Finished::Final(_) => Err(DropReason::FinalHop),
+        }
+    }
+
+    /// [`Self::finish`], but a packet for which this node is the final hop comes back as
+    /// [`Finished::Final`] with its destination and identifier (the node's own loop packets
+    /// end here) instead of being dropped.
+    pub fn finish_any(
+        &mut self,
+        expanded: ExpandedPacket,
+        delay_max: Duration,
+    ) -> Result<Finished, DropReason> {
         let rotation_id = expanded.rotation_id;
         let slot = if self.parity_checked {
             slot_of(rotation_id)
@@ -603,29 +623,57 @@ impl HopProcessor {
             ExpandedInner::Fast {
                 mut packet,
                 expanded,
-            } => {
-                let meta = finish_fast(filter, &expanded, &mut packet, delay_max)?;
-                Ok(ForwardHop {
+            } => match finish_fast(filter, &expanded, &mut packet, delay_max)? {
+                Unwrapped::Forward(meta) => Ok(Finished::Forward(ForwardHop {
                     packet,
                     next_hop: meta.next_hop,
                     delay: meta.delay,
                     delay_clamped: meta.delay_clamped,
-                })
-            }
+                })),
+                Unwrapped::Final(info) => Ok(Finished::Final(info)),
+            },
             ExpandedInner::Crate { packet, secret } => {
                 let len = packet.len();
-                let (next_packet, meta) = finish_crate(filter, packet, secret, delay_max)?;
-                let mut packet = vec![0u8; len];
-                write_packet(&next_packet, &mut packet)?;
-                Ok(ForwardHop {
-                    packet,
-                    next_hop: meta.next_hop,
-                    delay: meta.delay,
-                    delay_clamped: meta.delay_clamped,
-                })
+                match finish_crate(filter, packet, secret, delay_max)? {
+                    Unwrapped::Forward((next_packet, meta)) => {
+                        let mut packet = vec![0u8; len];
+                        write_packet(&next_packet, &mut packet)?;
+                        Ok(Finished::Forward(ForwardHop {
+                            packet,
+                            next_hop: meta.next_hop,
+                            delay: meta.delay,
+                            delay_clamped: meta.delay_clamped,
+                        }))
+                    }
+                    Unwrapped::Final(info) => Ok(Finished::Final(info)),
+                }
             }
         }
     }
+}
+
+/// A final hop's routing: where the payload is for, and the sender's identifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FinalHopInfo {
+    /// The destination's 32 address bytes.
+    pub destination: [u8; 32],
+    /// The SURB identifier the sender put there.
+    pub identifier: [u8; 16],
+}
+
+/// What [`HopProcessor::finish_any`] gives.
+#[derive(Debug)]
+pub enum Finished {
+    /// A packet to forward.
+    Forward(ForwardHop),
+    /// This node is the packet's final hop.
+    Final(FinalHopInfo),
+}
+
+/// One unwrapped packet: to forward (with what the implementation keeps), or final.
+enum Unwrapped<T> {
+    Forward(T),
+    Final(FinalHopInfo),
 }
 
 /// Replay check, MAC, record, unwrap `packet` in place, address and delay checks.
@@ -634,7 +682,7 @@ fn finish_fast(
     expanded: &fast::Expanded,
     packet: &mut [u8],
     delay_max: Duration,
-) -> Result<ForwardMeta, DropReason> {
+) -> Result<Unwrapped<ForwardMeta>, DropReason> {
     let replay_tag = expanded.replay_tag();
     if filter.contains(replay_tag) {
         return Err(DropReason::Replay);
@@ -645,11 +693,17 @@ fn finish_fast(
     filter.insert(replay_tag);
     match expanded.unwrap_in_place(packet) {
         Err(_) => Err(DropReason::BadPacket),
-        Ok(fast::Hop::Final { .. }) => Err(DropReason::FinalHop),
+        Ok(fast::Hop::Final {
+            destination,
+            identifier,
+        }) => Ok(Unwrapped::Final(FinalHopInfo {
+            destination,
+            identifier,
+        })),
         Ok(fast::Hop::Forward {
             next_hop_address,
             delay_nanos,
-        }) => check_forward(&next_hop_address, delay_nanos, delay_max),
+        }) => check_forward(&next_hop_address, delay_nanos, delay_max).map(Unwrapped::Forward),
     }
 }
 
@@ -658,7 +712,7 @@ fn finish_crate(
     packet: SphinxPacket,
     secret: ExpandedSharedSecret,
     delay_max: Duration,
-) -> Result<(SphinxPacket, ForwardMeta), DropReason> {
+) -> Result<Unwrapped<(SphinxPacket, ForwardMeta)>, DropReason> {
     let replay_tag = *secret.replay_tag();
     if filter.contains(&replay_tag) {
         return Err(DropReason::Replay);
@@ -680,10 +734,19 @@ fn finish_crate(
             next_hop_address,
             delay,
         } => (next_hop_packet, next_hop_address, delay),
-        ProcessedPacketData::FinalHop { .. } => return Err(DropReason::FinalHop),
+        ProcessedPacketData::FinalHop {
+            destination,
+            identifier,
+            ..
+        } => {
+            return Ok(Unwrapped::Final(FinalHopInfo {
+                destination: *destination.as_bytes_ref(),
+                identifier,
+            }))
+        }
     };
     let meta = check_forward(next_hop_address.as_bytes(), delay.to_nanos(), delay_max)?;
-    Ok((next_packet, meta))
+    Ok(Unwrapped::Forward((next_packet, meta)))
 }
 
 /// The address and delay checks both implementations share.
@@ -786,6 +849,30 @@ pub fn build_packet(
     message: &[u8],
     initial_secret: &StaticSecret,
 ) -> Result<Vec<u8>, BuildError> {
+    build_packet_for(
+        route,
+        FinalHopInfo {
+            destination,
+            identifier: [0; 16],
+        },
+        size_tag,
+        message,
+        initial_secret,
+    )
+}
+
+/// [`build_packet`] with the final hop's identifier too.
+pub fn build_packet_for(
+    route: &[RouteHop],
+    final_hop: FinalHopInfo,
+    size_tag: SizeTag,
+    message: &[u8],
+    initial_secret: &StaticSecret,
+) -> Result<Vec<u8>, BuildError> {
+    let FinalHopInfo {
+        destination,
+        identifier,
+    } = final_hop;
     if size_tag.is_outfox() {
         return Err(BuildError::NotSphinxSize(size_tag));
     }
@@ -804,7 +891,7 @@ pub fn build_packet(
         .collect();
     let destination = Destination::new(
         sphinx_packet::route::DestinationAddressBytes::from_bytes(destination),
-        [0u8; sphinx_packet::constants::IDENTIFIER_LENGTH],
+        identifier,
     );
     let packet = SphinxPacketBuilder::new()
         .with_payload_size(size_tag.sphinx_payload_len())
