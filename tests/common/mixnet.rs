@@ -231,15 +231,39 @@ impl Drop for Receiver {
 }
 
 fn read_final_hops(
-    mut stream: TcpStream,
+    stream: TcpStream,
     secret: &StaticSecret,
     arrivals: &Mutex<Vec<Arrival>>,
     bad: &Mutex<u64>,
     stop: &AtomicBool,
 ) {
-    stream
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
+    for_each_frame(stream, stop, |frame, at| {
+        let message = SphinxPacket::from_bytes(frame.packet)
+            .ok()
+            .and_then(|p| p.process(secret).ok())
+            .and_then(|p| match p.data {
+                ProcessedPacketData::FinalHop { payload, .. } => payload.recover_plaintext().ok(),
+                ProcessedPacketData::ForwardHop { .. } => None,
+            });
+        match message {
+            Some(message) => arrivals.lock().unwrap().push(Arrival {
+                message,
+                at,
+                header: frame.header,
+            }),
+            None => *bad.lock().unwrap() += 1,
+        }
+    });
+}
+
+/// Read frames from `stream` until it closes or `stop` is raised, calling `f` with each and
+/// when its bytes were read.
+pub fn for_each_frame(
+    mut stream: TcpStream,
+    stop: &AtomicBool,
+    mut f: impl FnMut(nym_mixnode::framing::Frame<'_>, Instant),
+) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
     let mut decoder = FrameDecoder::new();
     while !stop.load(Ordering::Relaxed) {
         match stream.read(decoder.spare_mut()) {
@@ -257,23 +281,7 @@ fn read_final_hops(
         }
         let at = Instant::now();
         while let Ok(Some(frame)) = decoder.next_frame() {
-            let message = SphinxPacket::from_bytes(frame.packet)
-                .ok()
-                .and_then(|p| p.process(secret).ok())
-                .and_then(|p| match p.data {
-                    ProcessedPacketData::FinalHop { payload, .. } => {
-                        payload.recover_plaintext().ok()
-                    }
-                    ProcessedPacketData::ForwardHop { .. } => None,
-                });
-            match message {
-                Some(message) => arrivals.lock().unwrap().push(Arrival {
-                    message,
-                    at,
-                    header: frame.header,
-                }),
-                None => *bad.lock().unwrap() += 1,
-            }
+            f(frame, at);
         }
     }
 }
