@@ -49,6 +49,15 @@ fn a_node_alone_reports_that_it_mixes_and_its_loops_are_accounted_for() {
     let points = history["history"].as_array().unwrap();
     assert_eq!(points.last().unwrap()["ipv4Uptime"], 100, "{history}");
     assert!(common::metric_sum(api, "nym_mixnode_loops_returned_total", "").unwrap_or(0) >= 1);
+    let own_path = format!("from=\"{own}\",to=\"{own}\",outcome=\"returned\"");
+    let path_returned = common::metric_sum(api, "nym_mixnode_monitor_path_loops_total", &own_path);
+    assert!(path_returned >= Some(1), "{path_returned:?}");
+    let sent = common::metric_sum(
+        api,
+        "nym_mixnode_monitor_loops_total",
+        "family=\"ipv4\",outcome=\"sent\"",
+    );
+    assert!(sent >= Some(1), "{sent:?}");
     // Loops are no drops: the final-hop counter stays at zero.
     let (counts, _) = node.totals();
     assert_eq!(

@@ -44,8 +44,9 @@ pub struct MetricsInput<'a> {
     pub verloc: Option<&'a crate::verloc::VerlocStats>,
     /// Outbound HTTP(S) calls: (purpose, outcome, count).
     pub outbound: &'a [(&'static str, &'static str, u64)],
-    /// The monitor's loops by family (IPv4, IPv6); None when it is off.
-    pub monitor: Option<[crate::monitor::Tally; 2]>,
+    /// The monitor's loops by family (IPv4, IPv6) and by path (from, to); None when it is
+    /// off.
+    pub monitor: Option<MonitorTotals<'a>>,
 }
 
 /// The standard `process_*` figures of Prometheus client libraries.
@@ -103,6 +104,12 @@ impl ProcessFigures {
     }
 }
 
+/// The monitor's figures for /metrics: loops by family (IPv4, IPv6), and by path.
+pub type MonitorTotals<'a> = (
+    [crate::monitor::Tally; 2],
+    &'a [(String, String, crate::monitor::Tally)],
+);
+
 /// Label pairs of one series.
 type Labels<'a> = &'a [(&'a str, &'a str)];
 
@@ -124,7 +131,8 @@ impl Out {
                 if i > 0 {
                     self.text.push(',');
                 }
-                // Label values here are fixed labels and numbers: nothing to escape.
+                // Label values here are fixed labels, numbers and socket addresses (digits,
+                // dots, colons, brackets, hex): nothing to escape.
                 let _ = write!(self.text, "{k}=\"{v}\"");
             }
             self.text.push('}');
@@ -368,7 +376,7 @@ pub fn render(input: &MetricsInput) -> String {
         shards,
         |s| s.counts.packets.looped,
     );
-    if let Some(totals) = input.monitor {
+    if let Some((totals, paths)) = input.monitor {
         let name = "nym_mixnode_monitor_loops_total";
         o.family(
             name,
@@ -383,6 +391,26 @@ pub fn render(input: &MetricsInput) -> String {
                 ("lost", tally.lost),
             ] {
                 o.sample(name, &[("family", family), ("outcome", outcome)], value);
+            }
+        }
+        let name = "nym_mixnode_monitor_path_loops_total";
+        o.family(
+            name,
+            "counter",
+            "The monitor's loops by hop pair they crossed (at most 4096 pairs) and fate; a lost loop counts on each of its pairs.",
+        );
+        for (from, to, tally) in paths {
+            for (outcome, value) in [
+                ("sent", tally.sent),
+                ("returned", tally.returned),
+                ("late", tally.late),
+                ("lost", tally.lost),
+            ] {
+                o.sample(
+                    name,
+                    &[("from", from), ("to", to), ("outcome", outcome)],
+                    value,
+                );
             }
         }
     }

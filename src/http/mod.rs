@@ -164,6 +164,8 @@ pub struct MonitorFigures {
     pub document: Option<serde_json::Value>,
     /// Loops by family (IPv4, IPv6), for /metrics.
     pub totals: [crate::monitor::Tally; 2],
+    /// Loops per path (from, to), for /metrics.
+    pub paths: Vec<(String, String, crate::monitor::Tally)>,
 }
 
 /// `/health`: 200 and `"status": "up"`, or 503 and `"status": "stalled"` with the shards the
@@ -340,7 +342,7 @@ pub fn route(target: &str, cx: &RouteContext) -> Response {
                 process: cx.process,
                 verloc: cx.verloc_stats.as_ref(),
                 outbound: &cx.outbound,
-                monitor: cx.monitor.as_ref().map(|m| m.totals),
+                monitor: cx.monitor.as_ref().map(|m| (m.totals, m.paths.as_slice())),
             }),
         },
         _ if path.starts_with("/api/v1/") || path == "/api/v1" => {
@@ -693,6 +695,16 @@ fn handle(shared: &Shared, worker: usize, stream: std::net::TcpStream) {
                                 record.totals(crate::monitor::Family::V4),
                                 record.totals(crate::monitor::Family::V6),
                             ],
+                            paths: if prometheus {
+                                record
+                                    .paths()
+                                    .map(|((from, to), tally)| {
+                                        (from.to_string(), to.to_string(), *tally)
+                                    })
+                                    .collect()
+                            } else {
+                                Vec::new()
+                            },
                         }
                     }),
                     outbound: if prometheus {
