@@ -30,6 +30,8 @@
 //!   rustls) and its counters.
 //! - [`monitor`]: the node's loop packets through itself and the network, the record of
 //!   their fates (pure) and the thread that sends them; `/report` and `/history`.
+//! - [`noise`]: Noise on mixnet links: the message framing of nym-noise (pure, fuzzed) and
+//!   the pre-shared key; the handshake and its place in the driver are still to come.
 //! - [`background`]: stopping the threads that talk to the network without waiting on it.
 //! - [`node`]: starts and stops the services in order; saving and loading the replay filters;
 //!   the open-files limit and the summary log line; `node::announce`, the announcement to
@@ -59,6 +61,7 @@ pub mod keys;
 pub mod logging;
 pub mod monitor;
 pub mod node;
+pub mod noise;
 pub mod probe;
 pub mod replay;
 pub mod rotation;
