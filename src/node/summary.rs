@@ -109,11 +109,13 @@ impl Summarizer {
             forwarded = i.packets.forwarded,
             dropped = i.packets.dropped_total(),
             dropped_by_reason = %drops_by_reason(&i.packets),
+            looped = i.packets.looped,
             connections_refused = i.connections_refused,
             accept_errors = i.accept_errors,
             total_received = t.packets.received,
             total_forwarded = t.packets.forwarded,
             total_dropped = t.packets.dropped_total(),
+            total_looped = t.packets.looped,
             "packets mixed since the last summary"
         );
         summary

@@ -785,6 +785,7 @@ impl Engine {
             received = total.received,
             forwarded = total.forwarded,
             dropped = total.dropped_total(),
+            looped = total.looped,
             in_flight = total.in_flight(),
             "packet engine stopped"
         );
