@@ -81,6 +81,9 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
     // Capped (with a warning) if more than the CPUs this node may use.
     config.engine.cores = shards;
     node::limits::raise_open_files_limit(node::limits::descriptors_needed(&config, shards))?;
+    // Caught before anything starts: a stop request while the node starts is answered once
+    // it has started, not by the default action (death without a clean stop).
+    let mut signals = node::ShutdownSignals::install()?;
     let running = node::start(&config, keys, description, NodeOptions::default())?;
     // Under systemd (Type=notify): ready once every port is bound. With WatchdogSec, the
     // watchdog is fed at half its interval, and only while no shard is stalled, so that
@@ -91,7 +94,7 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
     let tick = watchdog.map_or(summary_interval, |w| (w / 2).min(summary_interval));
     let mut next_summary = std::time::Instant::now() + summary_interval;
     let mut summary = node::summary::Summarizer::default();
-    let signal = node::wait_for_shutdown_signal_every(tick, || {
+    let signal = signals.wait_every(tick, || {
         let snapshots = running.snapshots();
         if watchdog.is_some() && !snapshots.iter().any(|s| s.stalled) {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
@@ -101,7 +104,7 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
             summary.log(&snapshots);
             next_summary = now + summary_interval;
         }
-    })?;
+    });
     tracing::info!(signal, "shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     running.shutdown();

@@ -441,49 +441,48 @@ impl RunningNode {
     }
 }
 
-/// Block until SIGINT or SIGTERM; the signal's name.
-pub fn wait_for_shutdown_signal() -> std::io::Result<&'static str> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-    let name = match signals.forever().next() {
-        Some(SIGINT) => "SIGINT",
-        Some(SIGTERM) => "SIGTERM",
-        _ => "signal",
-    };
-    Ok(name)
-}
+/// SIGINT and SIGTERM, caught from the moment this is made: make it before the node starts,
+/// so that a signal that comes while it starts stops it cleanly instead of killing it.
+pub struct ShutdownSignals(signal_hook::iterator::Signals);
 
-/// Block until SIGINT or SIGTERM, calling `tick` every `interval` meanwhile (the summary line);
-/// the signal's name.
-pub fn wait_for_shutdown_signal_every(
-    interval: Duration,
-    mut tick: impl FnMut(),
-) -> std::io::Result<&'static str> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-    // A zero interval would spin; one second is the shortest that makes sense for a log line.
-    let interval = interval.max(Duration::from_secs(1));
-    let mut next_tick = Instant::now() + interval;
-    loop {
-        if let Some(signal) = signals.pending().next() {
-            return Ok(match signal {
-                SIGINT => "SIGINT",
-                SIGTERM => "SIGTERM",
-                _ => "signal",
-            });
-        }
-        let now = Instant::now();
-        if now >= next_tick {
-            tick();
-            next_tick += interval;
-            if next_tick <= now {
-                next_tick = now + interval;
+impl ShutdownSignals {
+    /// Catch SIGINT and SIGTERM from now on.
+    pub fn install() -> std::io::Result<ShutdownSignals> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        Ok(ShutdownSignals(signal_hook::iterator::Signals::new([
+            SIGINT, SIGTERM,
+        ])?))
+    }
+
+    /// Block until SIGINT or SIGTERM (or one caught already), calling `tick` every
+    /// `interval` meanwhile (the summary line); the signal's name.
+    pub fn wait_every(&mut self, interval: Duration, mut tick: impl FnMut()) -> &'static str {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        // A zero interval would spin; one second is the shortest that makes sense for a log
+        // line.
+        let interval = interval.max(Duration::from_secs(1));
+        let mut next_tick = Instant::now() + interval;
+        loop {
+            if let Some(signal) = self.0.pending().next() {
+                return match signal {
+                    SIGINT => "SIGINT",
+                    SIGTERM => "SIGTERM",
+                    _ => "signal",
+                };
             }
+            let now = Instant::now();
+            if now >= next_tick {
+                tick();
+                next_tick += interval;
+                if next_tick <= now {
+                    next_tick = now + interval;
+                }
+            }
+            // Signals are checked this often; a stop request waits at most this long.
+            std::thread::sleep(SIGNAL_POLL.min(next_tick.saturating_duration_since(now)));
         }
-        // Signals are checked this often; a stop request waits at most this long.
-        std::thread::sleep(SIGNAL_POLL.min(next_tick.saturating_duration_since(now)));
     }
 }
 
-/// How often [`wait_for_shutdown_signal_every`] looks for a pending signal.
+/// How often [`ShutdownSignals::wait_every`] looks for a pending signal.
 const SIGNAL_POLL: Duration = Duration::from_millis(100);
