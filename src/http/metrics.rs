@@ -384,12 +384,7 @@ pub fn render(input: &MetricsInput) -> String {
             "The monitor's loops by address family and fate: sent, returned (in time), late, lost.",
         );
         for (family, tally) in ["ipv4", "ipv6"].iter().zip(totals.iter()) {
-            for (outcome, value) in [
-                ("sent", tally.sent),
-                ("returned", tally.returned),
-                ("late", tally.late),
-                ("lost", tally.lost),
-            ] {
+            for (outcome, value) in tally.outcomes() {
                 o.sample(name, &[("family", family), ("outcome", outcome)], value);
             }
         }
@@ -400,12 +395,7 @@ pub fn render(input: &MetricsInput) -> String {
             "The monitor's loops by hop pair they crossed (at most 4096 pairs) and fate; a lost loop counts on each of its pairs.",
         );
         for (from, to, tally) in paths {
-            for (outcome, value) in [
-                ("sent", tally.sent),
-                ("returned", tally.returned),
-                ("late", tally.late),
-                ("lost", tally.lost),
-            ] {
+            for (outcome, value) in tally.outcomes() {
                 o.sample(
                     name,
                     &[("from", from), ("to", to), ("outcome", outcome)],

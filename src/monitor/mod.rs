@@ -115,6 +115,16 @@ impl Tally {
         (resolved > 0).then(|| (back * 100 + resolved / 2) / resolved)
     }
 
+    /// (outcome, count) for sent, returned, late and lost: the /metrics labels.
+    pub fn outcomes(&self) -> [(&'static str, u64); 4] {
+        [
+            ("sent", self.sent),
+            ("returned", self.returned),
+            ("late", self.late),
+            ("lost", self.lost),
+        ]
+    }
+
     fn to_json(self) -> Value {
         json!({"sent": self.sent, "returned": self.returned, "late": self.late, "lost": self.lost})
     }
