@@ -9,6 +9,7 @@
 //! (version, pattern, type, payload length u16 BE, 3 reserved bytes).
 
 pub mod framing;
+pub mod link;
 
 use sha2::{Digest, Sha256};
 
