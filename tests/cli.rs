@@ -52,6 +52,7 @@ fn init_creates_config_and_keys_with_private_modes() {
     let d = details(&home, "winston");
     assert!(text.contains(d["identity_key"].as_str().unwrap()));
     assert!(text.contains(d["sphinx_key"].as_str().unwrap()));
+    assert!(text.contains(d["noise_key"].as_str().unwrap()));
     assert!(text.contains("Announced address: 2001:db8::7"));
     assert_eq!(d["host"], "127.0.0.1");
     assert_eq!(d["announce_host"], "2001:db8::7");
@@ -72,11 +73,21 @@ fn init_creates_config_and_keys_with_private_modes() {
         [
             "private_identity.pem",
             "private_sphinx.pem",
+            "private_x25519_noise.pem",
             "public_identity.pem",
-            "public_sphinx.pem"
+            "public_sphinx.pem",
+            "public_x25519_noise.pem"
         ]
     );
-    for private in ["private_identity.pem", "private_sphinx.pem"] {
+    assert!(
+        d["noise_key"].as_str().is_some_and(|k| k.len() >= 40),
+        "node-details shows the Noise key: {d}"
+    );
+    for private in [
+        "private_identity.pem",
+        "private_sphinx.pem",
+        "private_x25519_noise.pem",
+    ] {
         let mode = fs::metadata(home.node_dir("winston").join("data").join(private))
             .unwrap()
             .permissions()
@@ -282,6 +293,11 @@ fn install_fixture(home: &Home, fixture: &str) -> String {
 fn upgrade_from_0_10_keeps_a_copy_and_runs_afterwards() {
     let home = Home::new();
     let old = install_fixture(&home, "config-0.10.toml");
+    // A node of 0.10 had no Noise key pair.
+    let data = home.node_dir("fixture-node").join("data");
+    for file in ["private_x25519_noise.pem", "public_x25519_noise.pem"] {
+        fs::remove_file(data.join(file)).unwrap();
+    }
     let keys = key_files(&home, "fixture-node");
     // run refuses the old file and names the fix.
     let out = home.run(&["run", "--id", "fixture-node"]);
@@ -302,8 +318,23 @@ fn upgrade_from_0_10_keeps_a_copy_and_runs_afterwards() {
         old,
         "the old file is kept as it was"
     );
-    assert_eq!(key_files(&home, "fixture-node"), keys);
+    // The old keys are as they were; a Noise key pair is new (a node made before Noise).
+    let after = key_files(&home, "fixture-node");
+    let (noise, old_keys): (Vec<_>, Vec<_>) = after
+        .into_iter()
+        .partition(|(name, _)| name.contains("x25519_noise"));
+    assert_eq!(old_keys, keys);
+    assert_eq!(
+        noise.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["private_x25519_noise.pem", "public_x25519_noise.pem"]
+    );
+    assert!(
+        stdout(&out).contains("made the node's Noise key pair"),
+        "{}",
+        stdout(&out)
+    );
     let d = details(&home, "fixture-node");
+    assert!(d["noise_key"].is_string(), "{d}");
     assert_eq!(d["host"], "1.2.3.4");
     assert_eq!(d["announce_host"], "1.2.3.4");
     assert_eq!(d["mix_port"], 1789);

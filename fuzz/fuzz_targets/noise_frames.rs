@@ -1,6 +1,6 @@
 //! Arbitrary bytes, fed in arbitrary chunks, through the Noise `Deframer`; the messages it
 //! yields must equal a one-shot parse of the whole stream with `Header::decode`, up to the
-//! first error, and no chunking may change that.
+//! first error, and no chunking may change that; its buffer never passes the largest message.
 //!
 //! Input layout: `[control length % 16][control bytes][stream]`; control bytes choose the
 //! chunk lengths in turn (none: one chunk).
@@ -8,7 +8,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nym_mixnode::noise::framing::{Deframer, FrameError, Header, MessageKind, HEADER_LEN};
+use nym_mixnode::noise::framing::{
+    Deframer, FrameError, Header, MessageKind, HEADER_LEN, PAYLOAD_LEN_MAX,
+};
 
 /// Messages of the whole stream, parsed at once, and the error that ended it, if any.
 fn one_shot(stream: &[u8]) -> (Vec<(MessageKind, Vec<u8>)>, Option<FrameError>) {
@@ -65,6 +67,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
+        assert!(deframer.capacity() <= HEADER_LEN + PAYLOAD_LEN_MAX);
         assert!(
             taken > 0 || at == stream.len(),
             "the deframer stopped taking bytes"

@@ -495,6 +495,7 @@ fn run_once(
     let node_keys = NodeKeys {
         identity: keys.identity.clone(),
         sphinx: keys.sphinx.clone(),
+        noise: keys.noise.clone(),
     };
     let running = node::start(
         &config,

@@ -103,7 +103,7 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
             )));
         }
         println!(
-            "Saved identity and Sphinx key pairs in {}",
+            "Saved identity, Sphinx and Noise key pairs in {}",
             data_dir.display()
         );
         config
@@ -117,6 +117,9 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
     println!();
     println!("Identity key: {}", keys.identity_base58());
     println!("Sphinx key: {}", keys.sphinx_base58());
+    if let Some(noise) = &keys.noise {
+        println!("Noise key: {}", noise.public_base58());
+    }
     println!("Host: {} (bind)", m.listening_address);
     println!("Announced address: {}", m.announce_address);
     println!(
@@ -131,7 +134,12 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
 /// Remove what a failed `init` of a new node wrote: its key files, its config file and the
 /// folders it made (`new_dirs`, outermost first; each only if empty, so nothing else goes).
 fn remove_new_node(paths: &config::NodePaths, keys: &KeyPaths, new_dirs: &[std::path::PathBuf]) {
-    for file in keys.all() {
+    let noise = keys.noise();
+    for file in keys
+        .all()
+        .into_iter()
+        .chain([&*noise.private, &*noise.public])
+    {
         let _ = std::fs::remove_file(file);
     }
     let config_file = paths.config_file();

@@ -25,6 +25,14 @@ pub(super) fn live_keys(config: &Config, keys: &NodeKeys) -> anyhow::Result<Vec<
     })
 }
 
+/// The Noise key the node announces: None with `engine.noise = "off"` or no key pair.
+fn noise_key(config: &Config, keys: &NodeKeys) -> Option<String> {
+    match config.engine.noise {
+        crate::config::NoiseMode::Off => None,
+        crate::config::NoiseMode::Auto => keys.noise.as_ref().map(|k| k.public_base58()),
+    }
+}
+
 /// Arguments of `node-details`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -52,6 +60,7 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
                 "sphinx_key": primary,
                 "sphinx_keys": live,
                 "rotation_mode": config.rotation.mode.as_str(),
+                "noise_key": noise_key(&config, &keys),
                 "host": m.listening_address.to_string(),
                 "announce_host": m.announce_address.to_string(),
                 "mix_port": m.mix_port,
@@ -66,6 +75,16 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
             println!("Identity key: {}", keys.identity_base58());
             println!("Sphinx key: {primary}");
             println!("Key rotation: {}", config.rotation.mode.as_str());
+            match noise_key(&config, &keys) {
+                Some(key) => println!("Noise key: {key}"),
+                None if config.engine.noise == crate::config::NoiseMode::Off => {
+                    println!("Noise key: none announced (engine.noise = \"off\")")
+                }
+                None => println!(
+                    "Noise key: none yet. Fix: run `nym-mixnode upgrade --id {}` to make one",
+                    args.id
+                ),
+            }
             if live.is_empty() {
                 println!("Sphinx keys: none yet (the node makes its rotating keys when it starts)");
             }

@@ -25,11 +25,22 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
     })?;
     match upgrade(&file, &text, &args.id)? {
         Upgrade::Current => {
-            println!(
-                "{} is already at version {}; nothing to do.",
-                file.display(),
-                crate::config::VERSION
-            );
+            let config = crate::config::Config::from_text(&file, &text)?;
+            match make_noise_key(&config)? {
+                Some(note) => {
+                    println!(
+                        "{} is already at version {}.",
+                        file.display(),
+                        crate::config::VERSION
+                    );
+                    println!("  - {note}");
+                }
+                None => println!(
+                    "{} is already at version {}; nothing to do.",
+                    file.display(),
+                    crate::config::VERSION
+                ),
+            }
         }
         Upgrade::Migrated {
             from,
@@ -38,6 +49,7 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
         } => {
             notes.extend(find_moved_keys(&mut config, &paths.data_dir()));
             config.validate(&file)?;
+            notes.extend(make_noise_key(&config)?);
             let mut backup = file.with_file_name(format!("config.toml.{from}.bak"));
             let mut n = 1;
             while backup.exists() {
@@ -64,6 +76,25 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A node made before Noise has no Noise key pair: make one beside its identity key (never
+/// over an existing file). The note to print, if one was made.
+fn make_noise_key(config: &crate::config::Config) -> anyhow::Result<Option<String>> {
+    let paths = config.key_paths().noise();
+    if paths.any_exists() {
+        // Loaded (and checked) when the node starts.
+        return Ok(None);
+    }
+    let key = crate::keys::NoiseKey::generate()
+        .map_err(|e| anyhow::anyhow!("the operating system's random generator failed: {e}"))?;
+    key.write_new(&paths)?;
+    Ok(Some(format!(
+        "made the node's Noise key pair ({}, {}); Noise key {}. The node announces it and speaks Noise with peers that announce one (engine.noise = \"off\" turns this off)",
+        paths.private.display(),
+        paths.public.display(),
+        key.public_base58()
+    )))
 }
 
 /// Key paths of an old file that point where no key is (a home moved from another machine or

@@ -347,6 +347,18 @@ pub enum ForwardTo {
     Any,
 }
 
+/// Noise on mixnet links: config `engine.noise`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoiseMode {
+    /// Announce the node's Noise key, and speak Noise with every peer the topology lists
+    /// with a key (plain TCP with the others), as nym-nodes do.
+    #[default]
+    Auto,
+    /// Announce no Noise key and never speak Noise.
+    Off,
+}
+
 /// `[topology]`: which nodes exist, for forwarding, inbound room and VerLoc.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -461,6 +473,12 @@ pub struct EngineSection {
     /// Outbound connect timeout.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// "auto": Noise (XKpsk3) with peers the topology lists with a Noise key, plain TCP with
+    /// the rest; "off": plain TCP only, and no Noise key announced.
+    pub noise: NoiseMode,
+    /// A Noise handshake, either side, must finish within this or its connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub noise_handshake_timeout: Duration,
     /// First wait after a failed connection to a next hop.
     #[serde(with = "humantime_serde")]
     pub backoff_initial: Duration,
@@ -496,6 +514,8 @@ impl Default for EngineSection {
             replay_filter_save_interval: Duration::from_secs(600),
             read_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_millis(1500),
+            noise: NoiseMode::Auto,
+            noise_handshake_timeout: Duration::from_millis(1500),
             backoff_initial: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
         }
@@ -1092,6 +1112,7 @@ impl Config {
             ("engine.first_frame_timeout", e.first_frame_timeout),
             ("engine.connection_idle_timeout", e.connection_idle_timeout),
             ("engine.connect_timeout", e.connect_timeout),
+            ("engine.noise_handshake_timeout", e.noise_handshake_timeout),
             ("engine.next_hop_idle_timeout", e.next_hop_idle_timeout),
             (
                 "engine.replay_filter_save_interval",

@@ -627,6 +627,37 @@ pub fn render(input: &MetricsInput) -> String {
         shards,
         |s| s.connections_closed_first_frame,
     );
+    let noise = shards
+        .iter()
+        .fold(crate::noise::NoiseCounts::default(), |sum, s| {
+            sum.plus(&s.noise)
+        });
+    o.family(
+        "nym_mixnode_noise_handshakes_total",
+        "counter",
+        "Noise (XKpsk3) handshakes finished, by the node's role: responder on connections from peers the topology lists with a Noise key, initiator on connections to them.",
+    );
+    for role in crate::noise::Role::ALL {
+        o.sample(
+            "nym_mixnode_noise_handshakes_total",
+            &[("role", role.as_str())],
+            noise.handshakes[role as usize],
+        );
+    }
+    o.family(
+        "nym_mixnode_noise_failures_total",
+        "counter",
+        "Noise links closed by failure, by role and reason: timeout (handshake past engine.noise_handshake_timeout), closed (peer left mid-handshake), bad_handshake (junk, wrong key or PSK), wrong_pattern (another Noise version or pattern), decrypt (a data message that did not check), bad_message (a message that cannot follow the handshake). Only that connection closes.",
+    );
+    for role in crate::noise::Role::ALL {
+        for failure in crate::noise::Failure::ALL {
+            o.sample(
+                "nym_mixnode_noise_failures_total",
+                &[("role", role.as_str()), ("reason", failure.as_str())],
+                noise.failures_of(role, failure),
+            );
+        }
+    }
     o.per_shard(
         "nym_mixnode_replay_filter_items",
         "gauge",

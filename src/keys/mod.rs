@@ -1,6 +1,7 @@
-//! The node's two key pairs and their files.
+//! The node's key pairs and their files.
 //!
 //! Identity: Ed25519 (signs `sign` texts and VerLoc replies). Sphinx: X25519 (unwraps packets).
+//! Noise: X25519 (the node's end of Noise links, [`NoiseKey`]).
 //! Each key lives in its own PEM file under `data/`; the PEM body is the raw 32 key bytes.
 //! Private files are written with mode 0600. People see keys in base58.
 //!
@@ -117,9 +118,14 @@ impl KeyPaths {
         ]
     }
 
-    /// True when any of the four files exists.
+    /// True when any of the four files (or a Noise key file) exists.
     pub fn any_exists(&self) -> bool {
-        self.all().iter().any(|p| p.exists())
+        self.all().iter().any(|p| p.exists()) || self.noise().any_exists()
+    }
+
+    /// The Noise key pair's files, beside the private identity key.
+    pub fn noise(&self) -> NoiseKeyPaths {
+        NoiseKeyPaths::beside(&self.private_identity)
     }
 }
 
@@ -129,6 +135,8 @@ pub struct NodeKeys {
     pub identity: SigningKey,
     /// X25519 Sphinx key.
     pub sphinx: StaticSecret,
+    /// X25519 Noise key pair (None for a node made before Noise, until `upgrade`).
+    pub noise: Option<NoiseKey>,
 }
 
 impl NodeKeys {
@@ -141,6 +149,7 @@ impl NodeKeys {
         Ok(NodeKeys {
             identity: SigningKey::from_bytes(&identity),
             sphinx: StaticSecret::from(sphinx),
+            noise: Some(NoiseKey::generate()?),
         })
     }
 
@@ -169,9 +178,15 @@ impl NodeKeys {
         bs58::encode(self.identity.sign(message).to_bytes()).into_string()
     }
 
-    /// Write the four files. Refuses (without writing anything) when any already exists.
+    /// Write the four files, and the Noise pair when there is one. Refuses (without writing
+    /// anything) when any already exists.
     pub fn write_new(&self, paths: &KeyPaths) -> Result<(), KeyError> {
-        if let Some(existing) = paths.all().into_iter().find(|p| p.exists()) {
+        let noise = paths.noise();
+        let files = paths
+            .all()
+            .into_iter()
+            .chain([&*noise.private, &*noise.public]);
+        if let Some(existing) = files.into_iter().find(|p| p.exists()) {
             return Err(KeyError::Write {
                 path: existing.to_path_buf(),
                 cause: std::io::Error::new(
@@ -203,7 +218,11 @@ impl NodeKeys {
             PEM_TAG_SPHINX_PUBLIC,
             self.sphinx_public().as_bytes(),
             false,
-        )
+        )?;
+        match &self.noise {
+            Some(noise) => noise.write_new(&paths.noise()),
+            None => Ok(()),
+        }
     }
 
     /// Read and check the four files: tags, lengths, and that each public key matches its
@@ -228,7 +247,112 @@ impl NodeKeys {
                 public: paths.public_sphinx.clone(),
             });
         }
-        Ok(NodeKeys { identity, sphinx })
+        let noise = NoiseKey::load(&paths.noise())?;
+        Ok(NodeKeys {
+            identity,
+            sphinx,
+            noise,
+        })
+    }
+}
+
+/// PEM tag of the private Noise key file.
+pub const PEM_TAG_NOISE_PRIVATE: &str = "X25519 NOISE PRIVATE KEY";
+/// PEM tag of the public Noise key file.
+pub const PEM_TAG_NOISE_PUBLIC: &str = "X25519 NOISE PUBLIC KEY";
+
+/// Paths of the Noise key pair (`x25519-noise`): in the folder of the private identity key,
+/// so that every node, however old its config, finds them in the same place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoiseKeyPaths {
+    /// X25519 Noise private key.
+    pub private: PathBuf,
+    /// X25519 Noise public key.
+    pub public: PathBuf,
+}
+
+impl NoiseKeyPaths {
+    /// The Noise key files beside `private_identity`.
+    pub fn beside(private_identity: &Path) -> NoiseKeyPaths {
+        let dir = private_identity.parent().unwrap_or(Path::new("."));
+        NoiseKeyPaths {
+            private: dir.join("private_x25519_noise.pem"),
+            public: dir.join("public_x25519_noise.pem"),
+        }
+    }
+
+    /// True when either file exists.
+    pub fn any_exists(&self) -> bool {
+        self.private.exists() || self.public.exists()
+    }
+}
+
+/// The node's long-term X25519 key pair for Noise links, apart from the Sphinx key (as
+/// nym-nodes keep it).
+#[derive(Clone)]
+pub struct NoiseKey {
+    /// The private key.
+    pub private: StaticSecret,
+}
+
+impl NoiseKey {
+    /// A fresh random key from the operating system's generator.
+    pub fn generate() -> Result<NoiseKey, getrandom::Error> {
+        let mut private = [0u8; KEY_LENGTH];
+        getrandom::fill(&mut private)?;
+        Ok(NoiseKey {
+            private: StaticSecret::from(private),
+        })
+    }
+
+    /// The public key.
+    pub fn public(&self) -> [u8; KEY_LENGTH] {
+        PublicKey::from(&self.private).to_bytes()
+    }
+
+    /// The public key in base58, as people and nym-api see it.
+    pub fn public_base58(&self) -> String {
+        bs58::encode(self.public()).into_string()
+    }
+
+    /// Write both files. Refuses (without writing anything) when either exists.
+    pub fn write_new(&self, paths: &NoiseKeyPaths) -> Result<(), KeyError> {
+        if let Some(existing) = [&paths.private, &paths.public]
+            .into_iter()
+            .find(|p| p.exists())
+        {
+            return Err(KeyError::Write {
+                path: existing.clone(),
+                cause: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "refusing to overwrite an existing key file",
+                ),
+            });
+        }
+        write_pem(
+            &paths.private,
+            PEM_TAG_NOISE_PRIVATE,
+            self.private.as_bytes(),
+            true,
+        )?;
+        write_pem(&paths.public, PEM_TAG_NOISE_PUBLIC, &self.public(), false)
+    }
+
+    /// Read and check both files; None when neither exists (a node made before Noise: `upgrade`
+    /// makes the pair).
+    pub fn load(paths: &NoiseKeyPaths) -> Result<Option<NoiseKey>, KeyError> {
+        if !paths.any_exists() {
+            return Ok(None);
+        }
+        let private = StaticSecret::from(read_pem(&paths.private, PEM_TAG_NOISE_PRIVATE)?);
+        let public = read_pem(&paths.public, PEM_TAG_NOISE_PUBLIC)?;
+        if PublicKey::from(&private).as_bytes() != &public {
+            return Err(KeyError::Mismatch {
+                private: paths.private.clone(),
+                public: paths.public.clone(),
+            });
+        }
+        Ok(Some(NoiseKey { private }))
     }
 }
 
@@ -333,6 +457,34 @@ mod tests {
         assert_eq!(mode(&paths.private_sphinx), 0o600);
         assert_eq!(mode(&paths.public_sphinx), 0o644);
         assert!(keys.write_new(&paths).is_err(), "must not overwrite");
+    }
+
+    #[test]
+    fn the_noise_key_pair_round_trips_and_a_node_without_one_loads_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = dir.path().join("private_identity.pem");
+        let paths = NoiseKeyPaths::beside(&identity);
+        assert!(NoiseKey::load(&paths).unwrap().is_none());
+        let key = NoiseKey::generate().unwrap();
+        key.write_new(&paths).unwrap();
+        let loaded = NoiseKey::load(&paths).unwrap().unwrap();
+        assert_eq!(loaded.public_base58(), key.public_base58());
+        assert_eq!(
+            loaded.public(),
+            crate::noise::link::public_key(key.private.as_bytes())
+        );
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&paths.private), 0o600);
+        assert!(key.write_new(&paths).is_err(), "must not overwrite");
+        // Half a pair is an error that names the missing file, not "no key".
+        fs::remove_file(&paths.public).unwrap();
+        let err = NoiseKey::load(&paths).err().unwrap().to_string();
+        assert!(err.contains("public_x25519_noise.pem"), "{err}");
+        NoiseKey::generate()
+            .unwrap()
+            .write_new(&NoiseKeyPaths::beside(&dir.path().join("other/x")))
+            .err()
+            .unwrap();
     }
 
     #[test]

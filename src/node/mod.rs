@@ -17,6 +17,7 @@ use crate::config::description::Description;
 use crate::config::Config;
 use crate::http::{ApiServer, ApiState};
 use crate::keys::NodeKeys;
+use crate::noise::NoiseIdentity;
 use crate::rotation::controller::{self, Controller};
 use crate::rotation::store::KeyStore;
 use crate::rotation::{Announced, AnnouncedKeys};
@@ -176,13 +177,39 @@ fn load_known(
     Ok((Some(source), Some(Arc::new(known))))
 }
 
+/// The Noise key pair the node uses: none with `engine.noise = "off"`, and none (with a
+/// warning naming the fix) for a node made before Noise.
+fn noise_identity(config: &Config, keys: &NodeKeys) -> Option<NoiseIdentity> {
+    if config.engine.noise == crate::config::NoiseMode::Off {
+        tracing::info!(
+            "noise: off (engine.noise = \"off\"): no Noise key announced, plain TCP on every link"
+        );
+        return None;
+    }
+    match &keys.noise {
+        Some(key) => {
+            tracing::info!(noise_key = %key.public_base58(), "noise: on with peers that announce a Noise key");
+            Some(NoiseIdentity::from_private(key.private.to_bytes()))
+        }
+        None => {
+            tracing::warn!(
+                "noise: this node has no Noise key pair, so it announces none and speaks plain TCP only; today's nym-nodes will stop talking to it when plain TCP goes. Fix: stop the node, run `nym-mixnode upgrade --id {}`, start it again",
+                config.mixnode.id
+            );
+            None
+        }
+    }
+}
+
 /// What `/api/v1/` says of the node, from `config`.
 fn self_description(
     config: &Config,
     keys: &NodeKeys,
     announced: AnnouncedKeys,
+    noise: Option<&NoiseIdentity>,
 ) -> crate::http::nym_node::SelfDescription {
     let mut me = crate::http::nym_node::SelfDescription::new(keys.identity.clone(), announced);
+    me.noise_key = noise.map(|n| n.public);
     let m = &config.mixnode;
     me.ip_addresses = vec![m.announce_address];
     let text = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
@@ -272,6 +299,7 @@ pub fn start(
             lost_after: config.monitor.lost_after,
         },
     )));
+    let noise = noise_identity(config, &keys);
     let engine = Engine::start(EngineSettings {
         listen: SocketAddr::new(m.listening_address, m.mix_port),
         engine: config.engine.clone(),
@@ -283,6 +311,7 @@ pub fn start(
         },
         known: known.clone(),
         loops: loops.as_ref().map(|(sink, _)| sink.clone()),
+        noise: noise.clone(),
     })?;
     let topology = match (known_source, known) {
         (Some(source), Some(known)) => {
@@ -355,7 +384,7 @@ pub fn start(
             engine.stats(),
             config.http.clone(),
             verloc.results(),
-            self_description(config, &keys, announced.clone()),
+            self_description(config, &keys, announced.clone(), noise.as_ref()),
         )
         .with_verloc_stats(verloc.stats_reader())
         .with_monitor(loops.is_some().then(|| Arc::clone(&record))),

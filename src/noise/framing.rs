@@ -66,6 +66,10 @@ pub enum FrameError {
     /// A data message too short to hold its tag.
     #[error("a data message of {0} bytes, shorter than its tag")]
     DataTooShort(u16),
+    /// A message longer than this deframer takes (a data message where only handshake
+    /// messages may come).
+    #[error("a message of {0} bytes where at most a handshake message may come")]
+    TooLong(u16),
 }
 
 impl Header {
@@ -111,10 +115,14 @@ impl Header {
     }
 }
 
-/// Cuts a byte stream into Noise messages in one buffer allocated once (a header and the
-/// largest payload): nothing a peer sends can make it grow.
+/// Cuts a byte stream into Noise messages in one buffer. It starts small and grows, only when
+/// a checked header asks for it, to the longest message the peer has sent (at most a header
+/// and the largest payload, [`PAYLOAD_LEN_MAX`]): nothing a peer sends can make it grow past
+/// that, and a peer that sends small messages costs small buffers.
 pub struct Deframer {
-    buffer: Box<[u8]>,
+    buffer: Vec<u8>,
+    /// The most `buffer` may grow to.
+    limit: usize,
     filled: usize,
     /// Bytes of the message handed out last, dropped at the next call.
     consumed: usize,
@@ -126,11 +134,25 @@ impl Default for Deframer {
     }
 }
 
+/// Bytes a deframer starts with: a few packets' worth.
+const INITIAL_BUFFER: usize = 4096;
+
 impl Deframer {
-    /// An empty deframer.
+    /// An empty deframer for any message.
     pub fn new() -> Deframer {
+        Deframer::with_limit(HEADER_LEN + PAYLOAD_LEN_MAX)
+    }
+
+    /// An empty deframer for handshake messages only (an initiator's: a responder never sends
+    /// data); a longer message is an error.
+    pub fn for_handshake() -> Deframer {
+        Deframer::with_limit(HEADER_LEN + HANDSHAKE_LEN_MAX)
+    }
+
+    fn with_limit(limit: usize) -> Deframer {
         Deframer {
-            buffer: vec![0u8; HEADER_LEN + PAYLOAD_LEN_MAX].into_boxed_slice(),
+            buffer: vec![0u8; INITIAL_BUFFER.min(limit)],
+            limit,
             filled: 0,
             consumed: 0,
         }
@@ -144,7 +166,8 @@ impl Deframer {
         }
     }
 
-    /// Where to read more bytes into (never empty while a message is incomplete).
+    /// Where to read more bytes into (never empty while a message is incomplete, once
+    /// [`Self::next_message`] has seen its header).
     pub fn spare_mut(&mut self) -> &mut [u8] {
         self.compact();
         &mut self.buffer[self.filled..]
@@ -164,6 +187,11 @@ impl Deframer {
         n
     }
 
+    /// Bytes the buffer holds room for now.
+    pub fn capacity(&self) -> usize {
+        self.buffer.len()
+    }
+
     /// The next whole message (its header and payload), if one is buffered. An error means
     /// the stream is not Noise as spoken here and must be closed.
     pub fn next_message(&mut self) -> Result<Option<(Header, &[u8])>, FrameError> {
@@ -172,7 +200,13 @@ impl Deframer {
             return Ok(None);
         };
         let end = HEADER_LEN + usize::from(header.len);
+        if end > self.limit {
+            return Err(FrameError::TooLong(header.len));
+        }
         if self.filled < end {
+            if self.buffer.len() < end {
+                self.buffer.resize(end, 0);
+            }
             return Ok(None);
         }
         self.consumed = end;
@@ -274,12 +308,25 @@ mod tests {
     }
 
     #[test]
-    fn junk_is_an_error_and_the_buffer_never_grows() {
+    fn junk_is_an_error_and_the_buffer_grows_only_to_the_messages_sent() {
         let mut d = Deframer::new();
-        let capacity = d.spare_mut().len();
-        assert_eq!(capacity, HEADER_LEN + PAYLOAD_LEN_MAX);
+        assert_eq!(d.capacity(), INITIAL_BUFFER);
         d.push(b"GET / HTTP/1.1\r\n");
         assert_eq!(d.next_message(), Err(FrameError::Version(b'G')));
+        assert_eq!(d.capacity(), INITIAL_BUFFER, "junk never grows it");
+        let mut d = Deframer::new();
+        let big = Header {
+            kind: MessageKind::Data,
+            len: 10_000,
+        };
+        d.push(&big.encode());
+        assert_eq!(d.next_message(), Ok(None));
+        assert_eq!(d.capacity(), HEADER_LEN + 10_000);
+        assert!(!d.spare_mut().is_empty());
+        let mut h = Deframer::for_handshake();
+        h.push(&big.encode());
+        assert_eq!(h.next_message(), Err(FrameError::TooLong(10_000)));
+        assert!(h.capacity() <= HEADER_LEN + HANDSHAKE_LEN_MAX);
         assert_eq!(data_messages_for(0), 0);
         assert_eq!(data_messages_for(DATA_PLAINTEXT_MAX), 1);
         assert_eq!(data_messages_for(DATA_PLAINTEXT_MAX + 1), 2);

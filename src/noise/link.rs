@@ -60,11 +60,19 @@ fn builder<'a>() -> snow::Builder<'a> {
 impl Handshake {
     /// The initiator of a link to the responder whose Noise public key is `remote`.
     pub fn initiator(local_private: &[u8; 32], remote: &[u8; 32]) -> Handshake {
-        let psk = super::psk_v1(remote);
+        Handshake::initiator_with_psk(local_private, remote, &super::psk_v1(remote))
+    }
+
+    /// An initiator with a PSK of its own choosing (tests of a peer with the wrong PSK).
+    pub fn initiator_with_psk(
+        local_private: &[u8; 32],
+        remote: &[u8; 32],
+        psk: &[u8; 32],
+    ) -> Handshake {
         let state = builder()
             .local_private_key(local_private)
             .remote_public_key(remote)
-            .psk(PSK_POSITION, &psk)
+            .psk(PSK_POSITION, psk)
             .build_initiator()
             .expect("every key and the psk are given");
         Handshake { state }

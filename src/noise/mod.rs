@@ -1,7 +1,8 @@
 //! Noise on mixnet links, as today's nym-nodes speak it (nym-noise): the message framing
-//! (pure, [`framing`]) and the pre-shared key. The handshake and transport (snow) and their
-//! place in the shard driver come with the Noise links themselves; this module is the part
-//! that parses bytes from the network, so that it can be fuzzed on its own.
+//! ([`framing`], fuzzed on its own), the pre-shared key, the handshake and transport through
+//! snow ([`link`]), and the counts of what happened on links. All pure: the shard driver
+//! (`shard/noise_io.rs`) does the reads and writes, and the shard that owns a connection owns
+//! its cipher state.
 //!
 //! Facts (read from the published nym-noise 2.0 crate): pattern
 //! `Noise_XKpsk3_25519_AESGCM_SHA256`, no prologue; PSK version 1 = SHA-256(`"NYMTECH_NOISE_
@@ -25,6 +26,171 @@ pub fn psk_v1(responder: &[u8; 32]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
+/// The node's Noise key pair, as the engine uses it.
+#[derive(Clone)]
+pub struct NoiseIdentity {
+    /// The private key.
+    pub private: [u8; 32],
+    /// The public key, as announced.
+    pub public: [u8; 32],
+}
+
+impl NoiseIdentity {
+    /// The pair of `private`.
+    pub fn from_private(private: [u8; 32]) -> NoiseIdentity {
+        NoiseIdentity {
+            private,
+            public: link::public_key(&private),
+        }
+    }
+}
+
+impl std::fmt::Debug for NoiseIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NoiseIdentity")
+            .field("public", &bs58::encode(self.public).into_string())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which end of a link the node is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// It accepted the connection.
+    Responder = 0,
+    /// It opened the connection (to a next hop).
+    Initiator = 1,
+}
+
+impl Role {
+    /// Both, in counting order.
+    pub const ALL: [Role; 2] = [Role::Responder, Role::Initiator];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Responder => "responder",
+            Role::Initiator => "initiator",
+        }
+    }
+}
+
+/// Why a Noise link was closed; only that connection closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The handshake did not finish within `engine.noise_handshake_timeout`.
+    Timeout = 0,
+    /// The peer closed the connection during the handshake.
+    Closed = 1,
+    /// A handshake message did not check: junk, a wrong key or PSK, a data message too soon.
+    BadHandshake = 2,
+    /// A message with another Noise version or pattern than XKpsk3 version 1.
+    WrongPattern = 3,
+    /// A data message whose tag did not check.
+    Decrypt = 4,
+    /// A message that cannot be one after the handshake (another type, a bad length).
+    BadMessage = 5,
+}
+
+impl Failure {
+    /// How many reasons.
+    pub const COUNT: usize = 6;
+    /// Every reason, in counting order.
+    pub const ALL: [Failure; Failure::COUNT] = [
+        Failure::Timeout,
+        Failure::Closed,
+        Failure::BadHandshake,
+        Failure::WrongPattern,
+        Failure::Decrypt,
+        Failure::BadMessage,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::Closed => "closed",
+            Failure::BadHandshake => "bad_handshake",
+            Failure::WrongPattern => "wrong_pattern",
+            Failure::Decrypt => "decrypt",
+            Failure::BadMessage => "bad_message",
+        }
+    }
+
+    /// The failure a framing error means (`during_handshake`: before the transport).
+    pub fn of_frame(error: framing::FrameError, during_handshake: bool) -> Failure {
+        match error {
+            framing::FrameError::Version(_) | framing::FrameError::Pattern(_) => {
+                Failure::WrongPattern
+            }
+            _ if during_handshake => Failure::BadHandshake,
+            _ => Failure::BadMessage,
+        }
+    }
+}
+
+/// Handshakes finished and links closed by failure, by role (one shard's, or summed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoiseCounts {
+    /// Handshakes finished, by [`Role`].
+    pub handshakes: [u64; 2],
+    /// Links closed by failure, by [`Role`] and [`Failure`].
+    pub failures: [[u64; Failure::COUNT]; 2],
+}
+
+impl NoiseCounts {
+    /// Words in [`Self::to_words`].
+    pub const WORDS: usize = 2 + 2 * Failure::COUNT;
+
+    /// A handshake finished.
+    pub fn handshake_done(&mut self, role: Role) {
+        self.handshakes[role as usize] += 1;
+    }
+
+    /// A link closed by `failure`.
+    pub fn failed(&mut self, role: Role, failure: Failure) {
+        self.failures[role as usize][failure as usize] += 1;
+    }
+
+    /// Failures of `role` for `failure`.
+    pub fn failures_of(&self, role: Role, failure: Failure) -> u64 {
+        self.failures[role as usize][failure as usize]
+    }
+
+    /// Flat, for publishing.
+    pub fn to_words(&self) -> [u64; NoiseCounts::WORDS] {
+        let mut words = [0u64; NoiseCounts::WORDS];
+        words[..2].copy_from_slice(&self.handshakes);
+        for (role, counts) in self.failures.iter().enumerate() {
+            let at = 2 + role * Failure::COUNT;
+            words[at..at + Failure::COUNT].copy_from_slice(counts);
+        }
+        words
+    }
+
+    /// Back from [`Self::to_words`].
+    pub fn from_words(words: [u64; NoiseCounts::WORDS]) -> NoiseCounts {
+        let mut counts = NoiseCounts::default();
+        counts.handshakes.copy_from_slice(&words[..2]);
+        for (role, out) in counts.failures.iter_mut().enumerate() {
+            let at = 2 + role * Failure::COUNT;
+            out.copy_from_slice(&words[at..at + Failure::COUNT]);
+        }
+        counts
+    }
+
+    /// The sum with `other`.
+    pub fn plus(&self, other: &NoiseCounts) -> NoiseCounts {
+        let words: Vec<u64> = self
+            .to_words()
+            .iter()
+            .zip(other.to_words())
+            .map(|(a, b)| a + b)
+            .collect();
+        NoiseCounts::from_words(words.try_into().expect("same length"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +203,27 @@ mod tests {
         let expected: [u8; 32] = Sha256::digest(&joined).into();
         assert_eq!(psk_v1(&key), expected);
         assert_ne!(psk_v1(&[8u8; 32]), expected);
+    }
+
+    #[test]
+    fn counts_round_trip_through_words_and_add_up() {
+        let mut a = NoiseCounts::default();
+        a.handshake_done(Role::Initiator);
+        a.failed(Role::Responder, Failure::Timeout);
+        a.failed(Role::Initiator, Failure::BadMessage);
+        assert_eq!(NoiseCounts::from_words(a.to_words()), a);
+        let sum = a.plus(&a);
+        assert_eq!(sum.handshakes, [0, 2]);
+        assert_eq!(sum.failures_of(Role::Responder, Failure::Timeout), 2);
+        assert_eq!(sum.failures_of(Role::Initiator, Failure::BadMessage), 2);
+        assert_eq!(sum.failures_of(Role::Initiator, Failure::Timeout), 0);
+        assert_eq!(
+            Failure::of_frame(framing::FrameError::Pattern(2), false),
+            Failure::WrongPattern
+        );
+        assert_eq!(
+            Failure::of_frame(framing::FrameError::Kind(9), true),
+            Failure::BadHandshake
+        );
     }
 }

@@ -19,6 +19,7 @@
 
 pub mod core;
 pub mod inbound;
+mod noise_io;
 #[cfg(test)]
 mod sim;
 pub mod stats;
@@ -112,6 +113,8 @@ pub struct EngineSettings {
     pub known: Option<Arc<crate::topology::KnownNodes>>,
     /// Where the node's own loops go when they come back (None: no monitor).
     pub loops: Option<LoopSink>,
+    /// The node's Noise key pair (None: plain TCP only).
+    pub noise: Option<crate::noise::NoiseIdentity>,
 }
 
 /// The monitor's end of the engine: its loops' destination, and the channel the shards put
@@ -657,6 +660,7 @@ impl Engine {
                 stats: Arc::clone(&stats),
                 telemetry: telemetry_tx.clone(),
                 filter_images: images_tx.clone(),
+                noise: settings.noise.clone(),
             };
             let spawned = glommio::LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{index}"))

@@ -10,6 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::accounting::{DropReason, PacketCounts};
+use crate::noise::NoiseCounts;
 
 /// Counters and gauges of one shard.
 #[derive(Debug, Default)]
@@ -48,6 +49,7 @@ pub struct ShardStats {
     replay_filter_fill_ppm: AtomicU64,
     replay_filter_generations_turned: AtomicU64,
     keys: [[AtomicU64; KEY_FIGURES]; 2],
+    noise: [AtomicU64; NoiseCounts::WORDS],
     /// Pump rounds so far: the shard's sign of life (written by the shard, read by the
     /// watchdog; outside the seqlock).
     heartbeat: AtomicU64,
@@ -160,6 +162,8 @@ pub struct ShardSnapshot {
     pub replay_filter_generations_turned: u64,
     /// The live keys, by slot (rotation id parity).
     pub keys: [KeyFigures; 2],
+    /// Noise handshakes and failures on this shard's links.
+    pub noise: NoiseCounts,
     /// Stalls the watchdog saw (filled in by [`ShardStats::snapshot`], not published).
     pub stalls: u64,
     /// Whether the shard is stalled now (likewise).
@@ -252,6 +256,9 @@ impl ShardStats {
             for (slot, word) in slots.iter().zip(figures.to_words()) {
                 slot.store(word, r);
             }
+        }
+        for (slot, word) in self.noise.iter().zip(s.noise.to_words()) {
+            slot.store(word, r);
         }
         self.sequence
             .store(sequence.wrapping_add(2), Ordering::Release);
@@ -359,6 +366,7 @@ impl ShardStats {
             keys: std::array::from_fn(|slot| {
                 KeyFigures::from_words(std::array::from_fn(|i| self.keys[slot][i].load(r)))
             }),
+            noise: NoiseCounts::from_words(std::array::from_fn(|i| self.noise[i].load(r))),
             stalls: 0,
             stalled: false,
         }

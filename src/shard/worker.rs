@@ -24,12 +24,16 @@ use super::core::{
     Action, CoreConfig, Handoff, HandoffRefused, HandoffSink, InboxBytes, Outcome, Phase, ShardCore,
 };
 use super::inbound::{Admit, CloseReason, InboundLimits, InboundTable};
+use super::noise_io::{self, NoiseReader, NoiseWriter, ReadError};
 use super::stats::{KeyFigures, ShardCounts, ShardSnapshot, ShardStats};
 use super::telemetry::{PeerCounts, ShardTelemetry, TelemetryReport};
 use super::{Control, Doorbell, DoorbellReceiver, FilterMessage, FINAL_IMAGE};
 use crate::config::EngineSection;
 use crate::forward::{LinkId, LinkStep};
 use crate::framing::{FrameDecoder, FrameHeader};
+use crate::noise::framing::Deframer;
+use crate::noise::link::Handshake;
+use crate::noise::{Failure, NoiseCounts, NoiseIdentity, Role};
 use crate::replay::snapshot::{FilterImage, SnapshotCursor};
 use crate::sphinx::{HopProcessor, KeyUpdate, LiveKey};
 use crate::topology::KnownNodes;
@@ -81,6 +85,8 @@ pub(super) struct ShardInit {
     pub stats: Arc<Vec<ShardStats>>,
     pub telemetry: Sender<TelemetryReport>,
     pub filter_images: Sender<FilterMessage>,
+    /// The node's Noise key pair (None: `engine.noise = "off"`, or no key).
+    pub noise: Option<NoiseIdentity>,
 }
 
 /// The cross-shard channels as the core's [`HandoffSink`]: a handoff that goes in rings the
@@ -167,6 +173,9 @@ struct Shard {
     purged_keys: Sender<LiveKey>,
     /// While draining, since when every shard was seen holding nothing.
     idle_since: Cell<Option<Instant>>,
+    /// The node's Noise key pair, if it speaks Noise.
+    noise: Option<NoiseIdentity>,
+    noise_counts: RefCell<NoiseCounts>,
 }
 
 /// This shard's inbound table: its shares of the node-wide limits.
@@ -250,6 +259,8 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
         key_updates: init.key_updates,
         purged_keys: init.purged_keys,
         idle_since: Cell::new(None),
+        noise: init.noise,
+        noise_counts: RefCell::new(NoiseCounts::default()),
     });
     for bell in init.bells_in {
         glommio::spawn_local(listen_for_doorbell(Rc::clone(&shard), bell)).detach();
@@ -353,6 +364,30 @@ impl Shard {
         }
     }
 
+    /// The node's Noise key pair when connections from `ip` must speak Noise: the topology
+    /// lists `ip` with a Noise key.
+    fn noise_from(&self, ip: std::net::IpAddr) -> Option<NoiseIdentity> {
+        let noise = self.noise.as_ref()?;
+        let core = self.core.borrow();
+        core.known()
+            .is_some_and(|known| known.expects_noise_from(ip))
+            .then(|| noise.clone())
+    }
+
+    /// The node's Noise key pair and the peer's key when a connection to `address` must
+    /// speak Noise: the topology lists that mix address with a Noise key.
+    fn noise_to(&self, address: SocketAddr) -> Option<(NoiseIdentity, [u8; 32])> {
+        let noise = self.noise.as_ref()?;
+        let core = self.core.borrow();
+        let remote = core.known()?.noise_key_of(address)?;
+        Some((noise.clone(), remote))
+    }
+
+    fn noise_failed(&self, role: Role, failure: Failure, peer: SocketAddr) {
+        tracing::debug!(shard = self.index, %peer, role = role.as_str(), reason = failure.as_str(), "noise link failed");
+        self.noise_counts.borrow_mut().failed(role, failure);
+    }
+
     /// Count an inbound connection closed by a deadline.
     fn count_close(&self, reason: CloseReason) {
         let counter = match reason {
@@ -403,6 +438,7 @@ impl Shard {
             replay_filter_fill_ppm: (filter.fill_ratio() * 1e6) as u64,
             replay_filter_generations_turned: filter.generations_turned(),
             keys: key_figures(core.processor()),
+            noise: *self.noise_counts.borrow(),
             // The watchdog's figures; filled in when read.
             stalls: 0,
             stalled: false,
@@ -593,7 +629,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                     .inbound
                     .borrow_mut()
                     .insert(id, peer.ip(), Instant::now());
-                let task = glommio::spawn_local(reader(Rc::clone(&shard), stream, id)).detach();
+                let task =
+                    glommio::spawn_local(reader(Rc::clone(&shard), stream, id, peer)).detach();
                 shard.readers.borrow_mut().insert(id, task);
             }
             Err(e) => {
@@ -632,7 +669,44 @@ fn log_accept_error(shard: usize, accept_errors: u64, error: &glommio::GlommioEr
     }
 }
 
-async fn reader(shard: Rc<Shard>, mut stream: TcpStream, id: u64) {
+/// One inbound connection: the Noise handshake when the topology says the peer speaks it,
+/// then its frames.
+async fn reader(shard: Rc<Shard>, mut stream: TcpStream, id: u64, peer: SocketAddr) {
+    let mut noise = None;
+    let mut handshake_failed = false;
+    if let Some(identity) = shard.noise_from(peer.ip()) {
+        let deadline = Instant::now() + shard.engine.noise_handshake_timeout;
+        let mut deframer = Box::new(Deframer::new());
+        let responder = Handshake::responder(&identity.private, &identity.public);
+        match noise_io::handshake(&mut stream, responder, &mut deframer, deadline).await {
+            Ok(transport) => {
+                shard
+                    .noise_counts
+                    .borrow_mut()
+                    .handshake_done(Role::Responder);
+                noise = Some(NoiseReader::new(transport, deframer));
+            }
+            Err(failure) => {
+                shard.noise_failed(Role::Responder, failure, peer);
+                handshake_failed = true;
+            }
+        }
+        shard.publish();
+    }
+    if !handshake_failed {
+        read_frames(&shard, stream, id, noise, peer).await;
+    }
+    shard.inbound.borrow_mut().remove(id);
+    shard.readers.borrow_mut().remove(&id);
+}
+
+async fn read_frames(
+    shard: &Rc<Shard>,
+    mut stream: TcpStream,
+    id: u64,
+    mut noise: Option<NoiseReader>,
+    peer: SocketAddr,
+) {
     let mut decoder = FrameDecoder::new();
     let mut turn_started = Instant::now();
     // When the first byte of the frame not yet whole arrived.
@@ -649,16 +723,27 @@ async fn reader(shard: Rc<Shard>, mut stream: TcpStream, id: u64) {
         if stream.set_read_timeout(Some(left)).is_err() {
             break;
         }
-        let read_at = match stream.read(decoder.spare_mut()).await {
+        let read = match noise.as_mut() {
+            None => stream
+                .read(decoder.spare_mut())
+                .await
+                .map_err(ReadError::Io),
+            Some(noise) => noise.read(&mut stream, decoder.spare_mut(), deadline).await,
+        };
+        let read_at = match read {
             Ok(0) => break,
             Ok(n) => {
                 decoder.advance(n);
                 Instant::now()
             }
-            Err(e) => {
+            Err(ReadError::Io(e)) => {
                 if e.kind() == std::io::ErrorKind::TimedOut {
                     shard.count_close(reason);
                 }
+                break;
+            }
+            Err(ReadError::Noise(failure)) => {
+                shard.noise_failed(Role::Responder, failure, peer);
                 break;
             }
         };
@@ -701,8 +786,6 @@ async fn reader(shard: Rc<Shard>, mut stream: TcpStream, id: u64) {
         futures_lite::future::yield_now().await;
         turn_started = Instant::now();
     }
-    shard.inbound.borrow_mut().remove(id);
-    shard.readers.borrow_mut().remove(&id);
 }
 
 /// The shard's clock: the cross-shard inbox, the core's timeouts, publication, and shutdown.
@@ -847,6 +930,8 @@ async fn close(shard: &Rc<Shard>) {
 /// (connect, write, wait, close) and reports each result back.
 async fn writer(shard: Rc<Shard>, task: Rc<LinkTask>, link: LinkId, next_hop: SocketAddr) {
     let mut stream: Option<TcpStream> = None;
+    // The link's Noise transport, when the next hop speaks Noise.
+    let mut noise: Option<NoiseWriter> = None;
     // Grows to one batch while the link writes; freed with the task.
     let mut buffer: Vec<u8> = Vec::new();
     let mut dues: Vec<Instant> = Vec::new();
@@ -868,6 +953,37 @@ async fn writer(shard: Rc<Shard>, task: Rc<LinkTask>, link: LinkId, next_hop: So
             LinkStep::Connect(address) => {
                 let connected =
                     TcpStream::connect_timeout(address, shard.engine.connect_timeout).await;
+                let connected = match (connected, shard.noise_to(address)) {
+                    (Ok(mut s), Some((identity, remote))) => {
+                        let deadline = Instant::now() + shard.engine.noise_handshake_timeout;
+                        let mut deframer = Deframer::for_handshake();
+                        let initiator = Handshake::initiator(&identity.private, &remote);
+                        let shaken =
+                            noise_io::handshake(&mut s, initiator, &mut deframer, deadline).await;
+                        match shaken {
+                            Ok(transport) => {
+                                shard
+                                    .noise_counts
+                                    .borrow_mut()
+                                    .handshake_done(Role::Initiator);
+                                noise = Some(NoiseWriter::new(transport));
+                                Ok(s)
+                            }
+                            Err(failure) => {
+                                shard.noise_failed(Role::Initiator, failure, address);
+                                Err(std::io::Error::other(format!(
+                                    "noise handshake failed: {}",
+                                    failure.as_str()
+                                )))
+                            }
+                        }
+                    }
+                    (Ok(s), None) => {
+                        noise = None;
+                        Ok(s)
+                    }
+                    (Err(e), _) => Err(std::io::Error::other(e.to_string())),
+                };
                 match connected {
                     Ok(s) => {
                         let _ = s.set_nodelay(true);
@@ -889,10 +1005,11 @@ async fn writer(shard: Rc<Shard>, task: Rc<LinkTask>, link: LinkId, next_hop: So
                 }
             }
             LinkStep::Write { .. } => {
-                let result = match stream.as_mut() {
-                    Some(s) => s.write_all(&buffer).await,
+                let result = match (stream.as_mut(), noise.as_mut()) {
+                    (Some(s), Some(noise)) => noise.write_all(s, &buffer).await,
+                    (Some(s), None) => s.write_all(&buffer).await,
                     // The core only writes on a link it was told is connected.
-                    None => Err(std::io::Error::other("no connection")),
+                    (None, _) => Err(std::io::Error::other("no connection")),
                 };
                 match result {
                     Ok(()) => {

@@ -9,8 +9,8 @@
 //! Building is pure: [`KnownNodes::from_topology`] takes the resolver as an argument, and
 //! [`parse_nym_api_page`] reads one page of nym-api's node list from bytes.
 
-use std::collections::HashSet;
-use std::net::IpAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 
 use serde_json::Value;
 
@@ -29,6 +29,10 @@ pub const ADDRESSES_MAX: usize = TOPOLOGY_NODES_MAX * 4;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KnownNodes {
     addresses: HashSet<IpAddr>,
+    /// Addresses of nodes that announce a Noise key: connections from them must speak Noise.
+    noise_by_ip: HashMap<IpAddr, [u8; 32]>,
+    /// Each such node's mix address and key: connections to it speak Noise.
+    noise_by_address: HashMap<SocketAddr, [u8; 32]>,
     /// Nodes it was built from.
     nodes: usize,
     /// The path or URL, for logs and metrics.
@@ -65,15 +69,52 @@ impl KnownNodes {
         origin: &str,
         resolve: &mut impl FnMut(&str) -> Vec<IpAddr>,
     ) -> KnownNodes {
-        let nodes = topology.nodes.iter().map(|node| {
-            let mut ips = match node.host.parse() {
-                Ok(ip) => vec![ip],
-                Err(_) => resolve(&node.host),
+        let nodes: Vec<(Vec<IpAddr>, &TopologyNode)> = topology
+            .nodes
+            .iter()
+            .map(|node| {
+                let mut ips = match node.host.parse() {
+                    Ok(ip) => vec![ip],
+                    Err(_) => resolve(&node.host),
+                };
+                ips.extend(node.addresses.iter().copied());
+                (ips, node)
+            })
+            .collect();
+        let mut known =
+            KnownNodes::from_addresses(nodes.iter().map(|(ips, _)| ips.clone()), origin);
+        for (ips, node) in nodes.iter().take(TOPOLOGY_NODES_MAX) {
+            let Some(key) = node.noise_key else {
+                continue;
             };
-            ips.extend(node.addresses.iter().copied());
-            ips
-        });
-        KnownNodes::from_addresses(nodes.collect::<Vec<_>>(), origin)
+            for ip in ips.iter().take(ADDRESSES_PER_NODE_MAX) {
+                let ip = canonical(*ip);
+                if known.noise_by_ip.len() < ADDRESSES_MAX {
+                    known.noise_by_ip.insert(ip, key);
+                    known
+                        .noise_by_address
+                        .insert(SocketAddr::new(ip, node.mix_port), key);
+                }
+            }
+        }
+        known
+    }
+
+    /// Whether connections from `ip` must speak Noise: it is the address of a node that
+    /// announces a Noise key (by IP only, as nym-nodes decide it).
+    pub fn expects_noise_from(&self, ip: IpAddr) -> bool {
+        self.noise_by_ip.contains_key(&canonical(ip))
+    }
+
+    /// The Noise key of the node at mix address `address`, if it announces one.
+    pub fn noise_key_of(&self, address: SocketAddr) -> Option<[u8; 32]> {
+        let address = SocketAddr::new(canonical(address.ip()), address.port());
+        self.noise_by_address.get(&address).copied()
+    }
+
+    /// Addresses of nodes that announce a Noise key.
+    pub fn noise_addresses(&self) -> usize {
+        self.noise_by_ip.len()
     }
 
     /// Whether `ip` is the address of a known node.
@@ -319,6 +360,26 @@ mod tests {
         let known = KnownNodes::from_topology(&topology, "api", &mut |_| Vec::new());
         assert!(known.contains(a("2001:db8::7")) && known.contains(a("5.6.7.8")));
         assert_eq!(known.addresses(), 3);
+        // Node 1 announces a Noise key on both its addresses; node 2 none.
+        assert!(known.expects_noise_from(a("1.2.3.4")));
+        assert!(known.expects_noise_from(a("::ffff:1.2.3.4")));
+        assert!(known.expects_noise_from(a("2001:db8::7")));
+        assert!(!known.expects_noise_from(a("5.6.7.8")));
+        assert_eq!(
+            known.noise_key_of("1.2.3.4:1789".parse().unwrap()),
+            Some([8; 32])
+        );
+        assert_eq!(
+            known.noise_key_of("[2001:db8::7]:1789".parse().unwrap()),
+            Some([8; 32])
+        );
+        assert_eq!(
+            known.noise_key_of("1.2.3.4:1790".parse().unwrap()),
+            None,
+            "keyed by mix address for connections out"
+        );
+        assert_eq!(known.noise_key_of("5.6.7.8:1800".parse().unwrap()), None);
+        assert_eq!(known.noise_addresses(), 2);
         assert!(parse_nym_api_page(b"{\"nodes\": 5}").is_err());
         assert!(parse_nym_api_page(b"<html>").is_err());
     }

@@ -23,6 +23,8 @@ use x25519_dalek::{PublicKey, StaticSecret};
 pub struct TestNode {
     pub node: Option<RunningNode>,
     pub public_key: PublicKey,
+    /// The node's Noise public key.
+    pub noise_public: [u8; 32],
     pub mix: SocketAddr,
     /// The node's `data/` folder (keys, saved filters, the key manifest).
     pub data_dir: std::path::PathBuf,
@@ -61,6 +63,7 @@ impl TestNode {
         tune(&mut config);
         let keys = NodeKeys::generate().unwrap();
         let public_key = keys.sphinx_public();
+        let noise_public = keys.noise.as_ref().expect("generated with one").public();
         let node = node::start(
             &config,
             keys,
@@ -73,6 +76,7 @@ impl TestNode {
         TestNode {
             node: Some(node),
             public_key,
+            noise_public,
             mix,
             data_dir,
             _home: home,

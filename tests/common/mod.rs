@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mixnet;
+pub mod noise_peer;
 pub mod nym_api;
 
 use std::io::{Read, Write};
