@@ -32,7 +32,7 @@ fn wire(node: &TestNode, last: RouteHop, count: usize, tag: &str) -> Vec<u8> {
             frame(
                 h,
                 &packet(
-                    &[node.hop(Duration::ZERO), last.clone()],
+                    &[node.hop(Duration::ZERO), last],
                     SizeTag::Ack,
                     format!("{tag}{i}").as_bytes(),
                 ),
