@@ -9,6 +9,7 @@
 
 pub mod cpu;
 pub mod held;
+pub mod noise;
 pub mod prepare;
 pub mod report;
 pub mod sink;
@@ -54,6 +55,9 @@ pub struct BenchOptions {
     /// With two keys, send frames without a rotation byte (byte 0), so the node tries its
     /// primary key first: the worst case. Otherwise the byte names the key.
     pub unnamed_key: bool,
+    /// Links to run each shard count with, in order: false (plain TCP) and/or true (Noise
+    /// XKpsk3 from the generator to the node and from the node to the sink).
+    pub noise: Vec<bool>,
     /// Show progress on the terminal.
     pub progress: bool,
 }
@@ -97,6 +101,12 @@ pub struct RunResult {
     pub keys: u8,
     /// The rotation byte the frames carried (0 unknown, 1 odd, 2 even).
     pub rotation_byte: u8,
+    /// Whether the links were Noise (generator to node, node to sink).
+    pub noise: bool,
+    /// Noise handshakes the node finished in this run, as responder and as initiator.
+    pub noise_handshakes: [u64; 2],
+    /// Noise links that failed in this run: at the node (both roles) and at the sink.
+    pub noise_failures: u64,
     /// Measured window, s.
     pub window_s: f64,
     /// Open-loop rate asked for, if any.
@@ -156,6 +166,8 @@ pub struct BenchResult {
     pub hop_processor_ratios: Vec<HopProcessorRatio>,
     /// Two live keys over one, per shard count and hop processor, when both ran.
     pub key_ratios: Vec<KeyRatio>,
+    /// Noise over plain TCP, per shard count, hop processor and key count, when both ran.
+    pub noise_ratios: Vec<NoiseRatio>,
     /// Bytes per held packet for every Sphinx packet size ([`held::measure`]); empty when
     /// not measured.
     pub held_bytes: Vec<held::HeldBytes>,
@@ -173,6 +185,21 @@ pub struct KeyRatio {
     /// forwarded/s with two keys over forwarded/s with one.
     pub forwarded: f64,
     /// forwarded/s per core busy in the node (CPU time), two keys over one.
+    pub forwarded_per_node_core: f64,
+}
+
+/// Noise links' figures over plain TCP's, for one shard count and hop processor.
+#[derive(Clone, Debug, Serialize)]
+pub struct NoiseRatio {
+    /// Shards.
+    pub cores: usize,
+    /// The hop processor.
+    pub hop_processor: HopProcessorKind,
+    /// Live keys.
+    pub keys: u8,
+    /// forwarded/s over Noise over forwarded/s over plain TCP.
+    pub forwarded: f64,
+    /// forwarded/s per core busy in the node (CPU time), Noise over plain.
     pub forwarded_per_node_core: f64,
 }
 
@@ -269,11 +296,22 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult, BenchError> {
     let two_keys = TwoKeys::new(options.unnamed_key);
     let sink = sink::Sink::start(listeners, hops, fingerprints, frames.len(), delay)
         .map_err(setup("starting the sink"))?;
+    // The generator's Noise key pair (the sink has its own).
+    let generator_noise = crate::noise::NoiseIdentity::from_private(
+        crate::keys::NoiseKey::generate()
+            .map_err(setup("key generation"))?
+            .private
+            .to_bytes(),
+    );
 
     let mut runs = Vec::new();
     for &cores in &options.cores {
         for &hop_processor in &options.hop_processors {
-            for &key_count in &options.keys {
+            for (&key_count, &noise) in options
+                .keys
+                .iter()
+                .flat_map(|k| options.noise.iter().map(move |n| (k, n)))
+            {
                 let rotation_byte = if key_count == 2 {
                     two_keys.rotation_byte
                 } else {
@@ -284,7 +322,8 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult, BenchError> {
                 }
                 if options.progress {
                     eprintln!(
-                    "running {cores} shard(s), hop processor {hop_processor}, {key_count} key(s), rotation byte {rotation_byte}, for {:?}...",
+                    "running {cores} shard(s), hop processor {hop_processor}, {key_count} key(s), rotation byte {rotation_byte}, {} links, for {:?}...",
+                    if noise { "Noise" } else { "plain TCP" },
                     options.duration
                 );
                 }
@@ -298,8 +337,9 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult, BenchError> {
                     cores,
                     hop_processor,
                     two_keys: (key_count == 2).then_some(&two_keys),
+                    noise: noise.then_some(&generator_noise),
                 };
-                let mut run = run_once(options, spec, &keys, &frames, &sink.shared, before)?;
+                let mut run = run_once(options, spec, &keys, &frames, &sink, before)?;
                 run.rotation_byte = rotation_byte;
                 let after = prepare::ceiling(&frames, header_len, &node_secret, burst);
                 run.ceiling_per_s = (before + after) / 2.0;
@@ -324,8 +364,10 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult, BenchError> {
     };
     let hop_processor_ratios = hop_processor_ratios(&runs);
     let key_ratios = key_ratios(&runs);
+    let noise_ratios = noise_ratios(&runs);
     Ok(BenchResult {
         key_ratios,
+        noise_ratios,
         size: format!("{:?}", options.size),
         delay_ms: options.delay.as_millis() as u64,
         runs,
@@ -382,6 +424,29 @@ impl TwoKeys {
 }
 
 /// Two keys over one for every shard count and hop processor that ran with both.
+fn noise_ratios(runs: &[RunResult]) -> Vec<NoiseRatio> {
+    let mut ratios = Vec::new();
+    for noise in runs.iter().filter(|run| run.noise) {
+        let Some(plain) = runs.iter().find(|run| {
+            !run.noise
+                && run.cores == noise.cores
+                && run.hop_processor == noise.hop_processor
+                && run.keys == noise.keys
+        }) else {
+            continue;
+        };
+        let per_core = |run: &RunResult| run.forwarded_per_s / run.cpu.node.max(1e-9);
+        ratios.push(NoiseRatio {
+            cores: noise.cores,
+            hop_processor: noise.hop_processor,
+            keys: noise.keys,
+            forwarded: noise.forwarded_per_s / plain.forwarded_per_s.max(1e-9),
+            forwarded_per_node_core: per_core(noise) / per_core(plain).max(1e-9),
+        });
+    }
+    ratios
+}
+
 fn key_ratios(runs: &[RunResult]) -> Vec<KeyRatio> {
     let mut ratios = Vec::new();
     for two in runs.iter().filter(|run| run.keys == 2) {
@@ -457,11 +522,44 @@ fn node_config(
     config
 }
 
-/// What one run varies: shards, hop processor, and the two-key setup if any.
+/// What one run varies: shards, hop processor, the two-key setup if any, and the
+/// generator's Noise key pair when the links are Noise.
 struct RunSpec<'a> {
     cores: usize,
     hop_processor: HopProcessorKind,
     two_keys: Option<&'a TwoKeys>,
+    noise: Option<&'a crate::noise::NoiseIdentity>,
+}
+
+/// The run's topology: the generator (127.0.0.1) and every sink address, with their Noise
+/// keys when the links are Noise, without in a plain run (the same known-node checks either
+/// way, so that the runs differ only in Noise).
+fn write_bench_topology(
+    path: &std::path::Path,
+    sink: &sink::Sink,
+    generator_noise: Option<&crate::noise::NoiseIdentity>,
+) -> Result<(), BenchError> {
+    use crate::topology::{TopologyEntry, TopologyFile};
+    let entry = |i: usize, port: u16, noise: Option<[u8; 32]>| {
+        let identity =
+            ed25519_dalek::SigningKey::from_bytes(&[(i % 250) as u8 + 1; 32]).verifying_key();
+        TopologyEntry {
+            identity_key: bs58::encode(identity.as_bytes()).into_string(),
+            sphinx_key: bs58::encode([7u8; 32]).into_string(),
+            host: "127.0.0.1".to_string(),
+            mix_port: port,
+            verloc_port: 1790,
+            noise_key: noise.map(|k| bs58::encode(k).into_string()),
+            ..Default::default()
+        }
+    };
+    let sink_noise = generator_noise.map(|_| sink.shared.noise.public);
+    let mut nodes = vec![entry(0, 1, generator_noise.map(|n| n.public))];
+    for (i, (address, _)) in sink.hops.iter().enumerate() {
+        nodes.push(entry(i + 1, address.port(), sink_noise));
+    }
+    std::fs::write(path, TopologyFile { nodes }.to_json_pretty())
+        .map_err(setup("writing the topology"))
 }
 
 fn run_once(
@@ -469,15 +567,18 @@ fn run_once(
     spec: RunSpec<'_>,
     keys: &NodeKeys,
     frames: &[Vec<u8>],
-    shared: &Arc<SinkShared>,
+    sink: &sink::Sink,
     ceiling: f64,
 ) -> Result<RunResult, BenchError> {
     let RunSpec {
         cores,
         hop_processor,
         two_keys,
+        noise,
     } = spec;
+    let shared = &sink.shared;
     shared.reset();
+    shared.noise_on.store(noise.is_some(), Ordering::Relaxed);
     let home = tempfile_dir()?;
     let expected_held =
         options.rate.unwrap_or(ceiling * cores as f64) * options.delay.as_secs_f64();
@@ -489,6 +590,11 @@ fn run_once(
         &home.0,
     );
     config.engine.hop_processor = hop_processor;
+    let topology = home.0.join("topology.json");
+    write_bench_topology(&topology, sink, noise)?;
+    config.topology.source = topology.display().to_string();
+    // The sink's addresses stay the same all run long: one read.
+    config.topology.refresh_interval = Duration::from_secs(3600);
     if let Some(two) = two_keys {
         two.install(&mut config, &keys.sphinx)?;
     }
@@ -526,13 +632,28 @@ fn run_once(
     // The sink keeps off the shards' cores when one is left free; otherwise it runs anywhere
     // rather than all on one shard's core.
     shared.pin_to(free_core.filter(|_| cores < core_ids.len()).map(|c| c.id));
-    let mut streams: Vec<Vec<TcpStream>> = Vec::new();
+    let node_noise = keys.noise.as_ref().map(|k| k.public());
+    let mut streams: Vec<Vec<Link>> = Vec::new();
     for _ in 0..generators {
         let mut group = Vec::new();
         for _ in 0..connections / generators {
-            let s = TcpStream::connect(mix).map_err(setup("connecting to the node"))?;
+            let mut s = TcpStream::connect(mix).map_err(setup("connecting to the node"))?;
             let _ = s.set_nodelay(true);
-            group.push(s);
+            let transport = match (noise, node_noise) {
+                (Some(me), Some(node)) => {
+                    let initiator = crate::noise::link::Handshake::initiator(&me.private, &node);
+                    Some(
+                        noise::handshake(&mut s, initiator)
+                            .map_err(setup("the Noise handshake with the node"))?
+                            .0,
+                    )
+                }
+                _ => None,
+            };
+            group.push(Link {
+                stream: s,
+                noise: transport,
+            });
         }
         streams.push(group);
     }
@@ -589,6 +710,19 @@ fn run_once(
         let _ = h.subtract(&w_in_node);
         latency_of(&h, 1000)
     };
+    let (noise_handshakes, noise_failures) = {
+        let counts = running
+            .snapshots()
+            .iter()
+            .fold(crate::noise::NoiseCounts::default(), |sum, s| {
+                sum.plus(&s.noise)
+            });
+        (
+            counts.handshakes,
+            counts.failures.iter().flatten().sum::<u64>()
+                + shared.noise_failures.load(Ordering::Relaxed),
+        )
+    };
     let finals = running.shutdown();
     let mut drops = BTreeMap::new();
     for reason in DropReason::ALL {
@@ -623,6 +757,9 @@ fn run_once(
         hop_processor,
         keys: if two_keys.is_some() { 2 } else { 1 },
         rotation_byte: 0,
+        noise: noise.is_some(),
+        noise_handshakes,
+        noise_failures,
         window_s,
         rate_asked: options.rate,
         forwarded_per_s,
@@ -746,11 +883,17 @@ fn tempfile_dir() -> Result<TempHome, BenchError> {
 /// How close to a packet's send time the open-loop generator stops sleeping and spins.
 const GENERATOR_SPIN_NS: u64 = 20_000;
 
+/// One generator connection, and its Noise transport when the run's links are Noise.
+struct Link {
+    stream: TcpStream,
+    noise: Option<crate::noise::link::Transport>,
+}
+
 /// One generator thread: open-loop at `rate`, or saturating; then idle until the run ends.
 #[allow(clippy::too_many_arguments)]
 fn generate(
     frames: &[Vec<u8>],
-    streams: Vec<TcpStream>,
+    streams: Vec<Link>,
     rate: Option<f64>,
     duration: Duration,
     t0: u64,
@@ -792,7 +935,7 @@ fn stamp_frames(
 #[allow(clippy::too_many_arguments)]
 fn open_loop(
     frames: &[Vec<u8>],
-    mut streams: Vec<TcpStream>,
+    mut streams: Vec<Link>,
     rate: f64,
     duration: Duration,
     t0: u64,
@@ -807,6 +950,7 @@ fn open_loop(
     }
     let batch = 1;
     let mut buffer = Vec::with_capacity(batch * frames.first().map_or(0, Vec::len));
+    let mut sealed = Vec::with_capacity(buffer.capacity() + 64);
     let mut turn = 0usize;
     let end_ns = t0 + duration.as_nanos() as u64;
     while !stop.load(Ordering::Relaxed) {
@@ -836,9 +980,19 @@ fn open_loop(
         }
         stamp_frames(shared, frames, (first, last), now, &mut buffer);
         let index = turn % streams.len();
-        let stream = &mut streams[index];
+        let link = &mut streams[index];
         turn += 1;
-        if stream.write_all(&buffer).is_err() {
+        let bytes = match link.noise.as_mut() {
+            Some(transport) => {
+                sealed.clear();
+                if transport.seal(&buffer, &mut sealed).is_err() {
+                    break;
+                }
+                &sealed
+            }
+            None => &buffer,
+        };
+        if link.stream.write_all(bytes).is_err() {
             break;
         }
         sent_total.fetch_add(last - first, Ordering::Relaxed);
@@ -848,9 +1002,13 @@ fn open_loop(
 /// Frames a saturating generator writes to one connection at a time.
 const SATURATE_BATCH: usize = 16;
 
-/// One connection of a saturating generator, with the bytes of its current batch.
+/// One connection of a saturating generator, with the bytes of its current batch (sealed,
+/// on a Noise link).
 struct Outgoing {
     stream: TcpStream,
+    noise: Option<crate::noise::link::Transport>,
+    /// The batch's frames before sealing (Noise links).
+    plain: Vec<u8>,
     pending: Vec<u8>,
     written: usize,
     frames: usize,
@@ -862,7 +1020,7 @@ struct Outgoing {
 #[allow(clippy::too_many_arguments)]
 fn saturate(
     frames: &[Vec<u8>],
-    streams: Vec<TcpStream>,
+    streams: Vec<Link>,
     duration: Duration,
     t0: u64,
     stop: &AtomicBool,
@@ -873,10 +1031,12 @@ fn saturate(
     let frame_len = frames.first().map_or(0, Vec::len);
     let mut conns: Vec<Outgoing> = streams
         .into_iter()
-        .filter(|s| s.set_nonblocking(true).is_ok())
-        .map(|stream| Outgoing {
-            stream,
-            pending: Vec::with_capacity(SATURATE_BATCH * frame_len),
+        .filter(|link| link.stream.set_nonblocking(true).is_ok())
+        .map(|link| Outgoing {
+            stream: link.stream,
+            noise: link.noise,
+            plain: Vec::with_capacity(SATURATE_BATCH * frame_len),
+            pending: Vec::with_capacity(SATURATE_BATCH * frame_len + 64),
             written: 0,
             frames: 0,
         })
@@ -891,13 +1051,17 @@ fn saturate(
                     break 'run;
                 }
                 let last = (first + SATURATE_BATCH).min(frames.len());
-                stamp_frames(
-                    shared,
-                    frames,
-                    (first, last),
-                    shared.now_ns(),
-                    &mut c.pending,
-                );
+                let now = shared.now_ns();
+                match c.noise.as_mut() {
+                    Some(transport) => {
+                        stamp_frames(shared, frames, (first, last), now, &mut c.plain);
+                        c.pending.clear();
+                        if transport.seal(&c.plain, &mut c.pending).is_err() {
+                            break 'run;
+                        }
+                    }
+                    None => stamp_frames(shared, frames, (first, last), now, &mut c.pending),
+                }
                 c.written = 0;
                 c.frames = last - first;
             }

@@ -42,6 +42,12 @@ pub struct SinkShared {
     pin_core: AtomicUsize,
     /// The cores this process could use when the sink started.
     all_cores: Vec<usize>,
+    /// The sink's Noise key pair.
+    pub noise: crate::noise::NoiseIdentity,
+    /// Whether connections accepted now speak Noise (the sink answers the handshake).
+    pub noise_on: AtomicBool,
+    /// Noise handshakes or messages that failed at the sink (should be 0).
+    pub noise_failures: AtomicU64,
 }
 
 impl SinkShared {
@@ -78,6 +84,7 @@ impl SinkShared {
         }
         self.arrived.store(0, Ordering::Relaxed);
         self.unknown.store(0, Ordering::Relaxed);
+        self.noise_failures.store(0, Ordering::Relaxed);
         self.record_from_ns.store(u64::MAX, Ordering::Relaxed);
         if let Ok(mut h) = self.latency_us.lock() {
             h.reset();
@@ -139,6 +146,9 @@ impl Sink {
                 .into_iter()
                 .map(|c| c.id)
                 .collect(),
+            noise: crate::noise::NoiseIdentity::from_private(StaticSecret::random().to_bytes()),
+            noise_on: AtomicBool::new(false),
+            noise_failures: AtomicU64::new(0),
         });
         let mut sink = Sink {
             hops,
@@ -208,12 +218,31 @@ fn accept(listener: TcpListener, shared: &Arc<SinkShared>) {
 fn read(mut stream: TcpStream, shared: &SinkShared) {
     let mut pinned = usize::MAX;
     shared.keep_pinned(&mut pinned);
+    let mut noise = None;
+    if shared.noise_on.load(Ordering::Relaxed) {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let responder =
+            crate::noise::link::Handshake::responder(&shared.noise.private, &shared.noise.public);
+        match super::noise::handshake(&mut stream, responder) {
+            Ok((transport, deframer)) => {
+                noise = Some(super::noise::NoiseSource::new(transport, deframer))
+            }
+            Err(_) => {
+                shared.noise_failures.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
     let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
     let mut decoder = FrameDecoder::new();
     let mut local = Some(latency_histogram());
     let mut pending = 0u32;
     while !shared.stop.load(Ordering::Relaxed) {
-        match stream.read(decoder.spare_mut()) {
+        let read = match noise.as_mut() {
+            Some(noise) => noise.read(&mut stream, decoder.spare_mut()),
+            None => stream.read(decoder.spare_mut()),
+        };
+        match read {
             Ok(0) => break,
             Ok(n) => decoder.advance(n),
             Err(e)
@@ -225,7 +254,12 @@ fn read(mut stream: TcpStream, shared: &SinkShared) {
                 flush(shared, &mut local, &mut pending);
                 continue;
             }
-            Err(_) => break,
+            Err(_) => {
+                if noise.is_some() {
+                    shared.noise_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                break;
+            }
         }
         let now_ns = shared.now_ns();
         let record_from = shared.record_from_ns.load(Ordering::Relaxed);

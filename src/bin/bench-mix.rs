@@ -45,6 +45,10 @@ struct Args {
     /// that the node tries its primary key first (the worst case: two scalar multiplications).
     #[arg(long)]
     unnamed_key: bool,
+    /// Run every shard count over plain TCP and then over Noise (XKpsk3 from the generator to
+    /// the node and from the node to the sink), and report Noise over plain.
+    #[arg(long)]
+    noise: bool,
     /// Packets held per packet size to measure bytes per held packet for every size, after
     /// the runs (0: skip).
     #[arg(long, default_value_t = 4000)]
@@ -112,6 +116,11 @@ fn main() -> ExitCode {
         hop_processors: args.hop_processor.clone(),
         keys: args.keys.clone(),
         unnamed_key: args.unnamed_key,
+        noise: if args.noise {
+            vec![false, true]
+        } else {
+            vec![false]
+        },
         progress: !args.json,
     };
     let mut result = match bench::run(&options) {
@@ -211,11 +220,19 @@ fn print_text(result: &BenchResult) {
     for r in &result.runs {
         println!();
         println!(
-            "shards: {}   hop processor: {}   keys: {} (rotation byte {})   window: {:.1} s{}",
+            "shards: {}   hop processor: {}   keys: {} (rotation byte {})   links: {}   window: {:.1} s{}",
             r.cores,
             r.hop_processor,
             r.keys,
             r.rotation_byte,
+            if r.noise {
+                format!(
+                    "Noise ({} handshakes in, {} out, {} failed)",
+                    r.noise_handshakes[0], r.noise_handshakes[1], r.noise_failures
+                )
+            } else {
+                "plain TCP".to_string()
+            },
             r.window_s,
             r.rate_asked
                 .map_or(String::new(), |x| format!("   open-loop rate: {x:.0}/s"))
@@ -300,6 +317,17 @@ fn print_text(result: &BenchResult) {
         println!(
             "fast over crate, {} shard(s): forwarded/s {:.2}x, forwarded per node core {:.2}x, hop step {:.2}x",
             ratio.cores, ratio.forwarded, ratio.forwarded_per_node_core, ratio.hop_step
+        );
+    }
+    for ratio in &result.noise_ratios {
+        println!();
+        println!(
+            "Noise over plain TCP, {} shard(s), {}, {} key(s): forwarded/s {:.3}x, forwarded per node core {:.3}x",
+            ratio.cores,
+            ratio.hop_processor,
+            ratio.keys,
+            ratio.forwarded,
+            ratio.forwarded_per_node_core
         );
     }
     for ratio in &result.key_ratios {

@@ -1,0 +1,91 @@
+//! Noise for the benchmark's generator and sink (`bench-mix --noise`): blocking handshakes
+//! and a reader over std sockets, with the node's own [`crate::noise::link`]. The node under
+//! test speaks Noise through its shard driver; these are its peers.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+
+use crate::noise::framing::{Deframer, DATA_PLAINTEXT_MAX};
+use crate::noise::link::{Handshake, Transport};
+
+/// Run `handshake` over `stream` to its end; what the peer sent after its last handshake
+/// message stays in the returned deframer.
+pub fn handshake(
+    stream: &mut TcpStream,
+    mut handshake: Handshake,
+) -> std::io::Result<(Transport, Deframer)> {
+    let mut deframer = Deframer::new();
+    let broken = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+    while !handshake.is_finished() {
+        if handshake.is_my_turn() {
+            let mut out = Vec::new();
+            handshake.write_next(&mut out).map_err(|e| broken(&e))?;
+            stream.write_all(&out)?;
+            continue;
+        }
+        loop {
+            if let Some((header, payload)) = deframer.next_message().map_err(|e| broken(&e))? {
+                handshake.read(header, payload).map_err(|e| broken(&e))?;
+                break;
+            }
+            match stream.read(deframer.spare_mut()) {
+                Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+                Ok(n) => deframer.advance(n),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let transport = handshake.into_transport().map_err(|e| broken(&e))?;
+    Ok((transport, deframer))
+}
+
+/// The frame stream of a Noise connection, read as a plain one would be.
+pub struct NoiseSource {
+    transport: Transport,
+    deframer: Deframer,
+    plain: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl NoiseSource {
+    /// After [`handshake`].
+    pub fn new(transport: Transport, deframer: Deframer) -> NoiseSource {
+        NoiseSource {
+            transport,
+            deframer,
+            plain: vec![0u8; DATA_PLAINTEXT_MAX],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Fill `buf` with the next plaintext bytes (0: closed); a read timeout passes through.
+    pub fn read(&mut self, stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.start < self.end {
+                let n = buf.len().min(self.end - self.start);
+                buf[..n].copy_from_slice(&self.plain[self.start..self.start + n]);
+                self.start += n;
+                return Ok(n);
+            }
+            let next = self
+                .deframer
+                .next_message()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            if let Some((header, payload)) = next {
+                self.end = self
+                    .transport
+                    .open(header, payload, &mut self.plain)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                self.start = 0;
+                continue;
+            }
+            match stream.read(self.deframer.spare_mut())? {
+                0 => return Ok(0),
+                n => self.deframer.advance(n),
+            }
+        }
+    }
+}
