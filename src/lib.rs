@@ -30,8 +30,10 @@
 //!   rustls) and its counters.
 //! - [`monitor`]: the node's loop packets through itself and the network, the record of
 //!   their fates (pure) and the thread that sends them; `/report` and `/history`.
-//! - [`noise`]: Noise on mixnet links: the message framing of nym-noise (pure, fuzzed) and
-//!   the pre-shared key; the handshake and its place in the driver are still to come.
+//! - [`noise`]: Noise on mixnet links: the message framing of nym-noise (pure, fuzzed), the
+//!   pre-shared key, the XKpsk3 handshake and transport through snow (`noise::link`, pure)
+//!   and the counts of failures by reason; `shard/noise_io.rs` is the driver's side (a
+//!   link's cipher state lives in the one task that reads or writes it).
 //! - [`background`]: stopping the threads that talk to the network without waiting on it.
 //! - [`node`]: starts and stops the services in order; saving and loading the replay filters;
 //!   the open-files limit and the summary log line; `node::announce`, the announcement to
@@ -39,7 +41,7 @@
 //! - [`http`]: the HTTP API control thread; `http::nym_node`, the `/api/v1/` routes in
 //!   nym-node's shapes and the signed host-information (pure).
 //! - [`config`]: `config.toml`, `description.toml`, home folders, and upgrades of old files.
-//! - [`keys`]: the identity (Ed25519) and Sphinx (X25519) key files.
+//! - [`keys`]: the identity (Ed25519), Sphinx (X25519) and Noise (X25519) key files.
 //! - [`probe`]: sends test packets through a node and says whether it is mixing.
 //! - [`bench`]: the whole-node benchmark behind `bench-mix`.
 //! - [`cli`]: the operator commands; the only place errors become messages and exit codes.
