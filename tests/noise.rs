@@ -65,11 +65,20 @@ fn wait_for_count(node: &TestNode, what: &str, f: impl Fn(&NoiseCounts) -> bool)
 
 /// A node whose topology is `entries`.
 fn node_with(entries: Vec<nym_mixnode::topology::TopologyEntry>) -> (TestNode, tempfile::TempDir) {
+    node_tuned(entries, |_| {})
+}
+
+/// A node whose topology is `entries`, its config edited by `tune`.
+fn node_tuned(
+    entries: Vec<nym_mixnode::topology::TopologyEntry>,
+    tune: impl FnOnce(&mut nym_mixnode::config::Config),
+) -> (TestNode, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("topology.json");
     write_topology(&path, entries);
     let node = TestNode::start(1, |c| {
         c.topology.source = path.display().to_string();
+        tune(c);
     });
     (node, dir)
 }
@@ -149,10 +158,14 @@ fn noise_peers_get_noise_both_ways_and_plain_peers_plain_tcp() {
 fn every_broken_handshake_or_message_closes_only_its_connection_and_is_counted() {
     let peer = noise_keys(21);
     let hop = NoiseReceiver::start("127.0.0.3", noise_keys(31), Answer::Noise);
-    let (node, _dir) = node_with(vec![
-        entry(1, "127.0.0.2", 1789, Some(peer.public)),
-        entry(2, "127.0.0.3", hop.addr.port(), Some(hop.noise.public)),
-    ]);
+    // Failures one after the other from one address: no penalty in between (its own test).
+    let (node, _dir) = node_tuned(
+        vec![
+            entry(1, "127.0.0.2", 1789, Some(peer.public)),
+            entry(2, "127.0.0.3", hop.addr.port(), Some(hop.noise.public)),
+        ],
+        |c| c.engine.noise_failure_penalty = Duration::ZERO,
+    );
     let failures = |role: Role, failure: Failure| noise_counts(&node).failures_of(role, failure);
     let handshake_header = |len: u16| {
         Header {
@@ -262,6 +275,54 @@ fn every_broken_handshake_or_message_closes_only_its_connection_and_is_counted()
     assert_eq!(counts.handshakes[Role::Responder as usize], 3, "{counts:?}");
     assert_eq!(failures(Role::Responder, Failure::Closed), 0);
     node.assert_shards_balance();
+}
+
+#[test]
+fn an_address_that_failed_a_handshake_waits_out_its_penalty_before_the_next() {
+    let peer = noise_keys(23);
+    let (node, _dir) = node_with(vec![entry(1, "127.0.0.8", 1789, Some(peer.public))]);
+    let junk = |node: &TestNode| {
+        let mut s = connect_from(ip("127.0.0.8"), node.mix);
+        let mut bytes = Header {
+            kind: MessageKind::Handshake,
+            len: 48,
+        }
+        .encode()
+        .to_vec();
+        bytes.extend_from_slice(&[0x5a; 48]);
+        s.write_all(&bytes).unwrap();
+        assert!(closed_by_node(&mut s, Duration::from_secs(3)));
+    };
+    let failed = Instant::now();
+    junk(&node);
+    wait_for_count(&node, "the junk", |c| {
+        c.failures_of(Role::Responder, Failure::BadHandshake) == 1
+    });
+    // Within the penalty (1 s): closed before any handshake work, even a good one.
+    let mut early = connect_from(ip("127.0.0.8"), node.mix);
+    let refused = handshake(
+        &mut early,
+        Handshake::initiator(&peer.private, &node.noise_public),
+    );
+    assert!(refused.is_err());
+    assert!(failed.elapsed() < Duration::from_secs(1), "test too slow");
+    wait_for_count(&node, "the penalised attempt", |c| {
+        c.failures_of(Role::Responder, Failure::Penalised) == 1
+    });
+    // After it, a good handshake goes through and forgives the address.
+    std::thread::sleep(
+        Duration::from_secs(1).saturating_sub(failed.elapsed()) + Duration::from_millis(100),
+    );
+    let (_stream, _transport) = noise_sender("127.0.0.8", peer, &node);
+    wait_for_count(&node, "the handshake after the penalty", |c| {
+        c.handshakes[Role::Responder as usize] == 1
+    });
+    let counts = noise_counts(&node);
+    assert_eq!(
+        counts.failures_of(Role::Responder, Failure::BadHandshake),
+        1
+    );
+    assert_eq!(counts.failures_of(Role::Responder, Failure::Penalised), 1);
 }
 
 #[test]

@@ -479,6 +479,11 @@ pub struct EngineSection {
     /// A Noise handshake, either side, must finish within this or its connection is closed.
     #[serde(with = "humantime_serde")]
     pub noise_handshake_timeout: Duration,
+    /// After a failed Noise handshake from an address, its next handshakes wait this long
+    /// (doubling with each failure in a row, up to 64 times); connections sooner are closed
+    /// before any handshake work. "0s": no penalty.
+    #[serde(with = "humantime_serde")]
+    pub noise_failure_penalty: Duration,
     /// First wait after a failed connection to a next hop.
     #[serde(with = "humantime_serde")]
     pub backoff_initial: Duration,
@@ -516,6 +521,7 @@ impl Default for EngineSection {
             connect_timeout: Duration::from_millis(1500),
             noise: NoiseMode::Auto,
             noise_handshake_timeout: Duration::from_millis(1500),
+            noise_failure_penalty: Duration::from_secs(1),
             backoff_initial: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
         }

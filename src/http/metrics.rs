@@ -647,7 +647,7 @@ pub fn render(input: &MetricsInput) -> String {
     o.family(
         "nym_mixnode_noise_failures_total",
         "counter",
-        "Noise links closed by failure, by role and reason: timeout (handshake past engine.noise_handshake_timeout), closed (peer left mid-handshake), bad_handshake (junk, wrong key or PSK), wrong_pattern (another Noise version or pattern), decrypt (a data message that did not check), bad_message (a message that cannot follow the handshake). Only that connection closes.",
+        "Noise links closed by failure, by role and reason: timeout (handshake past engine.noise_handshake_timeout), closed (peer left mid-handshake), bad_handshake (junk, wrong key or PSK), wrong_pattern (another Noise version or pattern), decrypt (a data message that did not check), bad_message (a message that cannot follow the handshake), penalised (closed before any handshake work: the address failed one lately, engine.noise_failure_penalty). Only that connection closes.",
     );
     for role in crate::noise::Role::ALL {
         for failure in crate::noise::Failure::ALL {

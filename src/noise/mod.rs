@@ -12,6 +12,10 @@
 pub mod framing;
 pub mod link;
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
 use sha2::{Digest, Sha256};
 
 /// What the version-1 PSK hashes before the responder's key.
@@ -90,11 +94,14 @@ pub enum Failure {
     Decrypt = 4,
     /// A message that cannot be one after the handshake (another type, a bad length).
     BadMessage = 5,
+    /// Closed before any handshake work: the address failed a handshake lately and is still
+    /// waiting out its penalty ([`FailurePenalties`]).
+    Penalised = 6,
 }
 
 impl Failure {
     /// How many reasons.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     /// Every reason, in counting order.
     pub const ALL: [Failure; Failure::COUNT] = [
         Failure::Timeout,
@@ -103,6 +110,7 @@ impl Failure {
         Failure::WrongPattern,
         Failure::Decrypt,
         Failure::BadMessage,
+        Failure::Penalised,
     ];
 
     /// The metric label.
@@ -114,6 +122,7 @@ impl Failure {
             Failure::WrongPattern => "wrong_pattern",
             Failure::Decrypt => "decrypt",
             Failure::BadMessage => "bad_message",
+            Failure::Penalised => "penalised",
         }
     }
 
@@ -126,6 +135,77 @@ impl Failure {
             _ if during_handshake => Failure::BadHandshake,
             _ => Failure::BadMessage,
         }
+    }
+}
+
+/// Addresses entries [`FailurePenalties`] keeps at most (per shard).
+pub const PENALTY_ENTRIES_MAX: usize = 4096;
+/// The longest penalty, as a multiple of the first.
+const PENALTY_DOUBLINGS_MAX: u32 = 6;
+
+/// What a failed handshake costs its address: the next handshakes from it wait out a penalty
+/// (the first `first`, doubling with each failure in a row up to 64 times that), and a
+/// connection that comes sooner is closed before any handshake work. A junk first message
+/// costs the node one X25519 multiplication and its sender none; this bounds how often one
+/// address can make the node pay it. A finished handshake forgives the address. Bounded:
+/// at most [`PENALTY_ENTRIES_MAX`] addresses (when full, the penalty that ends first goes).
+#[derive(Debug)]
+pub struct FailurePenalties {
+    first: Duration,
+    entries: HashMap<IpAddr, (u32, Instant)>,
+}
+
+impl FailurePenalties {
+    /// Penalties starting at `first` (zero: none).
+    pub fn new(first: Duration) -> FailurePenalties {
+        FailurePenalties {
+            first,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// Whether a handshake from `ip` may start at `now`.
+    pub fn admits(&self, ip: IpAddr, now: Instant) -> bool {
+        self.entries.get(&ip).is_none_or(|(_, until)| now >= *until)
+    }
+
+    /// A handshake from `ip` failed at `now`.
+    pub fn failed(&mut self, ip: IpAddr, now: Instant) {
+        if self.first.is_zero() {
+            return;
+        }
+        if !self.entries.contains_key(&ip) && self.entries.len() >= PENALTY_ENTRIES_MAX {
+            self.entries.retain(|_, (_, until)| *until > now);
+            if self.entries.len() >= PENALTY_ENTRIES_MAX {
+                let ending_first = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, (_, until))| *until)
+                    .map(|(ip, _)| *ip);
+                if let Some(ending_first) = ending_first {
+                    self.entries.remove(&ending_first);
+                }
+            }
+        }
+        let entry = self.entries.entry(ip).or_insert((0, now));
+        entry.0 = entry.0.saturating_add(1);
+        let doublings = (entry.0 - 1).min(PENALTY_DOUBLINGS_MAX);
+        entry.1 = now + self.first * (1u32 << doublings);
+    }
+
+    /// A handshake from `ip` finished.
+    pub fn succeeded(&mut self, ip: IpAddr) {
+        self.entries.remove(&ip);
+    }
+
+    /// Addresses with a penalty on record.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether none has.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 }
 
@@ -203,6 +283,49 @@ mod tests {
         let expected: [u8; 32] = Sha256::digest(&joined).into();
         assert_eq!(psk_v1(&key), expected);
         assert_ne!(psk_v1(&[8u8; 32]), expected);
+    }
+
+    #[test]
+    fn a_failing_address_waits_out_a_doubling_penalty_and_a_success_forgives_it() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut p = FailurePenalties::new(s);
+        assert!(p.admits(ip, t0));
+        p.failed(ip, t0);
+        assert!(!p.admits(ip, t0 + s / 2));
+        assert!(p.admits(other, t0), "only that address");
+        assert!(p.admits(ip, t0 + s));
+        p.failed(ip, t0 + s);
+        assert!(
+            !p.admits(ip, t0 + s * 2),
+            "doubled: 2 s from the second failure"
+        );
+        assert!(p.admits(ip, t0 + s * 3));
+        for i in 0..20 {
+            p.failed(ip, t0 + s * 3);
+            assert!(
+                p.admits(ip, t0 + s * 3 + s * 64),
+                "capped at 64 s after {i}"
+            );
+        }
+        p.succeeded(ip);
+        assert!(p.admits(ip, t0 + s * 3));
+        assert!(p.is_empty());
+        // Zero: no penalties.
+        let mut none = FailurePenalties::new(Duration::ZERO);
+        none.failed(ip, t0);
+        assert!(none.admits(ip, t0));
+        // Bounded: a flood of addresses keeps at most the limit, and penalties that ended
+        // make room first.
+        let mut many = FailurePenalties::new(s);
+        for i in 0..(PENALTY_ENTRIES_MAX as u32 + 100) {
+            many.failed(IpAddr::from(std::net::Ipv4Addr::from(i)), t0);
+        }
+        assert_eq!(many.len(), PENALTY_ENTRIES_MAX);
+        many.failed(other, t0 + s * 2);
+        assert_eq!(many.len(), 1, "the ended penalties went");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::forward::{LinkId, LinkStep};
 use crate::framing::{FrameDecoder, FrameHeader};
 use crate::noise::framing::Deframer;
 use crate::noise::link::Handshake;
-use crate::noise::{Failure, NoiseCounts, NoiseIdentity, Role};
+use crate::noise::{Failure, FailurePenalties, NoiseCounts, NoiseIdentity, Role};
 use crate::replay::snapshot::{FilterImage, SnapshotCursor};
 use crate::sphinx::{HopProcessor, KeyUpdate, LiveKey};
 use crate::topology::KnownNodes;
@@ -176,6 +176,8 @@ struct Shard {
     /// The node's Noise key pair, if it speaks Noise.
     noise: Option<NoiseIdentity>,
     noise_counts: RefCell<NoiseCounts>,
+    /// Addresses that failed a Noise handshake lately, and until when they wait.
+    noise_penalties: RefCell<FailurePenalties>,
 }
 
 /// This shard's inbound table: its shares of the node-wide limits.
@@ -261,6 +263,7 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
         idle_since: Cell::new(None),
         noise: init.noise,
         noise_counts: RefCell::new(NoiseCounts::default()),
+        noise_penalties: RefCell::new(FailurePenalties::new(init.engine.noise_failure_penalty)),
     });
     for bell in init.bells_in {
         glommio::spawn_local(listen_for_doorbell(Rc::clone(&shard), bell)).detach();
@@ -674,7 +677,19 @@ fn log_accept_error(shard: usize, accept_errors: u64, error: &glommio::GlommioEr
 async fn reader(shard: Rc<Shard>, mut stream: TcpStream, id: u64, peer: SocketAddr) {
     let mut noise = None;
     let mut handshake_failed = false;
+    let penalised = |shard: &Shard| {
+        !shard
+            .noise_penalties
+            .borrow()
+            .admits(peer.ip(), Instant::now())
+    };
     if let Some(identity) = shard.noise_from(peer.ip()) {
+        if penalised(&shard) {
+            shard.noise_failed(Role::Responder, Failure::Penalised, peer);
+            shard.inbound.borrow_mut().remove(id);
+            shard.readers.borrow_mut().remove(&id);
+            return;
+        }
         let deadline = Instant::now() + shard.engine.noise_handshake_timeout;
         let mut deframer = Box::new(Deframer::new());
         let responder = Handshake::responder(&identity.private, &identity.public);
@@ -684,10 +699,15 @@ async fn reader(shard: Rc<Shard>, mut stream: TcpStream, id: u64, peer: SocketAd
                     .noise_counts
                     .borrow_mut()
                     .handshake_done(Role::Responder);
+                shard.noise_penalties.borrow_mut().succeeded(peer.ip());
                 noise = Some(NoiseReader::new(transport, deframer));
             }
             Err(failure) => {
                 shard.noise_failed(Role::Responder, failure, peer);
+                shard
+                    .noise_penalties
+                    .borrow_mut()
+                    .failed(peer.ip(), Instant::now());
                 handshake_failed = true;
             }
         }
