@@ -29,6 +29,8 @@ struct Node {
     node: Option<RunningNode>,
     identity: String,
     sphinx: String,
+    /// The Noise key it announces (base58).
+    noise: Option<String>,
     api: SocketAddr,
     _home: tempfile::TempDir,
 }
@@ -62,6 +64,7 @@ fn start(tune: impl FnOnce(&mut Config)) -> Node {
     let keys = nym_mixnode::keys::NodeKeys::generate().unwrap();
     let identity = keys.identity_base58();
     let sphinx = keys.sphinx_base58();
+    let noise = keys.noise.as_ref().map(|k| k.public_base58());
     let node = node::start(
         &config,
         keys,
@@ -74,6 +77,7 @@ fn start(tune: impl FnOnce(&mut Config)) -> Node {
         node: Some(node),
         identity,
         sphinx,
+        noise,
         api,
         _home: home,
     }
@@ -128,7 +132,17 @@ fn every_api_v1_answer_parses_with_nym_node_requests_types() {
         node.sphinx
     );
     assert!(keys.pre_announced_x25519_sphinx_key.is_none());
-    assert!(keys.x25519_versioned_noise.is_none());
+    // The Noise key, as nym-nodes announce it: version 1 and the base58 key.
+    let noise = keys
+        .x25519_versioned_noise
+        .as_ref()
+        .expect("the node announces its Noise key");
+    assert_eq!(u8::from(noise.supported_version), 1);
+    assert_eq!(
+        Some(noise.x25519_pubkey.to_base58_string()),
+        node.noise,
+        "the node's own Noise key"
+    );
     assert_eq!(
         signed.data.ip_address,
         vec!["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
