@@ -21,6 +21,7 @@ fn bench_mix_runs_and_its_json_accounts_for_every_packet() {
             "ack",
             "--held-packets",
             "8",
+            "--noise",
             "--json",
             "--report",
         ])
@@ -34,6 +35,28 @@ fn bench_mix_runs_and_its_json_accounts_for_every_packet() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    // --noise: a plain run, then a Noise run (generator to node, node to sink).
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{v}");
+    assert_eq!(
+        (runs[0]["noise"].as_bool(), runs[1]["noise"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert_eq!(runs[0]["noise_handshakes"], serde_json::json!([0, 0]));
+    let handshakes = runs[1]["noise_handshakes"].as_array().unwrap();
+    assert!(
+        handshakes.iter().all(|h| h.as_u64().unwrap() > 0),
+        "the node answered the generator's handshakes and made its own to the sink: {handshakes:?}"
+    );
+    assert_eq!(runs[1]["noise_failures"], 0);
+    assert_eq!(
+        runs[1]["arrived"], runs[1]["sent"],
+        "every packet crosses over Noise"
+    );
+    assert_eq!(v["noise_ratios"].as_array().unwrap().len(), 1);
+    // One shard hands nothing to another.
+    assert_eq!(runs[0]["handoffs_per_packet"].as_f64(), Some(0.0));
+    assert_eq!(runs[0]["doorbells_per_packet"].as_f64(), Some(0.0));
     let run = &v["runs"][0];
     assert_eq!(run["cores"], 1);
     let sent = run["sent"].as_u64().unwrap();

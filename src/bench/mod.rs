@@ -107,6 +107,10 @@ pub struct RunResult {
     pub noise_handshakes: [u64; 2],
     /// Noise links that failed in this run: at the node (both roles) and at the sink.
     pub noise_failures: u64,
+    /// Cross-shard handoffs per forwarded packet in the window, from the node's counters.
+    pub handoffs_per_packet: f64,
+    /// Doorbells rung per forwarded packet in the window, from the node's counters.
+    pub doorbells_per_packet: f64,
     /// Measured window, s.
     pub window_s: f64,
     /// Open-loop rate asked for, if any.
@@ -685,6 +689,7 @@ fn run_once(
         end_cpu,
         mut rss_peak,
         mut held_peak,
+        window_snaps: w_snaps,
     } = measured?;
     rss_peak = rss_peak.max(cpu::rss_bytes());
     let window_s = end_time.duration_since(w_time).as_secs_f64();
@@ -736,6 +741,14 @@ fn run_once(
     }
 
     let forwarded_per_s = (end_arrived - w_arrived) as f64 / window_s;
+    let in_window = |f: fn(&crate::shard::stats::ShardSnapshot) -> u64| {
+        let end: u64 = end_snaps.iter().map(f).sum();
+        let start: u64 = w_snaps.iter().map(f).sum();
+        end.saturating_sub(start)
+    };
+    let forwarded_in_window = in_window(|s| s.counts.packets.forwarded).max(1) as f64;
+    let handoffs_per_packet = in_window(|s| s.counts.handed_off) as f64 / forwarded_in_window;
+    let doorbells_per_packet = in_window(|s| s.doorbells_rung) as f64 / forwarded_in_window;
     let forwarded_per_s_by_shard = end_snaps
         .iter()
         .zip(w_forwarded)
@@ -760,6 +773,8 @@ fn run_once(
         noise: noise.is_some(),
         noise_handshakes,
         noise_failures,
+        handoffs_per_packet,
+        doorbells_per_packet,
         window_s,
         rate_asked: options.rate,
         forwarded_per_s,
@@ -810,6 +825,8 @@ fn latency_of(h: &Histogram<u64>, per_us: u64) -> Latency {
 
 struct Measured {
     window_start: (Instant, u64, Vec<u64>, CpuByThread, Histogram<u64>),
+    /// Every shard's figures when the window opened.
+    window_snaps: Vec<crate::shard::stats::ShardSnapshot>,
     end_time: Instant,
     end_arrived: u64,
     end_snaps: Vec<crate::shard::stats::ShardSnapshot>,
@@ -833,12 +850,14 @@ fn measure(
     let mut rss_peak = rss_idle;
     let mut held_peak = 0u64;
     let mut window_start = None;
+    let mut window_snaps = Vec::new();
     while start.elapsed() < options.duration {
         std::thread::sleep(Duration::from_millis(50));
         rss_peak = rss_peak.max(cpu::rss_bytes());
         let snaps = running.snapshots();
         held_peak = held_peak.max(snaps.iter().map(|s| s.held + s.queued).sum());
         if window_start.is_none() && start.elapsed() >= warmup {
+            window_snaps = snaps.clone();
             window_start = Some((
                 Instant::now(),
                 shared.arrived.load(Ordering::Relaxed),
@@ -857,6 +876,7 @@ fn measure(
             .ok_or_else(|| BenchError::Setup("run too short to measure".into()))?,
         rss_peak,
         held_peak,
+        window_snaps,
     };
     stop.store(true, Ordering::Relaxed);
     Ok(measured)

@@ -261,6 +261,10 @@ fn print_text(result: &BenchResult) {
             r.hop_step_per_s / r.ceiling_per_s.max(1.0)
         );
         println!(
+            "  crossings:   {:.3} handoffs and {:.3} doorbells per forwarded packet (the node's counters, in the window)",
+            r.handoffs_per_packet, r.doorbells_per_packet
+        );
+        println!(
             "  CPU (cores): node {:.2}, generator {:.2}, receiver {:.2}",
             r.cpu.node, r.cpu.generator, r.cpu.receiver
         );

@@ -627,6 +627,13 @@ pub fn render(input: &MetricsInput) -> String {
         shards,
         |s| s.connections_closed_first_frame,
     );
+    o.per_shard(
+        "nym_mixnode_doorbells_rung_total",
+        "counter",
+        "Doorbells the shard rang to wake another shard after a handoff (a ring already pending is not rung again).",
+        shards,
+        |s| s.doorbells_rung,
+    );
     let noise = shards
         .iter()
         .fold(crate::noise::NoiseCounts::default(), |sum, s| {

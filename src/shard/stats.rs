@@ -50,6 +50,7 @@ pub struct ShardStats {
     replay_filter_generations_turned: AtomicU64,
     keys: [[AtomicU64; KEY_FIGURES]; 2],
     noise: [AtomicU64; NoiseCounts::WORDS],
+    doorbells_rung: AtomicU64,
     /// Pump rounds so far: the shard's sign of life (written by the shard, read by the
     /// watchdog; outside the seqlock).
     heartbeat: AtomicU64,
@@ -164,6 +165,9 @@ pub struct ShardSnapshot {
     pub keys: [KeyFigures; 2],
     /// Noise handshakes and failures on this shard's links.
     pub noise: NoiseCounts,
+    /// Doorbells this shard rang on other shards (at most one per handoff; a ring already
+    /// pending is not rung again).
+    pub doorbells_rung: u64,
     /// Stalls the watchdog saw (filled in by [`ShardStats::snapshot`], not published).
     pub stalls: u64,
     /// Whether the shard is stalled now (likewise).
@@ -260,6 +264,7 @@ impl ShardStats {
         for (slot, word) in self.noise.iter().zip(s.noise.to_words()) {
             slot.store(word, r);
         }
+        self.doorbells_rung.store(s.doorbells_rung, r);
         self.sequence
             .store(sequence.wrapping_add(2), Ordering::Release);
     }
@@ -367,6 +372,7 @@ impl ShardStats {
                 KeyFigures::from_words(std::array::from_fn(|i| self.keys[slot][i].load(r)))
             }),
             noise: NoiseCounts::from_words(std::array::from_fn(|i| self.noise[i].load(r))),
+            doorbells_rung: self.doorbells_rung.load(r),
             stalls: 0,
             stalled: false,
         }

@@ -98,6 +98,8 @@ struct Outbox {
     inbox_bytes_max: u64,
     /// The other shards' doorbells, connected (None for this shard, or until connected).
     bells: Vec<Option<ConnectedSender<()>>>,
+    /// Doorbells rung (a ring taken by the slot).
+    rung: u64,
 }
 
 impl HandoffSink for Outbox {
@@ -115,7 +117,9 @@ impl HandoffSink for Outbox {
                 // A full slot means a ring is already pending; a closed one, that the other
                 // shard has stopped (its inbox is drained at close).
                 if let Some(bell) = &self.bells[to] {
-                    let _ = bell.try_send(());
+                    if bell.try_send(()).is_ok() {
+                        self.rung += 1;
+                    }
                 }
                 Ok(())
             }
@@ -230,6 +234,7 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
                 .div_ceil(shards as u64)
                 .max(1),
             bells: (0..shards).map(|_| None).collect(),
+            rung: 0,
         }),
         inbox: init.inbox,
         inbox_bytes: Arc::clone(&init.inbox_bytes[init.index]),
@@ -442,6 +447,7 @@ impl Shard {
             replay_filter_generations_turned: filter.generations_turned(),
             keys: key_figures(core.processor()),
             noise: *self.noise_counts.borrow(),
+            doorbells_rung: self.outbox.borrow().rung,
             // The watchdog's figures; filled in when read.
             stalls: 0,
             stalled: false,
