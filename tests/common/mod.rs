@@ -293,13 +293,15 @@ impl BinaryNode {
         });
     }
 
-    /// Wait until at least `at_least` packets were received and each was forwarded or dropped.
+    /// Wait until at least `at_least` packets were received and each was forwarded, dropped,
+    /// or (one of the node's own loops) came back.
     pub fn wait_settled(&self, at_least: u64, timeout: Duration) {
         wait_for(timeout, "packets forwarded or dropped", || {
             let got = metric_sum(self.api, "nym_mixnode_packets_received_total", "")?;
             let forwarded = metric_sum(self.api, "nym_mixnode_packets_forwarded_total", "")?;
             let dropped = metric_sum(self.api, "nym_mixnode_packets_dropped_total", "")?;
-            (got >= at_least && forwarded + dropped == got).then_some(())
+            let looped = metric_sum(self.api, "nym_mixnode_loops_returned_total", "")?;
+            (got >= at_least && forwarded + dropped + looped == got).then_some(())
         });
     }
 }
