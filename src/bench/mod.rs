@@ -629,7 +629,8 @@ fn run_once(
     shared
         .record_from_ns
         .store(t0 + warmup.as_nanos() as u64, Ordering::Relaxed);
-    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+    // The shards take the first `cores` of this order; the generator and sink the next.
+    let core_ids = crate::shard::placement::cpus_in_order();
     let free_core = core_ids
         .get(cores.min(core_ids.len().saturating_sub(1)))
         .copied();

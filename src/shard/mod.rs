@@ -20,6 +20,7 @@
 pub mod core;
 pub mod inbound;
 mod noise_io;
+pub mod placement;
 #[cfg(test)]
 mod sim;
 pub mod stats;
@@ -615,7 +616,7 @@ impl Engine {
         let (telemetry_tx, telemetry) =
             crossbeam_channel::bounded(telemetry::REPORTS_QUEUED_PER_SHARD_MAX * shards);
         let cores = if settings.pin {
-            core_affinity::get_core_ids().unwrap_or_default()
+            placement::cpus_in_order()
         } else {
             Vec::new()
         };
