@@ -5,8 +5,8 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 
-use crate::noise::framing::{Deframer, DATA_PLAINTEXT_MAX};
-use crate::noise::link::{Handshake, Transport};
+use crate::noise::framing::Deframer;
+use crate::noise::link::{Handshake, Opener, Transport};
 
 /// Run `handshake` over `stream` to its end; what the peer sent after its last handshake
 /// message stays in the returned deframer.
@@ -42,49 +42,28 @@ pub fn handshake(
 
 /// The frame stream of a Noise connection, read as a plain one would be.
 pub struct NoiseSource {
-    transport: Transport,
-    deframer: Deframer,
-    plain: Vec<u8>,
-    start: usize,
-    end: usize,
+    opener: Opener,
 }
 
 impl NoiseSource {
     /// After [`handshake`].
     pub fn new(transport: Transport, deframer: Deframer) -> NoiseSource {
         NoiseSource {
-            transport,
-            deframer,
-            plain: vec![0u8; DATA_PLAINTEXT_MAX],
-            start: 0,
-            end: 0,
+            opener: Opener::new(transport, deframer),
         }
     }
 
     /// Fill `buf` with the next plaintext bytes (0: closed); a read timeout passes through.
     pub fn read(&mut self, stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
-            if self.start < self.end {
-                let n = buf.len().min(self.end - self.start);
-                buf[..n].copy_from_slice(&self.plain[self.start..self.start + n]);
-                self.start += n;
-                return Ok(n);
+            match self.opener.read(buf) {
+                Ok(0) => {}
+                Ok(n) => return Ok(n),
+                Err(failure) => return Err(std::io::Error::other(failure.as_str())),
             }
-            let next = self
-                .deframer
-                .next_message()
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            if let Some((header, payload)) = next {
-                self.end = self
-                    .transport
-                    .open(header, payload, &mut self.plain)
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                self.start = 0;
-                continue;
-            }
-            match stream.read(self.deframer.spare_mut())? {
+            match stream.read(self.opener.spare_mut())? {
                 0 => return Ok(0),
-                n => self.deframer.advance(n),
+                n => self.opener.advance(n),
             }
         }
     }

@@ -195,6 +195,77 @@ impl Transport {
     }
 }
 
+/// The reading end of a transport: opens each data message the deframer cuts into a
+/// plaintext buffer that grows to the longest message opened (at most
+/// [`DATA_PLAINTEXT_MAX`]), and hands the plaintext out in pieces of any size. The shard
+/// driver's async reader and the benchmark's blocking one both read through it.
+pub struct Opener {
+    transport: Transport,
+    deframer: super::framing::Deframer,
+    plain: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Opener {
+    /// After a handshake; `deframer` holds what came after its last message.
+    pub fn new(transport: Transport, deframer: super::framing::Deframer) -> Opener {
+        Opener {
+            transport,
+            deframer,
+            plain: Vec::new(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Copy opened plaintext into `buf`, opening the next buffered message when none is left;
+    /// 0 when more ciphertext is needed (read it into [`Self::spare_mut`]). An error means the
+    /// link is broken and must close.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, super::Failure> {
+        if self.start == self.end {
+            let next = self
+                .deframer
+                .next_message()
+                .map_err(|e| super::Failure::of_frame(e, false))?;
+            let Some((header, payload)) = next else {
+                return Ok(0);
+            };
+            let needed = payload.len().saturating_sub(TAG_LEN);
+            if self.plain.len() < needed {
+                self.plain.resize(needed, 0);
+            }
+            self.end = self
+                .transport
+                .open(header, payload, &mut self.plain)
+                .map_err(|e| match e {
+                    TransportError::Decrypt => super::Failure::Decrypt,
+                    TransportError::NotData => super::Failure::BadMessage,
+                })?;
+            self.start = 0;
+        }
+        let n = buf.len().min(self.end - self.start);
+        buf[..n].copy_from_slice(&self.plain[self.start..self.start + n]);
+        self.start += n;
+        Ok(n)
+    }
+
+    /// Where to read more ciphertext.
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        self.deframer.spare_mut()
+    }
+
+    /// `count` bytes were read into [`Self::spare_mut`].
+    pub fn advance(&mut self, count: usize) {
+        self.deframer.advance(count);
+    }
+
+    /// Bytes its two buffers hold room for.
+    pub fn buffer_bytes(&self) -> usize {
+        self.deframer.capacity() + self.plain.len()
+    }
+}
+
 /// An X25519 key pair for Noise from 32 random bytes (the private key is clamped by X25519
 /// itself, as snow and nym-noise use it).
 pub fn public_key(private: &[u8; 32]) -> [u8; 32] {
@@ -272,6 +343,36 @@ mod tests {
             }
         }
         assert_eq!(got, batch);
+        // The same through an Opener, in small pieces, with small buffers for small messages.
+        let mut small = Vec::new();
+        for chunk in batch[..3000].chunks(1000) {
+            tx.seal(chunk, &mut small).unwrap();
+        }
+        let mut opener = Opener::new(rx, Deframer::new());
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut piece = [0u8; 333];
+        loop {
+            let n = opener.read(&mut piece).unwrap();
+            if n > 0 {
+                out.extend_from_slice(&piece[..n]);
+                continue;
+            }
+            if at == small.len() {
+                break;
+            }
+            let spare = opener.spare_mut();
+            let take = spare.len().min(small.len() - at);
+            spare[..take].copy_from_slice(&small[at..at + take]);
+            opener.advance(take);
+            at += take;
+        }
+        assert_eq!(out, batch[..3000]);
+        assert!(
+            opener.buffer_bytes() <= 4096 + 1000,
+            "{}",
+            opener.buffer_bytes()
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::time::Instant;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::noise::framing::{Deframer, DATA_PLAINTEXT_MAX};
-use crate::noise::link::{Handshake, HandshakeError, Transport, TransportError};
+use crate::noise::framing::Deframer;
+use crate::noise::link::{Handshake, HandshakeError, Opener, Transport};
 use crate::noise::Failure;
 
 /// Why a read through Noise stopped.
@@ -91,22 +91,13 @@ pub(super) async fn handshake(
 
 /// The reading end of an inbound Noise link: ciphertext in, the frame stream out.
 pub(super) struct NoiseReader {
-    transport: Transport,
-    deframer: Box<Deframer>,
-    /// Opened plaintext not yet handed out: `plain[start..end]`.
-    plain: Box<[u8]>,
-    start: usize,
-    end: usize,
+    opener: Opener,
 }
 
 impl NoiseReader {
-    pub(super) fn new(transport: Transport, deframer: Box<Deframer>) -> NoiseReader {
+    pub(super) fn new(transport: Transport, deframer: Deframer) -> NoiseReader {
         NoiseReader {
-            transport,
-            deframer,
-            plain: vec![0u8; DATA_PLAINTEXT_MAX].into_boxed_slice(),
-            start: 0,
-            end: 0,
+            opener: Opener::new(transport, deframer),
         }
     }
 
@@ -119,31 +110,10 @@ impl NoiseReader {
         deadline: Instant,
     ) -> Result<usize, ReadError> {
         loop {
-            if self.start < self.end {
-                let n = buf.len().min(self.end - self.start);
-                buf[..n].copy_from_slice(&self.plain[self.start..self.start + n]);
-                self.start += n;
-                return Ok(n);
-            }
-            match self.deframer.next_message() {
-                Ok(Some((header, payload))) => {
-                    let opened = self.transport.open(header, payload, &mut self.plain);
-                    match opened {
-                        Ok(n) => {
-                            self.start = 0;
-                            self.end = n;
-                        }
-                        Err(TransportError::Decrypt) => {
-                            return Err(ReadError::Noise(Failure::Decrypt))
-                        }
-                        Err(TransportError::NotData) => {
-                            return Err(ReadError::Noise(Failure::BadMessage))
-                        }
-                    }
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) => return Err(ReadError::Noise(Failure::of_frame(e, false))),
+            match self.opener.read(buf) {
+                Ok(0) => {}
+                Ok(n) => return Ok(n),
+                Err(failure) => return Err(ReadError::Noise(failure)),
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -152,9 +122,9 @@ impl NoiseReader {
             stream
                 .set_read_timeout(Some(left))
                 .map_err(|e| ReadError::Io(std::io::Error::other(e.to_string())))?;
-            match stream.read(self.deframer.spare_mut()).await {
+            match stream.read(self.opener.spare_mut()).await {
                 Ok(0) => return Ok(0),
-                Ok(n) => self.deframer.advance(n),
+                Ok(n) => self.opener.advance(n),
                 Err(e) => return Err(ReadError::Io(e)),
             }
         }

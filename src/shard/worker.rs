@@ -697,7 +697,7 @@ async fn reader(shard: Rc<Shard>, mut stream: TcpStream, id: u64, peer: SocketAd
             return;
         }
         let deadline = Instant::now() + shard.engine.noise_handshake_timeout;
-        let mut deframer = Box::new(Deframer::new());
+        let mut deframer = Deframer::new();
         let responder = Handshake::responder(&identity.private, &identity.public);
         match noise_io::handshake(&mut stream, responder, &mut deframer, deadline).await {
             Ok(transport) => {
