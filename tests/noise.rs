@@ -410,3 +410,45 @@ fn with_noise_off_a_keyed_peer_speaks_plain_tcp_and_no_key_is_announced() {
     );
     let _: SocketAddr = api;
 }
+
+#[test]
+fn the_nodes_own_loops_speak_noise_once_its_topology_lists_it_with_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("topology.json");
+    write_topology(&path, vec![entry(9, "127.0.0.9", 1789, None)]);
+    let node = TestNode::start(1, |c| {
+        c.topology.source = path.display().to_string();
+        c.topology.refresh_interval = Duration::from_secs(1);
+        c.monitor.enabled = true;
+        c.monitor.interval = Duration::from_secs(1);
+        c.monitor.loops_per_interval = 2;
+        c.monitor.mean_delay = Duration::from_millis(10);
+    });
+    // Now the topology lists the node itself with its Noise key: connections from its own
+    // address, its monitor's included, must speak Noise.
+    write_topology(
+        &path,
+        vec![entry(
+            1,
+            "127.0.0.1",
+            node.mix.port(),
+            Some(node.noise_public),
+        )],
+    );
+    let looped = || node.totals().0.looped;
+    wait_for_count(&node, "the monitor's Noise handshake", |c| {
+        c.handshakes[Role::Responder as usize] >= 1
+    });
+    let before = looped();
+    let start = Instant::now();
+    while looped() < before + 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "loops come back over Noise: {:?}",
+            noise_counts(&node)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let counts = noise_counts(&node);
+    assert_eq!(counts.failures, [[0; Failure::COUNT]; 2], "{counts:?}");
+}

@@ -160,6 +160,20 @@ fn localnet_runs_two_nodes_that_mix_and_stop_cleanly() {
     );
     assert_eq!(text.matches("stopped cleanly").count(), 2, "{text}");
     assert_eq!(text.matches("\"status\":\"up\"").count(), 2, "{text}");
+    // The links were Noise: each node answered the probe's handshake and made its own to the
+    // other node (the topology lists every node with its Noise key).
+    let noise_lines: Vec<&str> = text.lines().filter(|l| l.contains(": noise ")).collect();
+    assert_eq!(noise_lines.len(), 2, "{text}");
+    for line in noise_lines {
+        for role in ["responder", "initiator"] {
+            let count = line
+                .split(&format!("{{role=\"{role}\"}} "))
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok());
+            assert!(count.is_some_and(|n| n > 0), "{role} handshakes in {line}");
+        }
+    }
     assert!(text.contains("localnet: OK"), "{text}");
 }
 

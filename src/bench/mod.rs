@@ -9,7 +9,6 @@
 
 pub mod cpu;
 pub mod held;
-pub mod noise;
 pub mod prepare;
 pub mod report;
 pub mod sink;
@@ -648,7 +647,7 @@ fn run_once(
                 (Some(me), Some(node)) => {
                     let initiator = crate::noise::link::Handshake::initiator(&me.private, &node);
                     Some(
-                        noise::handshake(&mut s, initiator)
+                        crate::noise::blocking::handshake(&mut s, initiator)
                             .map_err(setup("the Noise handshake with the node"))?
                             .0,
                     )

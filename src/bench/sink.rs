@@ -223,9 +223,11 @@ fn read(mut stream: TcpStream, shared: &SinkShared) {
         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
         let responder =
             crate::noise::link::Handshake::responder(&shared.noise.private, &shared.noise.public);
-        match super::noise::handshake(&mut stream, responder) {
+        match crate::noise::blocking::handshake(&mut stream, responder) {
             Ok((transport, deframer)) => {
-                noise = Some(super::noise::NoiseSource::new(transport, deframer))
+                noise = Some(crate::noise::blocking::NoiseSource::new(
+                    transport, deframer,
+                ))
             }
             Err(_) => {
                 shared.noise_failures.fetch_add(1, Ordering::Relaxed);

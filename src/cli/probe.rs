@@ -71,7 +71,9 @@ pub struct Args {
     pub reply_host: Option<std::net::IpAddr>,
     /// A topology file (as `run --topology` takes): after the probed node, the packets also
     /// cross the nodes listed after it, in file order and wrapping round, up to 3 (Sphinx
-    /// routes have at most five hops), so that one probe shows mixing across hops.
+    /// routes have at most five hops), so that one probe shows mixing across hops. When the
+    /// file lists the probed node with a Noise key, the probe speaks Noise to it (as the
+    /// node's peers listed with keys must).
     #[arg(long)]
     pub through: Option<std::path::PathBuf>,
     /// Output format.
@@ -104,9 +106,23 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("pass --id, or --target with --sphinx-key"),
     };
-    let then = match &args.through {
+    let (then, target_noise) = match &args.through {
         Some(path) => hops_after(path, target)?,
-        None => Vec::new(),
+        None => (Vec::new(), None),
+    };
+    // A fresh key pair: the node accepts any initiator key (as nym-nodes do); what it checks
+    // is that the probe knows the node's own key.
+    let noise = match target_noise {
+        Some(remote) => {
+            let private = crate::keys::NoiseKey::generate()
+                .map_err(|e| {
+                    anyhow::anyhow!("the operating system's random generator failed: {e}")
+                })?
+                .private
+                .to_bytes();
+            Some((crate::noise::NoiseIdentity::from_private(private), remote))
+        }
+        None => None,
     };
     let options = ProbeOptions {
         target,
@@ -116,6 +132,7 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
         reply_host: args.reply_host,
         grace: Duration::from_secs(5),
         then,
+        noise,
     };
     let report = probe(&options).context("probe failed")?;
     match args.output {
@@ -150,12 +167,13 @@ pub(super) fn execute(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Hops after a probed node, and the probed node's Noise key if the file lists one.
+type HopsAfter = (Vec<(SocketAddr, x25519_dalek::PublicKey)>, Option<[u8; 32]>);
+
 /// The nodes of the topology file at `path` after the one at `target` (by mix address), in
-/// file order and wrapping round, at most [`crate::probe::THEN_HOPS_MAX`].
-fn hops_after(
-    path: &std::path::Path,
-    target: SocketAddr,
-) -> anyhow::Result<Vec<(SocketAddr, x25519_dalek::PublicKey)>> {
+/// file order and wrapping round, at most [`crate::probe::THEN_HOPS_MAX`]; and `target`'s
+/// Noise key, if the file lists one.
+fn hops_after(path: &std::path::Path, target: SocketAddr) -> anyhow::Result<HopsAfter> {
     let source = crate::topology::TopologySource::File(path.to_path_buf());
     let topology = source.load(Duration::from_secs(5))?;
     let mut nodes = Vec::new();
@@ -169,13 +187,13 @@ fn hops_after(
         })?;
         nodes.push((SocketAddr::new(ip, node.mix_port), node.sphinx_key));
     }
-    let start = nodes
-        .iter()
-        .position(|(address, _)| *address == target)
-        .map_or(0, |i| i + 1);
-    Ok((0..nodes.len())
+    let position = nodes.iter().position(|(address, _)| *address == target);
+    let target_noise = position.and_then(|i| topology.nodes[i].noise_key);
+    let start = position.map_or(0, |i| i + 1);
+    let then = (0..nodes.len())
         .map(|k| nodes[(start + k) % nodes.len()])
         .filter(|(address, _)| *address != target)
         .take(crate::probe::THEN_HOPS_MAX)
-        .collect())
+        .collect();
+    Ok((then, target_noise))
 }

@@ -49,6 +49,9 @@ pub struct MonitorContext {
     pub topology_interval: Duration,
     /// The record, shared with the HTTP API.
     pub record: Arc<Mutex<Monitor>>,
+    /// The node's Noise key pair (None: it speaks no Noise): loops go in over Noise when the
+    /// topology lists the node's own address with a Noise key, as the node then expects.
+    pub noise: Option<crate::noise::NoiseIdentity>,
 }
 
 /// The running monitor thread.
@@ -122,10 +125,12 @@ struct Other {
     key: PublicKey,
 }
 
-fn load_others(context: &MonitorContext) -> Option<Vec<Other>> {
+/// The other nodes of the topology, and whether it lists the node's own IP address with a
+/// Noise key (the node then expects Noise from that address, its loops included).
+fn load_others(context: &MonitorContext) -> Option<(Vec<Other>, bool)> {
     let source = context.topology.as_ref()?;
     match source.load_topology(READ_TIMEOUT) {
-        Ok(topology) => Some(
+        Ok(topology) => Some((
             topology
                 .nodes
                 .iter()
@@ -144,7 +149,8 @@ fn load_others(context: &MonitorContext) -> Option<Vec<Other>> {
                     })
                 })
                 .collect(),
-        ),
+            own_ip_speaks_noise(&topology, context.own_address.ip()),
+        )),
         Err(error) => {
             tracing::warn!(%error, "monitor: cannot read the topology; routing loops as before");
             None
@@ -152,21 +158,77 @@ fn load_others(context: &MonitorContext) -> Option<Vec<Other>> {
     }
 }
 
+/// Whether `topology` lists `ip` (as a host or one of the addresses) with a Noise key.
+fn own_ip_speaks_noise(topology: &crate::topology::Topology, ip: std::net::IpAddr) -> bool {
+    let canonical = |ip: std::net::IpAddr| ip.to_canonical();
+    topology.nodes.iter().any(|n| {
+        n.noise_key.is_some()
+            && (n
+                .host
+                .parse()
+                .is_ok_and(|h: std::net::IpAddr| canonical(h) == canonical(ip))
+                || n.addresses.iter().any(|a| canonical(*a) == canonical(ip)))
+    })
+}
+
+/// The loops' connection to the node's own mix port, over Noise when `noise` is set.
 struct Sender {
     to: SocketAddr,
     stream: Option<TcpStream>,
+    /// The node's own key pair when the node expects Noise from this address.
+    noise: Option<crate::noise::NoiseIdentity>,
+    transport: Option<crate::noise::link::Transport>,
+    sealed: Vec<u8>,
 }
 
 impl Sender {
+    /// Speak Noise (`Some`) or plain TCP from the next connection on.
+    fn set_noise(&mut self, noise: Option<crate::noise::NoiseIdentity>) {
+        if noise.as_ref().map(|n| n.public) != self.noise.as_ref().map(|n| n.public) {
+            self.stream = None;
+            self.transport = None;
+            self.noise = noise;
+        }
+    }
+
+    fn connect(&mut self) -> Option<TcpStream> {
+        let mut stream = TcpStream::connect_timeout(&self.to, Duration::from_secs(2)).ok()?;
+        self.transport = None;
+        if let Some(me) = &self.noise {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            // To itself: its own key is the responder's.
+            let initiator = crate::noise::link::Handshake::initiator(&me.private, &me.public);
+            match crate::noise::blocking::handshake(&mut stream, initiator) {
+                Ok((transport, _)) => self.transport = Some(transport),
+                Err(error) => {
+                    tracing::debug!(%error, "monitor: the Noise handshake with the node's own mix port failed");
+                    return None;
+                }
+            }
+        }
+        Some(stream)
+    }
+
     fn send(&mut self, bytes: &[u8]) -> bool {
         for _ in 0..2 {
             if self.stream.is_none() {
-                self.stream = TcpStream::connect_timeout(&self.to, Duration::from_secs(2)).ok();
+                self.stream = self.connect();
             }
             let Some(stream) = self.stream.as_mut() else {
                 return false;
             };
-            if stream.write_all(bytes).and_then(|_| stream.flush()).is_ok() {
+            let out = match self.transport.as_mut() {
+                Some(transport) => {
+                    self.sealed.clear();
+                    if transport.seal(bytes, &mut self.sealed).is_err() {
+                        self.stream = None;
+                        continue;
+                    }
+                    &self.sealed[..]
+                }
+                None => bytes,
+            };
+            if stream.write_all(out).and_then(|_| stream.flush()).is_ok() {
                 return true;
             }
             self.stream = None;
@@ -184,14 +246,18 @@ fn run(context: MonitorContext, stop: &AtomicBool) {
     let mut sender = Sender {
         to: context.own_address,
         stream: None,
+        noise: None,
+        transport: None,
+        sealed: Vec::new(),
     };
     let mut sequence = 0u64;
     let mut send_failures = 0u64;
     while !stop.load(Ordering::Acquire) {
         let now = Instant::now();
         if context.topology.is_some() && now >= next_topology {
-            if let Some(loaded) = load_others(&context) {
+            if let Some((loaded, own_noise)) = load_others(&context) {
                 others = loaded;
+                sender.set_noise(context.noise.clone().filter(|_| own_noise));
             }
             next_topology = Instant::now() + context.topology_interval;
         }

@@ -411,6 +411,7 @@ pub fn start(
             topology: KnownSource::from_config(config).ok().flatten(),
             topology_interval: config.topology.refresh_interval,
             record,
+            noise: noise.clone(),
         })
     });
     Ok(RunningNode {

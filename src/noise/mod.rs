@@ -9,6 +9,7 @@
 //! dQw4w9WgXcQ"` || the responder's Noise public key); every message has an 8-byte header
 //! (version, pattern, type, payload length u16 BE, 3 reserved bytes).
 
+pub mod blocking;
 pub mod framing;
 pub mod link;
 

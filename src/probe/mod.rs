@@ -37,6 +37,9 @@ pub struct ProbeOptions {
     /// Further mixnodes after the target, in order (each with no delay of its own): the
     /// packets cross all of them before they come back. At most [`THEN_HOPS_MAX`].
     pub then: Vec<(SocketAddr, PublicKey)>,
+    /// Speak Noise to the target: the target's Noise public key (as its topology lists it)
+    /// and the key pair to speak it with. None: plain TCP.
+    pub noise: Option<(crate::noise::NoiseIdentity, [u8; 32])>,
 }
 
 /// Mixnodes a probe route may cross after the target: Sphinx routes have at most five hops,
@@ -97,6 +100,14 @@ pub enum ProbeError {
     /// Writing the packets failed.
     #[error("sending to the node at {target} failed: {source}")]
     Send {
+        /// The node.
+        target: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The Noise handshake with the node failed.
+    #[error("the Noise handshake with the node at {target} failed: {source}. Does the topology list the node's current Noise key (`nym-mixnode node-details --id ID` shows it)?")]
+    Noise {
         /// The node.
         target: SocketAddr,
         /// Why.
@@ -186,6 +197,31 @@ pub fn probe(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
         let (arrivals, stop) = (Arc::clone(&arrivals), Arc::clone(&stop));
         std::thread::spawn(move || receive(listener, &secret, &arrivals, &stop))
     };
+    // Over Noise when the target's topology says it speaks it (its peers must).
+    if let Some((me, target_key)) = &options.noise {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let initiator = crate::noise::link::Handshake::initiator(&me.private, target_key);
+        let sealed = crate::noise::blocking::handshake(&mut stream, initiator).and_then(
+            |(mut transport, _)| {
+                let mut sealed = Vec::with_capacity(wire.len() + 64);
+                transport
+                    .seal(&wire, &mut sealed)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                Ok(sealed)
+            },
+        );
+        match sealed {
+            Ok(sealed) => wire = sealed,
+            Err(source) => {
+                stop.store(true, Ordering::Relaxed);
+                let _ = receiver.join();
+                return Err(ProbeError::Noise {
+                    target: options.target,
+                    source,
+                });
+            }
+        }
+    }
     let sent_at = Instant::now();
     let sent = stream.write_all(&wire).and_then(|_| stream.flush());
     if let Err(source) = sent {

@@ -1,12 +1,12 @@
-//! Noise for the benchmark's generator and sink (`bench-mix --noise`): blocking handshakes
-//! and a reader over std sockets, with the node's own [`crate::noise::link`]. The node under
-//! test speaks Noise through its shard driver; these are its peers.
+//! Noise over blocking std sockets, for the node's peers in this crate: the benchmark's
+//! generator and sink (`bench-mix --noise`) and `probe`. A handshake and a reader, with
+//! [`super::link`]; the node itself speaks Noise through its shard driver.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 
-use crate::noise::framing::Deframer;
-use crate::noise::link::{Handshake, Opener, Transport};
+use super::framing::Deframer;
+use super::link::{Handshake, Opener, Transport};
 
 /// Run `handshake` over `stream` to its end; what the peer sent after its last handshake
 /// message stays in the returned deframer.
