@@ -9,7 +9,8 @@ use super::framing::Deframer;
 use super::link::{Handshake, Opener, Transport};
 
 /// Run `handshake` over `stream` to its end; what the peer sent after its last handshake
-/// message stays in the returned deframer.
+/// message stays in the returned deframer. A read that times out (the stream's read timeout)
+/// fails the handshake: a peer that stalls cannot hold the caller.
 pub fn handshake(
     stream: &mut TcpStream,
     mut handshake: Handshake,
@@ -31,7 +32,6 @@ pub fn handshake(
             match stream.read(deframer.spare_mut()) {
                 Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
                 Ok(n) => deframer.advance(n),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -262,13 +262,16 @@ impl NoiseCounts {
 
     /// The sum with `other`.
     pub fn plus(&self, other: &NoiseCounts) -> NoiseCounts {
-        let words: Vec<u64> = self
-            .to_words()
-            .iter()
-            .zip(other.to_words())
-            .map(|(a, b)| a + b)
-            .collect();
-        NoiseCounts::from_words(words.try_into().expect("same length"))
+        let mut sum = *self;
+        for (a, b) in sum.handshakes.iter_mut().zip(other.handshakes) {
+            *a += b;
+        }
+        for (row, other_row) in sum.failures.iter_mut().zip(other.failures) {
+            for (a, b) in row.iter_mut().zip(other_row) {
+                *a += b;
+            }
+        }
+        sum
     }
 }
 

@@ -681,49 +681,59 @@ fn log_accept_error(shard: usize, accept_errors: u64, error: &glommio::GlommioEr
 /// One inbound connection: the Noise handshake when the topology says the peer speaks it,
 /// then its frames.
 async fn reader(shard: Rc<Shard>, mut stream: TcpStream, id: u64, peer: SocketAddr) {
-    let mut noise = None;
-    let mut handshake_failed = false;
-    let penalised = |shard: &Shard| {
-        !shard
-            .noise_penalties
-            .borrow()
-            .admits(peer.ip(), Instant::now())
+    let link = match shard.noise_from(peer.ip()) {
+        Some(identity) => answer_noise(&shard, &mut stream, identity, peer)
+            .await
+            .map(Some),
+        None => Some(None),
     };
-    if let Some(identity) = shard.noise_from(peer.ip()) {
-        if penalised(&shard) {
-            shard.noise_failed(Role::Responder, Failure::Penalised, peer);
-            shard.inbound.borrow_mut().remove(id);
-            shard.readers.borrow_mut().remove(&id);
-            return;
-        }
-        let deadline = Instant::now() + shard.engine.noise_handshake_timeout;
-        let mut deframer = Deframer::new();
-        let responder = Handshake::responder(&identity.private, &identity.public);
-        match noise_io::handshake(&mut stream, responder, &mut deframer, deadline).await {
-            Ok(transport) => {
-                shard
-                    .noise_counts
-                    .borrow_mut()
-                    .handshake_done(Role::Responder);
-                shard.noise_penalties.borrow_mut().succeeded(peer.ip());
-                noise = Some(NoiseReader::new(transport, deframer));
-            }
-            Err(failure) => {
-                shard.noise_failed(Role::Responder, failure, peer);
-                shard
-                    .noise_penalties
-                    .borrow_mut()
-                    .failed(peer.ip(), Instant::now());
-                handshake_failed = true;
-            }
-        }
-        shard.publish();
-    }
-    if !handshake_failed {
+    if let Some(noise) = link {
         read_frames(&shard, stream, id, noise, peer).await;
     }
     shard.inbound.borrow_mut().remove(id);
     shard.readers.borrow_mut().remove(&id);
+}
+
+/// The responder's handshake on an inbound connection, counted, and the address's penalty
+/// kept: the link's reader, or None when the connection must close.
+async fn answer_noise(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    identity: NoiseIdentity,
+    peer: SocketAddr,
+) -> Option<NoiseReader> {
+    if !shard
+        .noise_penalties
+        .borrow()
+        .admits(peer.ip(), Instant::now())
+    {
+        shard.noise_failed(Role::Responder, Failure::Penalised, peer);
+        return None;
+    }
+    let deadline = Instant::now() + shard.engine.noise_handshake_timeout;
+    let mut deframer = Deframer::new();
+    let responder = Handshake::responder(&identity.private, &identity.public);
+    let shaken = noise_io::handshake(stream, responder, &mut deframer, deadline).await;
+    let reader = match shaken {
+        Ok(transport) => {
+            shard
+                .noise_counts
+                .borrow_mut()
+                .handshake_done(Role::Responder);
+            shard.noise_penalties.borrow_mut().succeeded(peer.ip());
+            Some(NoiseReader::new(transport, deframer))
+        }
+        Err(failure) => {
+            shard.noise_failed(Role::Responder, failure, peer);
+            shard
+                .noise_penalties
+                .borrow_mut()
+                .failed(peer.ip(), Instant::now());
+            None
+        }
+    };
+    shard.publish();
+    reader
 }
 
 async fn read_frames(

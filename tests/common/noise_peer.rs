@@ -51,40 +51,18 @@ pub fn connect_from(source: IpAddr, to: SocketAddr) -> TcpStream {
     stream
 }
 
-/// Run `handshake` over `stream` to its end.
+/// Run `handshake` over `stream` to its end (the node's own blocking helper).
 pub fn handshake(stream: &mut TcpStream, handshake: Handshake) -> Result<Transport, String> {
-    handshake_keeping(stream, handshake, &mut Deframer::new())
+    handshake_keeping(stream, handshake).map(|(transport, _)| transport)
 }
 
 /// Run `handshake` over `stream` to its end; what the peer sent after its last handshake
-/// message stays in `deframer`.
+/// message is in the deframer returned.
 pub fn handshake_keeping(
     stream: &mut TcpStream,
-    mut handshake: Handshake,
-    deframer: &mut Deframer,
-) -> Result<Transport, String> {
-    while !handshake.is_finished() {
-        if handshake.is_my_turn() {
-            let mut out = Vec::new();
-            handshake.write_next(&mut out).map_err(|e| e.to_string())?;
-            stream.write_all(&out).map_err(|e| e.to_string())?;
-            continue;
-        }
-        loop {
-            if let Some((header, payload)) = deframer.next_message().map_err(|e| e.to_string())? {
-                handshake.read(header, payload).map_err(|e| e.to_string())?;
-                break;
-            }
-            let n = stream
-                .read(deframer.spare_mut())
-                .map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("closed during the handshake".into());
-            }
-            deframer.advance(n);
-        }
-    }
-    handshake.into_transport().map_err(|e| e.to_string())
+    handshake: Handshake,
+) -> Result<(Transport, Deframer), String> {
+    nym_mixnode::noise::blocking::handshake(stream, handshake).map_err(|e| e.to_string())
 }
 
 /// Seal `plaintext` and write it.
@@ -174,9 +152,7 @@ impl NoiseReceiver {
                         let _ = stream.set_nonblocking(false);
                         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
                         let responder = Handshake::responder(&noise.private, &noise.public);
-                        let mut deframer = Deframer::new();
-                        let Ok(transport) =
-                            handshake_keeping(&mut stream, responder, &mut deframer)
+                        let Ok((transport, deframer)) = handshake_keeping(&mut stream, responder)
                         else {
                             return;
                         };
