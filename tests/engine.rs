@@ -523,3 +523,117 @@ fn a_small_replay_filter_keeps_passing_fresh_packets_and_catching_recent_replays
         "every recent packet sent again is a replay"
     );
 }
+
+/// Copies of one packet arriving at once on connections that different shards own: exactly
+/// one copy is mixed, every other is a replay, and no copy reaches the next hop twice. Each
+/// sender thread writes every packet in the same order on its own connection, all released by
+/// one barrier, so the copies of each packet are read by different shards within microseconds
+/// of each other, many times over.
+#[test]
+fn copies_racing_on_connections_of_different_shards_pass_exactly_once() {
+    const SHARDS: usize = 3;
+    const SENDERS: usize = 6;
+    const PACKETS: usize = 150;
+    let (node, receiver) = (TestNode::start(SHARDS, |_| {}), Receiver::start());
+    // Open connections until at least two shards own some (SO_REUSEPORT spreads them by a
+    // hash of the addresses, so a few tries suffice).
+    let mut connections = Vec::new();
+    let mut spread = 0;
+    for _ in 0..64 {
+        let stream = std::net::TcpStream::connect(node.mix).unwrap();
+        stream.set_nodelay(true).unwrap();
+        connections.push(stream);
+        if connections.len() < SENDERS {
+            continue;
+        }
+        eventually(Duration::from_secs(5), "connections accepted", || {
+            let accepted: u64 = node
+                .node()
+                .snapshots()
+                .iter()
+                .map(|s| s.connections_inbound)
+                .sum();
+            accepted == connections.len() as u64
+        });
+        spread = node
+            .node()
+            .snapshots()
+            .iter()
+            .filter(|s| s.connections_inbound > 0)
+            .count();
+        if spread >= 2 {
+            break;
+        }
+    }
+    assert!(spread >= 2, "the connections landed on {spread} shard(s)");
+    let h = header(Version::V8, SizeTag::Ack);
+    let wire: Vec<u8> = (0..PACKETS)
+        .flat_map(|i| {
+            frame(
+                h,
+                &packet(
+                    &[node.hop(Duration::ZERO), receiver.hop()],
+                    SizeTag::Ack,
+                    format!("race {i}").as_bytes(),
+                ),
+            )
+        })
+        .collect();
+    let copies = connections.len();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(copies));
+    let senders: Vec<_> = connections
+        .into_iter()
+        .map(|mut stream| {
+            let (barrier, wire) = (barrier.clone(), wire.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                // One frame per write, so that the shards read the copies side by side
+                // instead of one connection's whole burst first.
+                for chunk in wire.chunks(wire.len() / PACKETS) {
+                    stream.write_all(chunk).unwrap();
+                }
+                stream
+            })
+        })
+        .collect();
+    let _streams: Vec<_> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    let total = (PACKETS * copies) as u64;
+    eventually(Duration::from_secs(120), "every copy counted", || {
+        let (c, gauges) = node.totals();
+        c.received == total && c.in_flight() == 0 && gauges == 0
+    });
+    assert_balanced_and_idle(&node, "settles");
+    let arrivals = receiver.wait_for(PACKETS, Duration::from_secs(10));
+    let c = node.totals().0;
+    let read_by: Vec<u64> = node
+        .node()
+        .snapshots()
+        .iter()
+        .map(|s| s.counts.packets.received)
+        .collect();
+    eprintln!(
+        "{copies} copies of {PACKETS} packets on {spread} shards (frames read per shard {read_by:?}): \
+         {} forwarded, {} replays",
+        c.forwarded,
+        c.dropped[DropReason::Replay as usize]
+    );
+    assert!(
+        read_by.iter().filter(|&&n| n > 0).count() >= 2,
+        "copies were read by more than one shard: {read_by:?}"
+    );
+    assert_eq!(c.forwarded, PACKETS as u64, "exactly one copy of each");
+    assert_eq!(
+        c.dropped[DropReason::Replay as usize],
+        total - PACKETS as u64,
+        "every other copy is a replay"
+    );
+    assert_eq!(c.dropped_total(), total - PACKETS as u64);
+    // Give a second copy time to arrive, if one had got through.
+    std::thread::sleep(Duration::from_millis(200));
+    let arrivals_now = receiver.arrivals.lock().unwrap().clone();
+    assert_eq!(arrivals_now.len(), PACKETS, "{} arrivals", arrivals.len());
+    let mut unique: Vec<_> = arrivals_now.iter().map(|a| a.message.clone()).collect();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), PACKETS, "no packet arrives twice");
+}

@@ -16,7 +16,7 @@ use crate::config::EngineSection;
 use crate::framing::SizeTag;
 use crate::replay::ReplayFilter;
 use crate::shard::core::{
-    CoreConfig, Handoff, HandoffRefused, HandoffSink, NoTimings, Outcome, ShardCore,
+    CoreConfig, HandoffBatch, HandoffRefused, HandoffSink, NoTimings, Outcome, ShardCore,
 };
 use crate::sphinx::HopProcessor;
 
@@ -42,8 +42,12 @@ pub struct HeldBytes {
 struct NoOtherShards;
 
 impl HandoffSink for NoOtherShards {
-    fn hand_off(&mut self, _: usize, _: Handoff) -> Result<(), HandoffRefused> {
-        Err(HandoffRefused::Closed)
+    fn hand_off(
+        &mut self,
+        _: usize,
+        batch: HandoffBatch,
+    ) -> Result<(), (HandoffRefused, HandoffBatch)> {
+        Err((HandoffRefused::Closed, batch))
     }
 }
 

@@ -110,6 +110,11 @@ pub struct RunResult {
     pub handoffs_per_packet: f64,
     /// Doorbells rung per forwarded packet in the window, from the node's counters.
     pub doorbells_per_packet: f64,
+    /// Handoff batches (channel messages) per forwarded packet in the window.
+    pub batches_per_packet: f64,
+    /// System calls the shards' threads entered per forwarded packet in the window, from
+    /// the kernel's per-thread counts (None where the node may not count them).
+    pub syscalls_per_packet: Option<f64>,
     /// Measured window, s.
     pub window_s: f64,
     /// Open-loop rate asked for, if any.
@@ -749,6 +754,14 @@ fn run_once(
     let forwarded_in_window = in_window(|s| s.counts.packets.forwarded).max(1) as f64;
     let handoffs_per_packet = in_window(|s| s.counts.handed_off) as f64 / forwarded_in_window;
     let doorbells_per_packet = in_window(|s| s.doorbells_rung) as f64 / forwarded_in_window;
+    let batches_per_packet = in_window(|s| s.handoff_batches) as f64 / forwarded_in_window;
+    let counted = |snaps: &[crate::shard::stats::ShardSnapshot]| {
+        snaps.iter().map(|s| s.syscalls).sum::<Option<u64>>()
+    };
+    let syscalls_per_packet = match (counted(&w_snaps), counted(&end_snaps)) {
+        (Some(start), Some(end)) => Some(end.saturating_sub(start) as f64 / forwarded_in_window),
+        _ => None,
+    };
     let forwarded_per_s_by_shard = end_snaps
         .iter()
         .zip(w_forwarded)
@@ -775,6 +788,8 @@ fn run_once(
         noise_failures,
         handoffs_per_packet,
         doorbells_per_packet,
+        batches_per_packet,
+        syscalls_per_packet,
         window_s,
         rate_asked: options.rate,
         forwarded_per_s,

@@ -261,9 +261,17 @@ fn print_text(result: &BenchResult) {
             r.hop_step_per_s / r.ceiling_per_s.max(1.0)
         );
         println!(
-            "  crossings:   {:.3} handoffs and {:.3} doorbells per forwarded packet (the node's counters, in the window)",
-            r.handoffs_per_packet, r.doorbells_per_packet
+            "  crossings:   {:.3} handoffs in {:.3} batches and {:.3} doorbells per forwarded packet (the node's counters, in the window)",
+            r.handoffs_per_packet, r.batches_per_packet, r.doorbells_per_packet
         );
+        match r.syscalls_per_packet {
+            Some(calls) => println!(
+                "  syscalls:    {calls:.3} per forwarded packet (the kernel's count for the shards' threads)"
+            ),
+            None => println!(
+                "  syscalls:    not counted (the node may not count a kernel tracepoint here: run as root or with CAP_PERFMON)"
+            ),
+        }
         println!(
             "  CPU (cores): node {:.2}, generator {:.2}, receiver {:.2}",
             r.cpu.node, r.cpu.generator, r.cpu.receiver

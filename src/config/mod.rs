@@ -426,8 +426,9 @@ pub struct EngineSection {
     /// An inbound connection silent between frames for this long is closed.
     #[serde(with = "humantime_serde")]
     pub connection_idle_timeout: Duration,
-    /// Next hops with state (queue, connection) at once, whole node (split between shards).
-    /// When full, a new next hop takes the place of the least useful quiet one.
+    /// Next hops with state (queue, connection) at once, per shard: each shard keeps its own
+    /// connection to each next hop it forwards to. When full, a new next hop takes the place
+    /// of the least useful quiet one.
     #[serde(alias = "peers_max")]
     pub next_hops_max: usize,
     /// Packets queued per next hop while its connection opens or is busy.
@@ -504,7 +505,7 @@ impl Default for EngineSection {
             connections_per_ip_max: 256,
             first_frame_timeout: Duration::from_secs(10),
             connection_idle_timeout: Duration::from_secs(600),
-            next_hops_max: 4096,
+            next_hops_max: 1024,
             next_hop_queue_packets_max: 2000,
             next_hop_queue_bytes_max: 8 << 20,
             forward_to: ForwardTo::Known,

@@ -1,5 +1,5 @@
-//! Pure outbound state: which shard owns a next hop, how long to back off after failures, and
-//! the [`NextHopTable`]: each next hop's bounded queue and connection state machine, in a
+//! Pure outbound state: how long to back off after failures, and one shard's
+//! [`NextHopTable`]: each next hop's bounded queue and connection state machine, in a
 //! table with a maximum size that heals itself (idle and failing entries are forgotten, and a
 //! full table evicts its least useful quiet entry for a new next hop).
 //!
@@ -9,37 +9,13 @@
 //! refused push says why) so that the caller counts it.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Initial reconnection backoff (Nym's old default).
 pub const BACKOFF_INITIAL_DEFAULT: Duration = Duration::from_secs(10);
 /// Maximum reconnection backoff (Nym's old default).
 pub const BACKOFF_MAX_DEFAULT: Duration = Duration::from_secs(300);
-
-const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
-    })
-}
-
-/// The shard that owns connections to `address`: FNV-1a over the IP octets and the
-/// big-endian port, modulo `shard_count`. Stable across runs and builds, unlike `RandomState`.
-///
-/// # Panics
-/// If `shard_count` is zero: a configuration bug caught at start.
-pub fn owner_shard(address: &SocketAddr, shard_count: usize) -> usize {
-    assert!(shard_count > 0, "shard_count must be at least 1");
-    let hash = match address.ip() {
-        IpAddr::V4(ip) => fnv1a(FNV_OFFSET_BASIS, &ip.octets()),
-        IpAddr::V6(ip) => fnv1a(FNV_OFFSET_BASIS, &ip.octets()),
-    };
-    let hash = fnv1a(hash, &address.port().to_be_bytes());
-    (hash % shard_count as u64) as usize
-}
 
 /// Exponential reconnection backoff: `initial`, doubling with each consecutive failure,
 /// capped at `max`.
@@ -193,7 +169,7 @@ pub type LinkId = u64;
 /// The limits and timings of a [`NextHopTable`] (one shard's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TableLimits {
-    /// Entries at once (this shard's share of `engine.next_hops_max`).
+    /// Entries at once (`engine.next_hops_max`, per shard).
     pub next_hops_max: usize,
     /// Packets queued per next hop.
     pub queue_packets_max: usize,
@@ -304,7 +280,7 @@ pub struct TableFigures {
     pub forgotten_failing: u64,
 }
 
-/// The next hops one shard owns: at most `next_hops_max` entries, each with a bounded queue
+/// The next hops one shard forwards to: at most `next_hops_max` entries, each with a bounded queue
 /// and a connection state machine. It heals itself: idle entries are forgotten after the idle
 /// timeout, failing ones after `failures_max` failures, and a new next hop takes the place of
 /// the least useful quiet entry (failing ones first, then the longest without a successful
@@ -661,31 +637,6 @@ impl<T> NextHopTable<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn owner_shard_is_stable_and_spreads_addresses() {
-        let a: SocketAddr = "10.0.0.1:1789".parse().expect("valid literal");
-        // Pinned values, computed apart from this code (FNV-1a 64 of the octets 10, 0, 0, 1 and
-        // the port's big-endian bytes 0x06 0xfd is 0x6d1464f770210639): a change would move
-        // next hops between shards across versions.
-        assert_eq!(owner_shard(&a, 1_000_003), 219_574);
-        assert_eq!(owner_shard(&a, 2), 1);
-        assert_eq!(owner_shard(&a, 3), 0);
-        assert_eq!(owner_shard(&a, 7), 6);
-        assert_eq!(owner_shard(&a, 1), 0);
-        let v6: SocketAddr = "[2001:db8::1]:1789".parse().expect("valid literal");
-        assert_eq!(owner_shard(&v6, 3), 0);
-        assert_eq!(owner_shard(&v6, 4), 1);
-        let mut per_shard = [0usize; 4];
-        for i in 0..4000u32 {
-            let address = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 1789));
-            per_shard[owner_shard(&address, 4)] += 1;
-        }
-        assert!(
-            per_shard.iter().all(|&n| (800..1200).contains(&n)),
-            "{per_shard:?}"
-        );
-    }
 
     #[test]
     fn backoff_doubles_from_initial_up_to_max_without_overflow() {

@@ -509,7 +509,7 @@ pub fn render(input: &MetricsInput) -> String {
     o.per_shard(
         "nym_mixnode_next_hops",
         "gauge",
-        "Entries in the shard's next-hop table (limit: its share of engine.next_hops_max).",
+        "Entries in the shard's next-hop table (limit: engine.next_hops_max, per shard).",
         shards,
         |s| s.next_hops,
     );
@@ -634,6 +634,22 @@ pub fn render(input: &MetricsInput) -> String {
         shards,
         |s| s.doorbells_rung,
     );
+    o.per_shard(
+        "nym_mixnode_handoff_batches_total",
+        "counter",
+        "Batches of packets the shard handed to other shards (one channel message each; a packet crosses at most once, to the shard owning its replay tag).",
+        shards,
+        |s| s.handoff_batches,
+    );
+    if shards.iter().all(|s| s.syscalls.is_some()) {
+        o.per_shard(
+            "nym_mixnode_shard_syscalls_total",
+            "counter",
+            "System calls the shard's thread entered, as the kernel counts them (present where the node may count a kernel tracepoint: root or CAP_PERFMON).",
+            shards,
+            |s| s.syscalls.unwrap_or(0),
+        );
+    }
     let noise = shards
         .iter()
         .fold(crate::noise::NoiseCounts::default(), |sum, s| {

@@ -20,12 +20,12 @@ pub const DESCRIPTORS_BASE: u64 = 64;
 pub const DESCRIPTORS_PER_SHARD: u64 = 16;
 
 /// Descriptors the node may hold at once with `config` and `shards` shards: every inbound
-/// connection, one outbound connection per next hop, VerLoc's served connections and its batch
+/// connection, one outbound connection per next hop per shard, VerLoc's served connections and its batch
 /// of measurements, the HTTP requests served at once, and the fixed margin.
 pub fn descriptors_needed(config: &Config, shards: usize) -> u64 {
     let counts = [
         config.engine.connections_inbound_max,
-        config.engine.next_hops_max,
+        config.engine.next_hops_max.saturating_mul(shards.max(1)),
         config.verloc.connections_max,
         config.verloc.batch_size,
         config.http.concurrent_requests_max,
@@ -70,7 +70,7 @@ pub fn assess(limit: u64, needed: u64) -> Verdict {
 pub fn too_low_message(limit: u64, needed: u64) -> String {
     format!(
         "the open-files limit is {limit}, but this config can use {needed} descriptors \
-         (engine.connections_inbound_max + engine.next_hops_max + verloc.connections_max + \
+         (engine.connections_inbound_max + engine.next_hops_max per shard + verloc.connections_max + \
          verloc.batch_size + http.concurrent_requests_max + {DESCRIPTORS_BASE} + \
          {DESCRIPTORS_PER_SHARD} per shard); connections past the limit will be refused. \
          Fix: add `{UNIT_FIX}` to the [Service] section of the systemd unit \
@@ -167,17 +167,18 @@ mod tests {
         c.verloc.connections_max = 30;
         c.verloc.batch_size = 4;
         c.http.concurrent_requests_max = 5;
-        let expected = 1000 + 200 + 30 + 4 + 5 + DESCRIPTORS_BASE + 2 * DESCRIPTORS_PER_SHARD;
+        let expected = 1000 + 2 * 200 + 30 + 4 + 5 + DESCRIPTORS_BASE + 2 * DESCRIPTORS_PER_SHARD;
         assert_eq!(descriptors_needed(&c, 2), expected);
         assert_eq!(
             descriptors_needed(&c, 3) - descriptors_needed(&c, 2),
-            DESCRIPTORS_PER_SHARD
+            200 + DESCRIPTORS_PER_SHARD
         );
     }
 
     #[test]
     fn defaults_fit_the_units_limit_but_not_the_usual_1024() {
-        let needed = descriptors_needed(&config(), 64);
+        // A 32-core node: each shard may keep a connection to each of 1,024 next hops.
+        let needed = descriptors_needed(&config(), 32);
         assert!(needed > 1024, "{needed}");
         assert_eq!(assess(65536, needed), Verdict::Enough);
         assert_eq!(

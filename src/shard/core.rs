@@ -23,9 +23,12 @@
 //! where the right-hand gauges are measured (wheel length, queue lengths, packets handed to a
 //! write), not derived from the counters: [`ShardCore::check_conservation`].
 //!
-//! Routing has one function per kind of key: [`crate::shard::tag_owner`] (replay tag to
-//! shard) and [`crate::forward::owner_shard`] (next hop to shard). A shard asserts that it
-//! owns what another shard handed it: a mismatch is a bug of ours, never peer input.
+//! Routing has one function: [`crate::shard::tag_owner`] (replay tag to shard). A packet
+//! crosses cores at most once: the shard that read it derives its shared secret and hands it
+//! to the tag's owner, which checks the replay filter and the MAC, unwraps it, holds it and
+//! writes it on its own link to the next hop (each shard keeps its own next-hop table, so a
+//! busy next hop has one connection per shard). A shard asserts that it owns the tag of what
+//! another shard handed it: a mismatch is a bug of ours, never peer input.
 //!
 //! What it deliberately does not do: accept, read, connect, write, sleep or ring doorbells
 //! (that is the driver, `worker.rs`), or count connections (the driver's readers do).
@@ -39,8 +42,7 @@ use crate::accounting::{allocation_size, DropReason};
 use crate::config::{EngineSection, ForwardTo};
 use crate::delay::{DelayWheel, WheelConfig, WheelConfigError};
 use crate::forward::{
-    owner_shard, Backoff, LinkId, LinkStep, NextHopTable, Refused, SweepEvent, TableFigures,
-    TableLimits,
+    Backoff, LinkId, LinkStep, NextHopTable, Refused, SweepEvent, TableFigures, TableLimits,
 };
 use crate::framing::FrameHeader;
 use crate::sphinx::{
@@ -79,7 +81,7 @@ pub struct CoreConfig {
     pub memory_bytes_max: u64,
     /// Slots of the wheel.
     pub wheel_slots: usize,
-    /// The next-hop table's limits (its share of `engine.next_hops_max`).
+    /// The next-hop table's limits (`engine.next_hops_max` is per shard).
     pub table: TableLimits,
     /// Packets per write.
     pub write_batch_packets_max: usize,
@@ -105,7 +107,7 @@ impl CoreConfig {
                 .max(1),
             wheel_slots: WHEEL_SLOTS,
             table: TableLimits {
-                next_hops_max: engine.next_hops_max.div_ceil(shards).max(1),
+                next_hops_max: engine.next_hops_max.max(1),
                 queue_packets_max: engine.next_hop_queue_packets_max,
                 queue_bytes_max: engine.next_hop_queue_bytes_max,
                 idle_timeout: engine.next_hop_idle_timeout,
@@ -144,65 +146,75 @@ impl Held {
     }
 }
 
-/// A packet passed between shards.
+/// A packet passed to the shard owning its replay tag, which checks the filter and the MAC,
+/// unwraps it, holds it until due and forwards it on its own link to the next hop.
 ///
 /// The expanded packet (about 700 bytes) is boxed so that a channel slot stays small: a
 /// bounded channel touches every slot once it has wrapped, and inline slots would cost
 /// `cross_shard_packets_max` x 700 bytes per shard.
-pub enum Handoff {
-    /// For the shard owning the replay tag: check, then unwrap.
-    Unwrap {
-        /// The packet with its shared secret.
-        packet: Box<ExpandedPacket>,
-        /// Its frame header.
-        header: FrameHeader,
-        /// When its frame was read: its delay counts from here.
-        received_at: Instant,
-    },
-    /// For the shard owning the next hop: hold until due, then forward.
-    Hold(Held),
+pub struct Handoff {
+    /// The packet with its shared secret.
+    pub packet: Box<ExpandedPacket>,
+    /// Its frame header.
+    pub header: FrameHeader,
+    /// When its frame was read: its delay counts from here.
+    pub received_at: Instant,
 }
 
 impl Handoff {
-    /// The memory it occupies in a cross-shard channel (the box or record, and the packet).
+    /// The memory it occupies in a cross-shard channel (the record and the boxed packet).
     pub fn footprint(&self) -> u64 {
-        match self {
-            Handoff::Unwrap { packet, .. } => {
-                (std::mem::size_of::<Handoff>() as u64) + packet.footprint()
-            }
-            Handoff::Hold(held) => held.footprint(),
-        }
+        (std::mem::size_of::<Handoff>() as u64) + self.packet.footprint()
     }
 }
 
-/// Bytes in flight towards one shard, shared by the shards that send to it and the one that
-/// takes: a reservation is an atomic add, never a lock. Bounds what the cross-shard channels
-/// hold in bytes, as their capacity bounds them in packets.
+/// Packets and bytes in flight towards one shard, shared by the shards that send to it and
+/// the one that takes: a reservation is two atomic adds, never a lock. Bounds what the
+/// cross-shard channel holds, whatever the size of its batches.
 #[derive(Debug, Default)]
-pub struct InboxBytes {
+pub struct InboxBudget {
     bytes: std::sync::atomic::AtomicU64,
+    packets: std::sync::atomic::AtomicU64,
 }
 
-impl InboxBytes {
-    /// Reserve `bytes` if that keeps the total within `max`; whether it did.
-    pub fn try_reserve(&self, bytes: u64, max: u64) -> bool {
+/// The most an [`InboxBudget`] lets one shard's inbox hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InboxLimits {
+    /// Bytes (footprints).
+    pub bytes: u64,
+    /// Packets.
+    pub packets: u64,
+}
+
+impl InboxBudget {
+    /// Reserve `packets` packets of `bytes` bytes if that keeps both totals within `limits`;
+    /// whether it did.
+    pub fn try_reserve(&self, bytes: u64, packets: u64, limits: InboxLimits) -> bool {
         use std::sync::atomic::Ordering;
         let before = self.bytes.fetch_add(bytes, Ordering::AcqRel);
-        if before + bytes > max {
+        if before + bytes > limits.bytes {
+            self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
+        }
+        let before = self.packets.fetch_add(packets, Ordering::AcqRel);
+        if before + packets > limits.packets {
+            self.packets.fetch_sub(packets, Ordering::AcqRel);
             self.bytes.fetch_sub(bytes, Ordering::AcqRel);
             return false;
         }
         true
     }
 
-    /// Give back `bytes` reserved earlier (the handoff was taken, or refused by the channel).
-    pub fn release(&self, bytes: u64) {
-        self.bytes
-            .fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
+    /// Give back `packets` packets of `bytes` reserved earlier (taken, or refused by the
+    /// channel).
+    pub fn release(&self, bytes: u64, packets: u64) {
+        use std::sync::atomic::Ordering;
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.packets.fetch_sub(packets, Ordering::AcqRel);
     }
 
     /// Bytes reserved now.
-    pub fn get(&self) -> u64 {
+    pub fn bytes(&self) -> u64 {
         self.bytes.load(std::sync::atomic::Ordering::Acquire)
     }
 }
@@ -216,11 +228,23 @@ pub enum HandoffRefused {
     Closed,
 }
 
+/// Packets for one other shard, passed in one channel message.
+pub type HandoffBatch = Vec<Handoff>;
+
+/// Most packets in one [`HandoffBatch`]: a batch this long goes at once, shorter ones when
+/// the driver flushes ([`ShardCore::flush_handoffs`]) after each read.
+pub const HANDOFF_BATCH_MAX: usize = 32;
+
 /// Where the core puts packets for other shards: the driver's bounded channels (with their
 /// doorbells), or the simulation's virtual ones.
 pub trait HandoffSink {
-    /// Pass `handoff` to shard `to`, or say why not (the packet is then dropped and counted).
-    fn hand_off(&mut self, to: usize, handoff: Handoff) -> Result<(), HandoffRefused>;
+    /// Pass `batch` to shard `to` as one message, or say why not and give it back (its
+    /// packets are then dropped and counted).
+    fn hand_off(
+        &mut self,
+        to: usize,
+        batch: HandoffBatch,
+    ) -> Result<(), (HandoffRefused, HandoffBatch)>;
 }
 
 /// What became of one packet in one call.
@@ -228,7 +252,8 @@ pub trait HandoffSink {
 pub enum Outcome {
     /// Dropped, and counted under this reason.
     Dropped(DropReason),
-    /// Passed to this shard.
+    /// Waiting in the batch for this shard, which goes at the next flush (or at once, when
+    /// full); a refused batch is counted as dropped then.
     HandedOff(usize),
     /// In this shard's wheel until `due`: a driver sleeping past it must wake.
     Held {
@@ -290,6 +315,8 @@ pub struct CoreFigures {
     pub queued: u64,
     /// Packets handed to writes under way.
     pub writing: u64,
+    /// Packets waiting for a batch to another shard.
+    pub crossing: u64,
     /// The next-hop table.
     pub table: TableFigures,
     /// Packets whose delay was over `engine.delay_max`, held for the cap instead.
@@ -342,6 +369,12 @@ pub struct ShardCore {
     loops: VecDeque<LoopArrival>,
     /// Loop arrivals not kept because [`LOOP_ARRIVALS_MAX`] were waiting.
     loops_unreported: u64,
+    /// Per other shard, the packets waiting to be handed to it in one batch.
+    outgoing: Vec<HandoffBatch>,
+    /// Packets in `outgoing`.
+    crossing: usize,
+    /// Batches handed to other shards.
+    batches_sent: u64,
 }
 
 impl ShardCore {
@@ -379,6 +412,18 @@ impl ShardCore {
             known: None,
             loops: VecDeque::new(),
             loops_unreported: 0,
+            outgoing: (0..config.shards.max(1))
+                .map(|to| {
+                    let capacity = if to == config.index {
+                        0
+                    } else {
+                        HANDOFF_BATCH_MAX
+                    };
+                    Vec::with_capacity(capacity)
+                })
+                .collect(),
+            crossing: 0,
+            batches_sent: 0,
         })
     }
 
@@ -428,6 +473,7 @@ impl ShardCore {
             held: self.wheel.len() as u64,
             queued: self.table.queued() as u64,
             writing: self.table.writing() as u64,
+            crossing: self.crossing as u64,
             table: self.table.figures(),
             delays_clamped: self.delays_clamped,
             bytes_held: self.bytes_held(),
@@ -440,9 +486,16 @@ impl ShardCore {
         self.wheel_bytes + self.table.bytes()
     }
 
-    /// Packets in this shard now, measured: wheel, queues and writes under way.
+    /// Packets in this shard now, measured: wheel, queues, writes under way, and batches not
+    /// yet handed to other shards.
     pub fn in_flight(&self) -> u64 {
-        (self.wheel.len() + self.table.queued() + self.table.writing()) as u64
+        (self.wheel.len() + self.table.queued() + self.table.writing() + self.crossing) as u64
+    }
+
+    /// Batches handed to other shards so far (each one channel message and at most one
+    /// doorbell).
+    pub fn batches_sent(&self) -> u64 {
+        self.batches_sent
     }
 
     /// Per next hop: address, packets written, packets dropped.
@@ -468,6 +521,8 @@ impl ShardCore {
             self.bytes_held(),
             self.config.memory_bytes_max
         );
+        let waiting: usize = self.outgoing.iter().map(Vec::len).sum();
+        assert_eq!(waiting, self.crossing, "packets waiting for other shards");
         let c = &self.counts;
         let came = c.packets.received + c.taken_over;
         let went =
@@ -511,11 +566,11 @@ impl ShardCore {
         };
         let owner = tag_owner(packet.replay_tag(), self.config.shards);
         if owner == self.config.index {
-            return self.unwrap_packet(packet, header, now, sink, timings);
+            return self.unwrap_packet(packet, header, now, timings);
         }
         self.send(
             owner,
-            Handoff::Unwrap {
+            Handoff {
                 packet: Box::new(packet),
                 header,
                 received_at: now,
@@ -531,63 +586,84 @@ impl ShardCore {
         self.drop_packet(DropReason::BadFrame)
     }
 
-    /// Another shard handed this one `handoff` at `now`.
+    /// Another shard handed this one `handoff`: its delay counts from when it was read.
     ///
     /// # Panics
-    /// If this shard does not own the packet's replay tag or next hop: a routing bug.
-    pub fn on_handoff(
-        &mut self,
-        handoff: Handoff,
-        now: Instant,
-        sink: &mut impl HandoffSink,
-        timings: &mut impl Timings,
-    ) -> Outcome {
+    /// If this shard does not own the packet's replay tag: a routing bug.
+    pub fn on_handoff(&mut self, handoff: Handoff, timings: &mut impl Timings) -> Outcome {
         self.counts.taken_over += 1;
         if self.phase == Phase::Closed {
             return self.drop_packet(DropReason::Shutdown);
         }
-        match handoff {
-            Handoff::Unwrap {
-                packet,
-                header,
-                received_at,
-            } => {
-                assert_eq!(
-                    tag_owner(packet.replay_tag(), self.config.shards),
-                    self.config.index,
-                    "handed a replay tag this shard does not own"
-                );
-                self.unwrap_packet(*packet, header, received_at, sink, timings)
-            }
-            Handoff::Hold(held) => {
-                assert_eq!(
-                    owner_shard(&held.next_hop, self.config.shards),
-                    self.config.index,
-                    "handed a next hop this shard does not own"
-                );
-                self.hold(held, now)
-            }
-        }
+        let Handoff {
+            packet,
+            header,
+            received_at,
+        } = handoff;
+        assert_eq!(
+            tag_owner(packet.replay_tag(), self.config.shards),
+            self.config.index,
+            "handed a replay tag this shard does not own"
+        );
+        self.unwrap_packet(*packet, header, received_at, timings)
     }
 
+    /// Into the batch for shard `to`, which goes at once when full.
     fn send(&mut self, to: usize, handoff: Handoff, sink: &mut impl HandoffSink) -> Outcome {
-        match sink.hand_off(to, handoff) {
-            Ok(()) => {
-                self.counts.handed_off += 1;
-                Outcome::HandedOff(to)
+        self.outgoing[to].push(handoff);
+        self.crossing += 1;
+        if self.outgoing[to].len() >= HANDOFF_BATCH_MAX {
+            self.flush_to(to, sink);
+        }
+        Outcome::HandedOff(to)
+    }
+
+    /// Hand every waiting batch to its shard: the driver calls this after each read's frames
+    /// and on each round of its pump, so a packet waits for a batch no longer than one read.
+    /// Whether any batch went.
+    pub fn flush_handoffs(&mut self, sink: &mut impl HandoffSink) -> bool {
+        if self.crossing == 0 {
+            return false;
+        }
+        for to in 0..self.outgoing.len() {
+            if !self.outgoing[to].is_empty() {
+                self.flush_to(to, sink);
             }
-            Err(HandoffRefused::Full) => self.drop_packet(DropReason::HandoffFull),
-            Err(HandoffRefused::Closed) => self.drop_packet(DropReason::Shutdown),
+        }
+        true
+    }
+
+    fn flush_to(&mut self, to: usize, sink: &mut impl HandoffSink) {
+        let batch = std::mem::replace(
+            &mut self.outgoing[to],
+            Vec::with_capacity(HANDOFF_BATCH_MAX),
+        );
+        let packets = batch.len();
+        self.crossing -= packets;
+        match sink.hand_off(to, batch) {
+            Ok(()) => {
+                self.counts.handed_off += packets as u64;
+                self.batches_sent += 1;
+            }
+            Err((refused, mut batch)) => {
+                let reason = match refused {
+                    HandoffRefused::Full => DropReason::HandoffFull,
+                    HandoffRefused::Closed => DropReason::Shutdown,
+                };
+                self.counts.packets.dropped[reason as usize] += packets as u64;
+                // The allocation is kept for the next batch.
+                batch.clear();
+                self.outgoing[to] = batch;
+            }
         }
     }
 
-    /// Replay check, MAC, unwrap; then to the next hop's owner.
+    /// Replay check, MAC, unwrap; then into this shard's wheel.
     fn unwrap_packet(
         &mut self,
         packet: ExpandedPacket,
         header: FrameHeader,
         received_at: Instant,
-        sink: &mut impl HandoffSink,
         timings: &mut impl Timings,
     ) -> Outcome {
         let started = (self.stopwatch)();
@@ -613,12 +689,7 @@ impl ShardCore {
             header,
             next_hop: hop.next_hop,
         };
-        let owner = owner_shard(&held.next_hop, self.config.shards);
-        if owner == self.config.index {
-            self.hold(held, received_at)
-        } else {
-            self.send(owner, Handoff::Hold(held), sink)
-        }
+        self.hold(held, received_at)
     }
 
     /// A packet whose final hop is this node: one of its own loops (kept for the monitor),
@@ -799,6 +870,11 @@ impl ShardCore {
         self.table.drain_all(&mut |_| left += 1, &mut |link| {
             actions.push_back(Action::Wake { link })
         });
+        for batch in &mut self.outgoing {
+            left += batch.len() as u64;
+            batch.clear();
+        }
+        self.crossing = 0;
         self.counts.packets.dropped[DropReason::Shutdown as usize] += left;
     }
 

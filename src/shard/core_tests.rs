@@ -401,53 +401,106 @@ fn an_idle_next_hop_is_closed_and_forgotten_after_the_idle_timeout() {
 }
 
 #[test]
-fn handoffs_go_to_the_owning_shard_and_a_full_or_closed_channel_is_counted() {
+fn a_packet_crosses_once_to_its_tags_owner_which_holds_it_and_a_full_or_closed_channel_is_counted()
+{
     let mut packets = Packets::new(SEED);
     let t0 = Instant::now();
     let hop = addr(1);
-    // Two shards; find which one owns `hop`.
-    let hop_owner = crate::forward::owner_shard(&hop, 2);
-    let other = 1 - hop_owner;
-    let mut reader = testkit::core(testkit::config(other, 2), &packets, t0);
-    let mut owner = testkit::core(testkit::config(hop_owner, 2), &packets, t0);
-    let mut sink = VirtualChannels::new(2, 1);
-    // A packet whose tag `other` owns: unwrapped there, then handed to the next hop's owner.
-    let packet = packets.forward_owned_by(other, 2, hop, Duration::from_millis(5));
+    let mut reader = testkit::core(testkit::config(0, 2), &packets, t0);
+    let mut owner = testkit::core(testkit::config(1, 2), &packets, t0);
+    let mut sink = VirtualChannels::new(2, 3);
+    // A packet whose tag the reader owns never leaves it, whatever its next hop.
+    let packet = packets.forward_owned_by(0, 2, hop, Duration::from_millis(5));
     let outcome = reader.on_frame(header(), &packet, t0, &mut sink, &mut NoTimings);
-    assert_eq!(outcome, Outcome::HandedOff(hop_owner));
-    reader.check_conservation();
-    assert_eq!(reader.counts().handed_off, 1);
-    // The channel (capacity 1) is full now.
-    let packet = packets.forward_owned_by(other, 2, hop, Duration::from_millis(5));
-    let outcome = reader.on_frame(header(), &packet, t0, &mut sink, &mut NoTimings);
-    assert_eq!(outcome, Outcome::Dropped(DropReason::HandoffFull));
-    let handoff = sink.queues[hop_owner].pop_front().expect("handed off");
-    let outcome = owner.on_handoff(handoff, t0, &mut sink, &mut NoTimings);
     assert_eq!(
         outcome,
         Outcome::Held {
             due: t0 + Duration::from_millis(5)
         }
     );
+    // Two whose tag the other shard owns wait in one batch until the flush.
+    for _ in 0..2 {
+        let packet = packets.forward_owned_by(1, 2, hop, Duration::from_millis(5));
+        let outcome = reader.on_frame(header(), &packet, t0, &mut sink, &mut NoTimings);
+        assert_eq!(outcome, Outcome::HandedOff(1));
+    }
+    assert_eq!(sink.len(), 0);
+    reader.check_conservation();
+    assert_eq!(reader.in_flight(), 3);
+    assert!(reader.flush_handoffs(&mut sink));
+    assert!(!reader.flush_handoffs(&mut sink), "nothing left to flush");
+    assert_eq!((sink.len(), sink.batches, reader.batches_sent()), (2, 1, 1));
+    assert_eq!(reader.counts().handed_off, 2);
+    reader.check_conservation();
+    // The owner unwraps, holds and forwards them itself: no second crossing.
+    for _ in 0..2 {
+        let handoff = sink.queues[1].pop_front().expect("handed off");
+        let outcome = owner.on_handoff(handoff, &mut NoTimings);
+        assert_eq!(
+            outcome,
+            Outcome::Held {
+                due: t0 + Duration::from_millis(5)
+            }
+        );
+    }
     owner.check_conservation();
-    assert_eq!(owner.counts().taken_over, 1);
-    // A packet whose tag the next hop's owner owns is handed for unwrapping.
-    let packet = packets.forward_owned_by(hop_owner, 2, hop, Duration::ZERO);
-    let outcome = reader.on_frame(header(), &packet, t0, &mut sink, &mut NoTimings);
-    assert_eq!(outcome, Outcome::HandedOff(hop_owner));
-    let handoff = sink.queues[hop_owner].pop_front().expect("handed off");
-    assert!(matches!(handoff, Handoff::Unwrap { .. }));
+    assert_eq!(owner.counts().taken_over, 2);
+    assert_eq!(owner.counts().handed_off, 0);
+    // The channel holds 3 packets: a batch of 2 fits once, then a second one is refused
+    // whole and each of its packets is counted.
+    for round in 0..2 {
+        for _ in 0..2 {
+            let packet = packets.forward_owned_by(1, 2, hop, Duration::ZERO);
+            reader.on_frame(header(), &packet, t0, &mut sink, &mut NoTimings);
+        }
+        reader.flush_handoffs(&mut sink);
+        let full = reader.counts().packets.dropped[DropReason::HandoffFull as usize];
+        assert_eq!(full, round * 2, "round {round}");
+        reader.check_conservation();
+    }
+    // A full batch goes at once, without waiting for the flush.
+    sink.queues[1].clear();
+    sink.capacity = HANDOFF_BATCH_MAX;
+    let sent = reader.counts().handed_off;
+    for _ in 0..HANDOFF_BATCH_MAX {
+        let packet = packets.forward_owned_by(1, 2, hop, Duration::ZERO);
+        reader.on_frame(header(), &packet, t0, &mut sink, &mut NoTimings);
+    }
+    assert_eq!(reader.counts().handed_off, sent + HANDOFF_BATCH_MAX as u64);
+    assert!(!reader.flush_handoffs(&mut sink));
+    // A stopped shard: counted as shutdown, at the flush.
+    sink.queues[1].clear();
+    sink.closed[1] = true;
+    let packet = packets.forward_owned_by(1, 2, hop, Duration::ZERO);
+    reader.on_frame(header(), &packet, t0, &mut sink, &mut NoTimings);
+    reader.flush_handoffs(&mut sink);
     assert_eq!(
-        owner.on_handoff(handoff, t0, &mut sink, &mut NoTimings),
-        Outcome::Queued
+        reader.counts().packets.dropped[DropReason::Shutdown as usize],
+        1
     );
-    // A stopped shard: counted as shutdown.
-    sink.closed[hop_owner] = true;
-    let packet = packets.forward_owned_by(hop_owner, 2, hop, Duration::ZERO);
-    let outcome = reader.on_frame(header(), &packet, t0, &mut sink, &mut NoTimings);
-    assert_eq!(outcome, Outcome::Dropped(DropReason::Shutdown));
     reader.check_conservation();
     owner.check_conservation();
+}
+
+#[test]
+fn packets_waiting_for_a_batch_at_close_are_dropped_as_shutdown() {
+    let mut packets = Packets::new(SEED);
+    let t0 = Instant::now();
+    let mut reader = testkit::core(testkit::config(0, 2), &packets, t0);
+    let mut sink = VirtualChannels::new(2, 8);
+    let packet = packets.forward_owned_by(1, 2, addr(1), Duration::ZERO);
+    reader.on_frame(header(), &packet, t0, &mut sink, &mut NoTimings);
+    reader.begin_drain(t0 + Duration::from_millis(1));
+    reader.handle_timeout(t0 + Duration::from_millis(1));
+    assert_eq!(reader.phase(), Phase::Closed);
+    assert_eq!(reader.in_flight(), 0);
+    assert_eq!(
+        reader.counts().packets.dropped[DropReason::Shutdown as usize],
+        1
+    );
+    assert!(!reader.flush_handoffs(&mut sink));
+    assert_eq!(sink.len(), 0);
+    reader.check_conservation();
 }
 
 #[test]
@@ -458,13 +511,12 @@ fn a_handoff_to_the_wrong_shard_is_a_bug() {
     let packet = packets.forward_owned_by(0, 2, addr(1), Duration::ZERO);
     let mut wrong = testkit::core(testkit::config(1, 2), &packets, t0);
     let expanded = packets.processor().expand(&packet).expect("expands");
-    let handoff = Handoff::Unwrap {
+    let handoff = Handoff {
         packet: Box::new(expanded),
         header: header(),
         received_at: t0,
     };
-    let mut sink = VirtualChannels::new(2, 4);
-    wrong.on_handoff(handoff, t0, &mut sink, &mut NoTimings);
+    wrong.on_handoff(handoff, &mut NoTimings);
 }
 
 #[test]

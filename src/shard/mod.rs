@@ -5,11 +5,20 @@
 //! picks the shard that owns the tag (a pure function), which checks the replay filter and the
 //! MAC and unwraps the packet (the second multiplication): so every copy of a packet meets
 //! the same filter whatever connection it came on, and no filter is shared between cores. The
-//! next-hop address picks the shard that owns that next hop, which holds the packet in its
-//! delay wheel and writes it to the next hop's connection when due. Packets cross cores only
-//! through bounded crossbeam channels; a full channel is a counted drop. After a handoff the
-//! sender rings the receiving shard's doorbell (a one-slot glommio shared channel, which wakes
-//! a sleeping executor), so an idle shard sleeps instead of polling its inbox.
+//! tag's owner then holds the packet in its delay wheel and writes it on its own connection to
+//! the next hop when due (every shard keeps its own next-hop table), so a packet crosses cores
+//! at most once. Packets cross only through bounded crossbeam channels, in batches: what one
+//! read produced for another shard goes as one message; a full channel is a counted drop of
+//! each packet in the batch. After a batch the sender rings the receiving shard's doorbell (a
+//! one-slot glommio shared channel, which wakes a sleeping executor), so an idle shard sleeps
+//! instead of polling its inbox.
+//!
+//! Why the tag's owner keeps the packet rather than handing it to a shard that owns the next
+//! hop: that second crossing cost a boxed handoff and a channel slot for (N-1)/N of packets,
+//! and the one connection per next hop it saved is cheap to multiply (a busy next hop gets one
+//! per shard; `engine.next_hops_max` is per shard). The other way to one crossing, a replay
+//! filter shared by all shards (an atomic Bloom filter), would keep one connection per next
+//! hop but needs every shard to write into one bit array on other cores' cache lines.
 //!
 //! The policy lives in [`core::ShardCore`], a state machine with no I/O; `worker.rs` is its
 //! glommio driver.
@@ -24,6 +33,7 @@ pub mod placement;
 #[cfg(test)]
 mod sim;
 pub mod stats;
+pub mod syscalls;
 pub mod telemetry;
 #[cfg(test)]
 mod testkit;
@@ -549,7 +559,8 @@ impl Engine {
             })?);
         }
 
-        let inbox_bytes: Vec<Arc<core::InboxBytes>> = (0..shards).map(|_| Arc::default()).collect();
+        let inbox_budgets: Vec<Arc<core::InboxBudget>> =
+            (0..shards).map(|_| Arc::default()).collect();
         let mut known_senders = Vec::with_capacity(shards);
         let mut known_receivers = Vec::with_capacity(shards);
         for _ in 0..shards {
@@ -646,7 +657,7 @@ impl Engine {
                 listener_fd: socket.into_raw_fd(),
                 inbox,
                 senders: senders.clone(),
-                inbox_bytes: inbox_bytes.clone(),
+                inbox_budgets: inbox_budgets.clone(),
                 known: settings.known.clone(),
                 loops: settings.loops.clone(),
                 known_updates: known_receivers.next().expect("one per shard"),

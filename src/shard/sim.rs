@@ -250,6 +250,10 @@ impl Sim {
         if let Outcome::Held { due } = outcome {
             assert!(due > now, "held only when not yet due");
         }
+        // The driver flushes after each read's frames, and a read holds one frame or many.
+        if self.rng.below(3) == 0 {
+            core.flush_handoffs(&mut self.channels);
+        }
         self.take_actions(shard);
     }
 
@@ -338,16 +342,17 @@ impl Sim {
     }
 
     fn deliver_handoffs(&mut self) {
+        // Each pump round flushes what its readers left waiting.
+        for shard in &mut self.shards {
+            shard.core.flush_handoffs(&mut self.channels);
+        }
         for to in 0..SHARDS {
             let count = self.rng.below(CHANNEL_CAPACITY as u64 + 1);
             for _ in 0..count {
                 let Some(handoff) = self.channels.queues[to].pop_front() else {
                     break;
                 };
-                let now = self.now;
-                self.shards[to]
-                    .core
-                    .on_handoff(handoff, now, &mut self.channels, &mut NoTimings);
+                self.shards[to].core.on_handoff(handoff, &mut NoTimings);
                 self.take_actions(to);
             }
         }
@@ -518,10 +523,7 @@ impl Sim {
         }
         for to in 0..SHARDS {
             while let Some(handoff) = self.channels.queues[to].pop_front() {
-                let now = self.now;
-                self.shards[to]
-                    .core
-                    .on_handoff(handoff, now, &mut self.channels, &mut NoTimings);
+                self.shards[to].core.on_handoff(handoff, &mut NoTimings);
             }
         }
         self.drive_links();

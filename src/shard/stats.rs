@@ -26,6 +26,7 @@ pub struct ShardStats {
     held: AtomicU64,
     queued: AtomicU64,
     writing: AtomicU64,
+    crossing: AtomicU64,
     next_hops: AtomicU64,
     next_hops_opened: AtomicU64,
     next_hops_evicted: AtomicU64,
@@ -51,6 +52,7 @@ pub struct ShardStats {
     keys: [[AtomicU64; KEY_FIGURES]; 2],
     noise: [AtomicU64; NoiseCounts::WORDS],
     doorbells_rung: AtomicU64,
+    handoff_batches: AtomicU64,
     /// Pump rounds so far: the shard's sign of life (written by the shard, read by the
     /// watchdog; outside the seqlock).
     heartbeat: AtomicU64,
@@ -59,6 +61,9 @@ pub struct ShardStats {
     /// Stalls the watchdog saw, and whether one is under way (written by the watchdog).
     stalls: AtomicU64,
     stalled: std::sync::atomic::AtomicBool,
+    /// The kernel's count of the shard thread's system calls, where it may be counted (set
+    /// once by the shard's thread at start; read by whoever takes a snapshot).
+    syscalls: std::sync::OnceLock<super::syscalls::SyscallCounter>,
 }
 
 /// Figures of one live key, as published ([`ShardSnapshot::keys`]).
@@ -114,6 +119,8 @@ pub struct ShardSnapshot {
     pub queued: u64,
     /// Packets handed to writes to next hops now under way.
     pub writing: u64,
+    /// Packets waiting in this shard for a batch to another shard.
+    pub crossing: u64,
     /// Entries in this shard's next-hop table.
     pub next_hops: u64,
     /// Next-hop entries made.
@@ -168,6 +175,12 @@ pub struct ShardSnapshot {
     /// Doorbells this shard rang on other shards (at most one per handoff; a ring already
     /// pending is not rung again).
     pub doorbells_rung: u64,
+    /// Batches of handoffs this shard sent: one channel message and at most one doorbell
+    /// each.
+    pub handoff_batches: u64,
+    /// System calls the shard's thread entered, from the kernel's count (filled in by
+    /// [`ShardStats::snapshot`]; None where counting is not allowed).
+    pub syscalls: Option<u64>,
     /// Stalls the watchdog saw (filled in by [`ShardStats::snapshot`], not published).
     pub stalls: u64,
     /// Whether the shard is stalled now (likewise).
@@ -203,9 +216,10 @@ impl ShardCounts {
 }
 
 impl ShardSnapshot {
-    /// Packets in this shard right now, measured: wheel, queues and writes under way.
+    /// Packets in this shard right now, measured: wheel, queues, writes under way, and
+    /// batches not yet handed to another shard.
     pub fn in_flight_measured(&self) -> u64 {
-        self.held + self.queued + self.writing
+        self.held + self.queued + self.writing + self.crossing
     }
 }
 
@@ -227,6 +241,7 @@ impl ShardStats {
         self.held.store(s.held, r);
         self.queued.store(s.queued, r);
         self.writing.store(s.writing, r);
+        self.crossing.store(s.crossing, r);
         self.next_hops.store(s.next_hops, r);
         self.next_hops_opened.store(s.next_hops_opened, r);
         self.next_hops_evicted.store(s.next_hops_evicted, r);
@@ -265,6 +280,7 @@ impl ShardStats {
             slot.store(word, r);
         }
         self.doorbells_rung.store(s.doorbells_rung, r);
+        self.handoff_batches.store(s.handoff_batches, r);
         self.sequence
             .store(sequence.wrapping_add(2), Ordering::Release);
     }
@@ -278,6 +294,19 @@ impl ShardStats {
     /// Pump rounds so far.
     pub fn heartbeat(&self) -> u64 {
         self.heartbeat.load(Ordering::Relaxed)
+    }
+
+    /// The calling thread is this shard's: count its system calls from now on, where the
+    /// kernel allows it.
+    pub fn count_syscalls_of_this_thread(&self) {
+        if let Some(counter) = super::syscalls::SyscallCounter::for_this_thread() {
+            let _ = self.syscalls.set(counter);
+        }
+    }
+
+    /// The shard thread's system calls so far, if counted.
+    pub fn syscalls(&self) -> Option<u64> {
+        self.syscalls.get().and_then(|c| c.read())
     }
 
     /// The shard's pump has ended.
@@ -321,6 +350,7 @@ impl ShardStats {
             if self.sequence.load(Ordering::Relaxed) == before {
                 snapshot.stalls = self.stalls();
                 snapshot.stalled = self.is_stalled();
+                snapshot.syscalls = self.syscalls();
                 return snapshot;
             }
         }
@@ -346,6 +376,7 @@ impl ShardStats {
             held: self.held.load(r),
             queued: self.queued.load(r),
             writing: self.writing.load(r),
+            crossing: self.crossing.load(r),
             next_hops: self.next_hops.load(r),
             next_hops_opened: self.next_hops_opened.load(r),
             next_hops_evicted: self.next_hops_evicted.load(r),
@@ -373,6 +404,8 @@ impl ShardStats {
             }),
             noise: NoiseCounts::from_words(std::array::from_fn(|i| self.noise[i].load(r))),
             doorbells_rung: self.doorbells_rung.load(r),
+            handoff_batches: self.handoff_batches.load(r),
+            syscalls: None,
             stalls: 0,
             stalled: false,
         }

@@ -9,7 +9,7 @@ use sphinx_packet::header::delays::Delay;
 use sphinx_packet::route::{Destination, DestinationAddressBytes, Node, NodeAddressBytes};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use super::core::{CoreConfig, Handoff, HandoffRefused, HandoffSink, ShardCore};
+use super::core::{CoreConfig, Handoff, HandoffBatch, HandoffRefused, HandoffSink, ShardCore};
 use super::tag_owner;
 use crate::forward::{Backoff, TableLimits};
 use crate::framing::{FrameHeader, KeyRotation, PacketType, SizeTag, Version};
@@ -283,8 +283,10 @@ pub fn frozen_stopwatch() -> Instant {
 pub struct VirtualChannels {
     /// One queue per target shard.
     pub queues: Vec<VecDeque<Handoff>>,
-    /// Most handoffs a queue holds.
+    /// Most handoffs (packets) a queue holds.
     pub capacity: usize,
+    /// Batches taken.
+    pub batches: u64,
     /// Targets that have stopped.
     pub closed: Vec<bool>,
 }
@@ -295,6 +297,7 @@ impl VirtualChannels {
         VirtualChannels {
             queues: (0..shards).map(|_| VecDeque::new()).collect(),
             capacity,
+            batches: 0,
             closed: vec![false; shards],
         }
     }
@@ -306,14 +309,19 @@ impl VirtualChannels {
 }
 
 impl HandoffSink for VirtualChannels {
-    fn hand_off(&mut self, to: usize, handoff: Handoff) -> Result<(), HandoffRefused> {
+    fn hand_off(
+        &mut self,
+        to: usize,
+        batch: HandoffBatch,
+    ) -> Result<(), (HandoffRefused, HandoffBatch)> {
         if self.closed[to] {
-            return Err(HandoffRefused::Closed);
+            return Err((HandoffRefused::Closed, batch));
         }
-        if self.queues[to].len() >= self.capacity {
-            return Err(HandoffRefused::Full);
+        if self.queues[to].len() + batch.len() > self.capacity {
+            return Err((HandoffRefused::Full, batch));
         }
-        self.queues[to].push_back(handoff);
+        self.batches += 1;
+        self.queues[to].extend(batch);
         Ok(())
     }
 }

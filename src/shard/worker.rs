@@ -21,7 +21,8 @@ use glommio::sync::Semaphore;
 use glommio::task::JoinHandle;
 
 use super::core::{
-    Action, CoreConfig, Handoff, HandoffRefused, HandoffSink, InboxBytes, Outcome, Phase, ShardCore,
+    Action, CoreConfig, Handoff, HandoffBatch, HandoffRefused, HandoffSink, InboxBudget,
+    InboxLimits, Outcome, Phase, ShardCore,
 };
 use super::inbound::{Admit, CloseReason, InboundLimits, InboundTable};
 use super::noise_io::{self, NoiseReader, NoiseWriter, ReadError};
@@ -42,8 +43,8 @@ use crate::topology::KnownNodes;
 /// old its published figures get. Handoffs (doorbell) and packets held for less than this
 /// (the core's next timeout) wake it sooner.
 const PUMP_SLEEP_MAX: Duration = Duration::from_millis(20);
-/// Handoffs taken from the inbox per round before the timeouts get a turn.
-const INBOX_BATCH_MAX: usize = 64;
+/// Handoffs taken from the inbox per round (in whole batches) before the timeouts get a turn.
+const INBOX_ROUND_MAX: usize = 64;
 /// Longest a reader works through frames before giving the other tasks (the writers) a turn.
 const READER_TURN_MAX: Duration = Duration::from_micros(250);
 /// Words of the replay filter copied per pump round while a save is under way (512 KiB,
@@ -60,10 +61,10 @@ pub(super) struct ShardInit {
     pub index: usize,
     pub shards: usize,
     pub listener_fd: RawFd,
-    pub inbox: Receiver<Handoff>,
-    pub senders: Vec<Sender<Handoff>>,
+    pub inbox: Receiver<HandoffBatch>,
+    pub senders: Vec<Sender<HandoffBatch>>,
     /// Bytes in flight towards each shard (this one's own at `index`).
-    pub inbox_bytes: Vec<Arc<InboxBytes>>,
+    pub inbox_budgets: Vec<Arc<InboxBudget>>,
     /// The known nodes at start (None: no topology), and the channel of later ones.
     pub known: Option<Arc<KnownNodes>>,
     pub known_updates: Receiver<Option<Arc<KnownNodes>>>,
@@ -89,13 +90,13 @@ pub(super) struct ShardInit {
     pub noise: Option<NoiseIdentity>,
 }
 
-/// The cross-shard channels as the core's [`HandoffSink`]: a handoff that goes in rings the
-/// target's doorbell.
+/// The cross-shard channels as the core's [`HandoffSink`]: a batch that goes in rings the
+/// target's doorbell once.
 struct Outbox {
-    senders: Vec<Sender<Handoff>>,
-    /// Bytes in flight towards each shard, and the most each may have.
-    inbox_bytes: Vec<Arc<InboxBytes>>,
-    inbox_bytes_max: u64,
+    senders: Vec<Sender<HandoffBatch>>,
+    /// Packets and bytes in flight towards each shard, and the most each may have.
+    budgets: Vec<Arc<InboxBudget>>,
+    limits: InboxLimits,
     /// The other shards' doorbells, connected (None for this shard, or until connected).
     bells: Vec<Option<ConnectedSender<()>>>,
     /// Doorbells rung (a ring taken by the slot).
@@ -103,16 +104,17 @@ struct Outbox {
 }
 
 impl HandoffSink for Outbox {
-    fn hand_off(&mut self, to: usize, handoff: Handoff) -> Result<(), HandoffRefused> {
-        let bytes = handoff.footprint();
-        if !self.inbox_bytes[to].try_reserve(bytes, self.inbox_bytes_max) {
-            return Err(HandoffRefused::Full);
+    fn hand_off(
+        &mut self,
+        to: usize,
+        batch: HandoffBatch,
+    ) -> Result<(), (HandoffRefused, HandoffBatch)> {
+        let bytes: u64 = batch.iter().map(Handoff::footprint).sum();
+        let packets = batch.len() as u64;
+        if !self.budgets[to].try_reserve(bytes, packets, self.limits) {
+            return Err((HandoffRefused::Full, batch));
         }
-        let sent = self.senders[to].try_send(handoff);
-        if sent.is_err() {
-            self.inbox_bytes[to].release(bytes);
-        }
-        match sent {
+        match self.senders[to].try_send(batch) {
             Ok(()) => {
                 // A full slot means a ring is already pending; a closed one, that the other
                 // shard has stopped (its inbox is drained at close).
@@ -123,8 +125,13 @@ impl HandoffSink for Outbox {
                 }
                 Ok(())
             }
-            Err(TrySendError::Full(_)) => Err(HandoffRefused::Full),
-            Err(TrySendError::Disconnected(_)) => Err(HandoffRefused::Closed),
+            Err(refused) => {
+                self.budgets[to].release(bytes, packets);
+                match refused {
+                    TrySendError::Full(batch) => Err((HandoffRefused::Full, batch)),
+                    TrySendError::Disconnected(batch) => Err((HandoffRefused::Closed, batch)),
+                }
+            }
         }
     }
 }
@@ -142,9 +149,9 @@ struct Shard {
     stats: Arc<Vec<ShardStats>>,
     core: RefCell<ShardCore>,
     outbox: RefCell<Outbox>,
-    inbox: Receiver<Handoff>,
+    inbox: Receiver<HandoffBatch>,
     /// Bytes in flight towards this shard: released as handoffs are taken.
-    inbox_bytes: Arc<InboxBytes>,
+    inbox_budget: Arc<InboxBudget>,
     known_updates: Receiver<Option<Arc<KnownNodes>>>,
     /// Where loops that came back go (the monitor).
     loop_arrivals: Option<Sender<super::core::LoopArrival>>,
@@ -204,6 +211,7 @@ fn inbound_table(
 
 /// The shard's main future: returns its final counts after shutdown.
 pub(super) async fn run(init: ShardInit) -> ShardCounts {
+    init.stats[init.index].count_syscalls_of_this_thread();
     // SAFETY: the fd is a listening TCP socket created for this shard and owned by nothing else.
     let listener = unsafe { TcpListener::from_raw_fd(init.listener_fd) };
     let shards = init.shards;
@@ -227,17 +235,20 @@ pub(super) async fn run(init: ShardInit) -> ShardCounts {
         core: RefCell::new(core),
         outbox: RefCell::new(Outbox {
             senders: init.senders,
-            inbox_bytes: init.inbox_bytes.clone(),
-            inbox_bytes_max: init
-                .engine
-                .cross_shard_bytes_max
-                .div_ceil(shards as u64)
-                .max(1),
+            budgets: init.inbox_budgets.clone(),
+            limits: InboxLimits {
+                bytes: init
+                    .engine
+                    .cross_shard_bytes_max
+                    .div_ceil(shards as u64)
+                    .max(1),
+                packets: init.engine.cross_shard_packets_max as u64,
+            },
             bells: (0..shards).map(|_| None).collect(),
             rung: 0,
         }),
         inbox: init.inbox,
-        inbox_bytes: Arc::clone(&init.inbox_bytes[init.index]),
+        inbox_budget: Arc::clone(&init.inbox_budgets[init.index]),
         known_updates: init.known_updates,
         loop_arrivals: init.loops.as_ref().map(|l| l.arrivals.clone()),
         loops_unreported: Cell::new(0),
@@ -309,15 +320,21 @@ impl Shard {
         self.after(outcome);
     }
 
-    fn on_handoff(self: &Rc<Self>, handoff: Handoff, now: Instant) {
-        self.inbox_bytes.release(handoff.footprint());
-        let outcome = self.core.borrow_mut().on_handoff(
-            handoff,
-            now,
-            &mut *self.outbox.borrow_mut(),
-            &mut *self.telemetry.borrow_mut(),
-        );
+    fn on_handoff(self: &Rc<Self>, handoff: Handoff) {
+        self.inbox_budget.release(handoff.footprint(), 1);
+        let outcome = self
+            .core
+            .borrow_mut()
+            .on_handoff(handoff, &mut *self.telemetry.borrow_mut());
         self.after(outcome);
+    }
+
+    /// Hand the batches waiting for other shards to them (after a read's frames, and on
+    /// each round of the pump).
+    fn flush_handoffs(&self) {
+        self.core
+            .borrow_mut()
+            .flush_handoffs(&mut *self.outbox.borrow_mut());
     }
 
     /// Wake the pump for a packet due before it would wake, and carry out the core's actions.
@@ -423,6 +440,7 @@ impl Shard {
             held: figures.held,
             queued: figures.queued,
             writing: figures.writing,
+            crossing: figures.crossing,
             next_hops: figures.table.next_hops,
             next_hops_opened: figures.table.opened,
             next_hops_evicted: figures.table.evicted,
@@ -435,7 +453,7 @@ impl Shard {
             accept_errors: self.accept_errors.get(),
             read_timeouts: self.read_timeouts.get(),
             bytes_held: figures.bytes_held,
-            inbox_bytes: self.inbox_bytes.get(),
+            inbox_bytes: self.inbox_budget.bytes(),
             known_addresses: core.known().map_or(0, |k| k.addresses() as u64),
             connections_known: self.inbound.borrow().known_len() as u64,
             connections_evicted: self.connections_evicted.get(),
@@ -448,6 +466,8 @@ impl Shard {
             keys: key_figures(core.processor()),
             noise: *self.noise_counts.borrow(),
             doorbells_rung: self.outbox.borrow().rung,
+            handoff_batches: core.batches_sent(),
+            syscalls: None,
             // The watchdog's figures; filled in when read.
             stalls: 0,
             stalled: false,
@@ -466,7 +486,7 @@ impl Shard {
             && self.inbox.is_empty()
             && self.stats.iter().enumerate().all(|(i, stats)| {
                 let s = stats.snapshot();
-                i == self.index || (s.held + s.queued + s.writing == 0 && s.inbox_bytes == 0)
+                i == self.index || (s.in_flight_measured() == 0 && s.inbox_bytes == 0)
             });
         if !idle {
             self.idle_since.set(None);
@@ -689,6 +709,8 @@ async fn reader(shard: Rc<Shard>, mut stream: TcpStream, id: u64, peer: SocketAd
     };
     if let Some(noise) = link {
         read_frames(&shard, stream, id, noise, peer).await;
+        // A stream that ended mid-read (a corrupt frame) may have left packets waiting.
+        shard.flush_handoffs();
     }
     shard.inbound.borrow_mut().remove(id);
     shard.readers.borrow_mut().remove(&id);
@@ -805,6 +827,7 @@ async fn read_frames(
             // core until glommio's preemption timer fires (100 ms), and yielding after every
             // frame would cost the writers their batching.
             if turn_started.elapsed() >= READER_TURN_MAX {
+                shard.flush_handoffs();
                 futures_lite::future::yield_now().await;
                 turn_started = Instant::now();
             }
@@ -816,7 +839,9 @@ async fn read_frames(
             _ if completed || partial_since.is_none() => Some(read_at),
             _ => partial_since,
         };
-        // The pump may sleep for a while: publish what this read changed.
+        // The packets for other shards go in one batch per shard, then the pump may sleep
+        // for a while: publish what this read changed.
+        shard.flush_handoffs();
         shard.publish();
         // Also after each read's frames, so that writers run between reads.
         futures_lite::future::yield_now().await;
@@ -830,16 +855,21 @@ async fn pump(shard: Rc<Shard>, accept: JoinHandle<()>) -> ShardCounts {
     loop {
         shard.stats[shard.index].beat();
         let mut work = 0usize;
-        for _ in 0..INBOX_BATCH_MAX {
+        while work < INBOX_ROUND_MAX {
             match shard.inbox.try_recv() {
-                Ok(handoff) => {
-                    shard.on_handoff(handoff, Instant::now());
-                    work += 1;
+                Ok(batch) => {
+                    work += batch.len();
+                    for handoff in batch {
+                        shard.on_handoff(handoff);
+                    }
                     glommio::yield_if_needed().await;
                 }
                 Err(_) => break,
             }
         }
+        // Nothing the pump does hands packets on, but a reader cancelled mid-read may have
+        // left some waiting.
+        shard.flush_handoffs();
         let now = Instant::now();
         shard.core.borrow_mut().handle_timeout(now);
         shard.run_actions();
@@ -943,8 +973,10 @@ async fn close(shard: &Rc<Shard>) {
     loop {
         let all_stopped = shard.control.stopped_sending.load(Ordering::Acquire)
             >= shard.control.running.load(Ordering::Acquire);
-        while let Ok(handoff) = shard.inbox.try_recv() {
-            shard.on_handoff(handoff, Instant::now());
+        while let Ok(batch) = shard.inbox.try_recv() {
+            for handoff in batch {
+                shard.on_handoff(handoff);
+            }
         }
         if all_stopped {
             break;
