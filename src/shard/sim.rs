@@ -99,10 +99,12 @@ fn peer_address(index: usize) -> SocketAddr {
 fn config(index: usize) -> CoreConfig {
     let mut config = testkit::config(index, SHARDS);
     config.held_packets_max = 8;
-    // About 24 packets in wheel and queues together: fills before six queues of ten do.
+    // About 24 packets in wheel and queues together: fills before six queues of five and a
+    // full wheel do. Each shard queues only the packets whose tags it owns, so a next hop's
+    // queue on one shard sees about a third of that hop's packets.
     config.memory_bytes_max = 24 * SizeTag::Ack.packet_len() as u64;
     config.table.next_hops_max = 6;
-    config.table.queue_packets_max = 10;
+    config.table.queue_packets_max = 5;
     config.table.idle_timeout = Duration::from_secs(2);
     config
 }
