@@ -57,6 +57,13 @@ fn bench_mix_runs_and_its_json_accounts_for_every_packet() {
     // One shard hands nothing to another.
     assert_eq!(runs[0]["handoffs_per_packet"].as_f64(), Some(0.0));
     assert_eq!(runs[0]["doorbells_per_packet"].as_f64(), Some(0.0));
+    assert_eq!(runs[0]["batches_per_packet"].as_f64(), Some(0.0));
+    // The shard's own system calls: a positive figure where the kernel lets the node count
+    // them (root or CAP_PERFMON), null elsewhere.
+    match runs[0]["syscalls_per_packet"].as_f64() {
+        Some(calls) => assert!(calls > 0.0 && calls < 50.0, "{calls} syscalls per packet"),
+        None => assert!(runs[0]["syscalls_per_packet"].is_null(), "{}", runs[0]),
+    }
     let run = &v["runs"][0];
     assert_eq!(run["cores"], 1);
     let sent = run["sent"].as_u64().unwrap();

@@ -13,6 +13,19 @@
 //! one-slot glommio shared channel, which wakes a sleeping executor), so an idle shard sleeps
 //! instead of polling its inbox.
 //!
+//! Why no replay passes when copies race on several shards: the replay tag is a function of
+//! the packet's group element and the node's key (the shared secret, hashed), so every copy of
+//! a packet, on whatever connection and shard it arrives, has the same tag and is routed by
+//! [`tag_owner`] to the same shard. That shard runs one task at a time: it tests and records
+//! the tag in its own filter between two awaits, with no other thread touching that filter,
+//! so the copies are judged one after another in the order its inbox and readers hand them
+//! over, and only the first whose MAC verifies is recorded and mixed. A copy that no shard owns
+//! or two shards own cannot exist, since [`tag_owner`] is a pure function of the tag and the
+//! shard count, fixed for the engine's life. The engine test
+//! `copies_racing_on_connections_of_different_shards_pass_exactly_once` sends each packet on
+//! six connections held by different shards at once, 150 times, and checks that exactly one
+//! copy of each is forwarded.
+//!
 //! Why the tag's owner keeps the packet rather than handing it to a shard that owns the next
 //! hop: that second crossing cost a boxed handoff and a channel slot for (N-1)/N of packets,
 //! and the one connection per next hop it saved is cheap to multiply (a busy next hop gets one
