@@ -190,7 +190,11 @@ impl Sim {
         let mut in_flight = self.channels.len() as u64;
         for shard in &self.shards {
             shard.core.check_conservation();
-            let c = shard.core.counts().packets;
+            // At most one crossing: a shard hands on only packets it read itself, never one
+            // another shard handed it.
+            let counts = shard.core.counts();
+            assert!(counts.handed_off <= counts.packets.received, "{counts:?}");
+            let c = counts.packets;
             came += c.received;
             went += c.forwarded + c.dropped_total() + c.looped;
             in_flight += shard.core.in_flight();
