@@ -149,6 +149,19 @@ fn stats_grow_on_their_interval_and_metrics_pass_promtool_while_packets_flow() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    assert!(metrics.contains("# TYPE nym_mixnode_handoff_batches_total counter"));
+    // Where this process may count a kernel tracepoint, so may the node's shards.
+    if nym_mixnode::shard::syscalls::SyscallCounter::for_this_thread().is_some() {
+        let calls: Vec<u64> = metrics
+            .lines()
+            .filter(|l| l.starts_with("nym_mixnode_shard_syscalls_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(
+            !calls.is_empty() && calls.iter().all(|&n| n > 0),
+            "each shard's system calls: {calls:?}"
+        );
+    }
     let health = json(addr, "/health");
     assert_eq!(health["status"], "up");
     assert!(health["uptime_s"].is_u64());
