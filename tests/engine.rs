@@ -660,3 +660,60 @@ fn copies_racing_on_connections_of_different_shards_pass_exactly_once() {
     unique.dedup();
     assert_eq!(unique.len(), PACKETS, "no packet arrives twice");
 }
+
+/// With room for one packet in flight to each shard, a read's batch for the other shard is
+/// cut to what fits: that part crosses, each packet of the rest is dropped as handoff_full,
+/// and every packet is accounted for.
+#[test]
+fn a_batch_larger_than_the_cross_shard_room_sends_what_fits_and_counts_the_rest() {
+    const PACKETS: usize = 300;
+    let (node, receiver) = single(|c| c.engine.cross_shard_packets_max = 1);
+    let h = header(Version::V8, SizeTag::Ack);
+    let wire: Vec<u8> = (0..PACKETS)
+        .flat_map(|i| {
+            frame(
+                h,
+                &packet(
+                    &[node.hop(Duration::ZERO), receiver.hop()],
+                    SizeTag::Ack,
+                    format!("room {i}").as_bytes(),
+                ),
+            )
+        })
+        .collect();
+    // One connection, written at once: its shard reads many frames per read.
+    let _s = send(node.mix, &wire);
+    eventually(Duration::from_secs(60), "every packet counted", || {
+        let (c, gauges) = node.totals();
+        c.received == PACKETS as u64 && c.in_flight() == 0 && gauges == 0
+    });
+    assert_balanced_and_idle(&node, "settles");
+    let c = node.totals().0;
+    let full = c.dropped[DropReason::HandoffFull as usize];
+    let handed: u64 = node
+        .node()
+        .snapshots()
+        .iter()
+        .map(|s| s.counts.handed_off)
+        .sum();
+    eprintln!(
+        "{} forwarded, {handed} crossed, {full} handoff_full",
+        c.forwarded
+    );
+    assert!(
+        full > 0,
+        "some batches held more than one packet for the other shard"
+    );
+    assert!(handed > 0, "the part that fitted crossed");
+    assert_eq!(
+        c.forwarded + full,
+        PACKETS as u64,
+        "nothing else was dropped"
+    );
+    assert_eq!(
+        receiver
+            .wait_for(c.forwarded as usize, Duration::from_secs(10))
+            .len() as u64,
+        c.forwarded
+    );
+}

@@ -238,8 +238,9 @@ pub const HANDOFF_BATCH_MAX: usize = 32;
 /// Where the core puts packets for other shards: the driver's bounded channels (with their
 /// doorbells), or the simulation's virtual ones.
 pub trait HandoffSink {
-    /// Pass `batch` to shard `to` as one message, or say why not and give it back (its
-    /// packets are then dropped and counted).
+    /// Pass `batch` to shard `to` as one message, or say why not and give back what was not
+    /// taken: all of it, or the packets after a first part that fitted (those given back are
+    /// dropped and counted).
     fn hand_off(
         &mut self,
         to: usize,
@@ -253,7 +254,7 @@ pub enum Outcome {
     /// Dropped, and counted under this reason.
     Dropped(DropReason),
     /// Waiting in the batch for this shard, which goes at the next flush (or at once, when
-    /// full); a refused batch is counted as dropped then.
+    /// full); packets the channel has no room for are counted as dropped then.
     HandedOff(usize),
     /// In this shard's wheel until `due`: a driver sleeping past it must wake.
     Held {
@@ -645,15 +646,23 @@ impl ShardCore {
                 self.counts.handed_off += packets as u64;
                 self.batches_sent += 1;
             }
-            Err((refused, mut batch)) => {
+            Err((refused, mut left)) => {
+                // The sink may have taken the first packets and given back the rest.
+                let taken = packets - left.len();
+                if taken > 0 {
+                    self.counts.handed_off += taken as u64;
+                    self.batches_sent += 1;
+                }
                 let reason = match refused {
                     HandoffRefused::Full => DropReason::HandoffFull,
                     HandoffRefused::Closed => DropReason::Shutdown,
                 };
-                self.counts.packets.dropped[reason as usize] += packets as u64;
-                // The allocation is kept for the next batch.
-                batch.clear();
-                self.outgoing[to] = batch;
+                self.counts.packets.dropped[reason as usize] += left.len() as u64;
+                if left.capacity() >= HANDOFF_BATCH_MAX {
+                    // The allocation is kept for the next batch.
+                    left.clear();
+                    self.outgoing[to] = left;
+                }
             }
         }
     }

@@ -446,18 +446,21 @@ fn a_packet_crosses_once_to_its_tags_owner_which_holds_it_and_a_full_or_closed_c
     owner.check_conservation();
     assert_eq!(owner.counts().taken_over, 2);
     assert_eq!(owner.counts().handed_off, 0);
-    // The channel holds 3 packets: a batch of 2 fits once, then a second one is refused
-    // whole and each of its packets is counted.
-    for round in 0..2 {
+    // The channel holds 3 packets: a batch of 2 fits, then one of the next 2, and the other
+    // is counted; then a batch finds no room at all and each of its packets is counted.
+    let mut expected = [(0, 4), (1, 5), (3, 5)].into_iter();
+    for round in 0..3 {
         for _ in 0..2 {
             let packet = packets.forward_owned_by(1, 2, hop, Duration::ZERO);
             reader.on_frame(header(), &packet, t0, &mut sink, &mut NoTimings);
         }
         reader.flush_handoffs(&mut sink);
         let full = reader.counts().packets.dropped[DropReason::HandoffFull as usize];
-        assert_eq!(full, round * 2, "round {round}");
+        let handed = reader.counts().handed_off;
+        assert_eq!(Some((full, handed)), expected.next(), "round {round}");
         reader.check_conservation();
     }
+    assert_eq!(sink.len(), 3);
     // A full batch goes at once, without waiting for the flush.
     sink.queues[1].clear();
     sink.capacity = HANDOFF_BATCH_MAX;

@@ -8,10 +8,11 @@
 //! tag's owner then holds the packet in its delay wheel and writes it on its own connection to
 //! the next hop when due (every shard keeps its own next-hop table), so a packet crosses cores
 //! at most once. Packets cross only through bounded crossbeam channels, in batches: what one
-//! read produced for another shard goes as one message; a full channel is a counted drop of
-//! each packet in the batch. After a batch the sender rings the receiving shard's doorbell (a
-//! one-slot glommio shared channel, which wakes a sleeping executor), so an idle shard sleeps
-//! instead of polling its inbox.
+//! read produced for another shard goes as one message; when the receiving shard's budget
+//! (packets and bytes in flight to it) has room for only part of a batch, that part goes and
+//! each packet of the rest is a counted drop. After a batch the sender rings the receiving
+//! shard's doorbell (a one-slot glommio shared channel, which wakes a sleeping executor), so an
+//! idle shard sleeps instead of polling its inbox.
 //!
 //! Why no replay passes when copies race on several shards: the replay tag is a function of
 //! the packet's group element and the node's key (the shared secret, hashed), so every copy of

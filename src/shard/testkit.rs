@@ -317,11 +317,18 @@ impl HandoffSink for VirtualChannels {
         if self.closed[to] {
             return Err((HandoffRefused::Closed, batch));
         }
-        if self.queues[to].len() + batch.len() > self.capacity {
+        // As the driver's channels: the first part that fits goes, the rest comes back.
+        let room = self.capacity.saturating_sub(self.queues[to].len());
+        if room == 0 {
             return Err((HandoffRefused::Full, batch));
         }
+        let mut batch = batch;
+        let left = (batch.len() > room).then(|| batch.split_off(room));
         self.batches += 1;
         self.queues[to].extend(batch);
-        Ok(())
+        match left {
+            None => Ok(()),
+            Some(left) => Err((HandoffRefused::Full, left)),
+        }
     }
 }

@@ -107,30 +107,49 @@ impl HandoffSink for Outbox {
     fn hand_off(
         &mut self,
         to: usize,
-        batch: HandoffBatch,
+        mut batch: HandoffBatch,
     ) -> Result<(), (HandoffRefused, HandoffBatch)> {
-        let bytes: u64 = batch.iter().map(Handoff::footprint).sum();
-        let packets = batch.len() as u64;
-        if !self.budgets[to].try_reserve(bytes, packets, self.limits) {
-            return Err((HandoffRefused::Full, batch));
+        let budget = &self.budgets[to];
+        let mut bytes: u64 = batch.iter().map(Handoff::footprint).sum();
+        let mut packets = batch.len() as u64;
+        let mut left = None;
+        if !budget.try_reserve(bytes, packets, self.limits) {
+            // Not all of it fits: send the longest first part that does, give back the rest.
+            (bytes, packets) = (0, 0);
+            for handoff in &batch {
+                let footprint = handoff.footprint();
+                if !budget.try_reserve(footprint, 1, self.limits) {
+                    break;
+                }
+                bytes += footprint;
+                packets += 1;
+            }
+            if packets == 0 {
+                return Err((HandoffRefused::Full, batch));
+            }
+            left = Some(batch.split_off(packets as usize));
         }
-        match self.senders[to].try_send(batch) {
-            Ok(()) => {
+        let sent = self.senders[to].try_send(batch);
+        if sent.is_ok() {
+            if let Some(bell) = &self.bells[to] {
                 // A full slot means a ring is already pending; a closed one, that the other
                 // shard has stopped (its inbox is drained at close).
-                if let Some(bell) = &self.bells[to] {
-                    if bell.try_send(()).is_ok() {
-                        self.rung += 1;
-                    }
+                if bell.try_send(()).is_ok() {
+                    self.rung += 1;
                 }
-                Ok(())
             }
-            Err(refused) => {
-                self.budgets[to].release(bytes, packets);
-                match refused {
-                    TrySendError::Full(batch) => Err((HandoffRefused::Full, batch)),
-                    TrySendError::Disconnected(batch) => Err((HandoffRefused::Closed, batch)),
-                }
+        }
+        match (sent, left) {
+            (Ok(()), None) => Ok(()),
+            (Ok(()), Some(left)) => Err((HandoffRefused::Full, left)),
+            (Err(refused), left) => {
+                budget.release(bytes, packets);
+                let (reason, mut batch) = match refused {
+                    TrySendError::Full(batch) => (HandoffRefused::Full, batch),
+                    TrySendError::Disconnected(batch) => (HandoffRefused::Closed, batch),
+                };
+                batch.extend(left.into_iter().flatten());
+                Err((reason, batch))
             }
         }
     }
