@@ -141,6 +141,24 @@ fn frames_arriving_at(
     arrived
 }
 
+/// `count` Ack frames, each a packet through `node` (no delay) to `receiver`, with the
+/// messages "`label` 0", "`label` 1", ...
+fn frames_through(node: &TestNode, receiver: &Receiver, count: usize, label: &str) -> Vec<u8> {
+    let h = header(Version::V8, SizeTag::Ack);
+    (0..count)
+        .flat_map(|i| {
+            frame(
+                h,
+                &packet(
+                    &[node.hop(Duration::ZERO), receiver.hop()],
+                    SizeTag::Ack,
+                    format!("{label} {i}").as_bytes(),
+                ),
+            )
+        })
+        .collect()
+}
+
 /// A node whose next hop is the receiver, with a test-sized config.
 fn single(tune: impl FnOnce(&mut nym_mixnode::config::Config)) -> (TestNode, Receiver) {
     (TestNode::start(2, tune), Receiver::start())
@@ -589,19 +607,7 @@ fn copies_racing_on_connections_of_different_shards_pass_exactly_once() {
         }
     }
     assert!(spread >= 2, "the connections landed on {spread} shard(s)");
-    let h = header(Version::V8, SizeTag::Ack);
-    let wire: Vec<u8> = (0..PACKETS)
-        .flat_map(|i| {
-            frame(
-                h,
-                &packet(
-                    &[node.hop(Duration::ZERO), receiver.hop()],
-                    SizeTag::Ack,
-                    format!("race {i}").as_bytes(),
-                ),
-            )
-        })
-        .collect();
+    let wire = frames_through(&node, &receiver, PACKETS, "race");
     let copies = connections.len();
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(copies));
     let senders: Vec<_> = connections
@@ -668,19 +674,7 @@ fn copies_racing_on_connections_of_different_shards_pass_exactly_once() {
 fn a_batch_larger_than_the_cross_shard_room_sends_what_fits_and_counts_the_rest() {
     const PACKETS: usize = 300;
     let (node, receiver) = single(|c| c.engine.cross_shard_packets_max = 1);
-    let h = header(Version::V8, SizeTag::Ack);
-    let wire: Vec<u8> = (0..PACKETS)
-        .flat_map(|i| {
-            frame(
-                h,
-                &packet(
-                    &[node.hop(Duration::ZERO), receiver.hop()],
-                    SizeTag::Ack,
-                    format!("room {i}").as_bytes(),
-                ),
-            )
-        })
-        .collect();
+    let wire = frames_through(&node, &receiver, PACKETS, "room");
     // One connection, written at once: its shard reads many frames per read.
     let _s = send(node.mix, &wire);
     eventually(Duration::from_secs(60), "every packet counted", || {

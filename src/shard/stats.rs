@@ -338,7 +338,17 @@ impl ShardStats {
         self.stalled.load(Ordering::Acquire)
     }
 
+    /// The last publication whole, with the watchdog's figures and the kernel's count of the
+    /// shard thread's system calls (a `read` on the caller's thread).
     pub fn snapshot(&self) -> ShardSnapshot {
+        let mut snapshot = self.published();
+        snapshot.syscalls = self.syscalls();
+        snapshot
+    }
+
+    /// The last publication whole, with the watchdog's figures, and no system call: for the
+    /// shards themselves (`syscalls` is None).
+    pub fn published(&self) -> ShardSnapshot {
         loop {
             let before = self.sequence.load(Ordering::Acquire);
             if before % 2 == 1 {
@@ -350,7 +360,6 @@ impl ShardStats {
             if self.sequence.load(Ordering::Relaxed) == before {
                 snapshot.stalls = self.stalls();
                 snapshot.stalled = self.is_stalled();
-                snapshot.syscalls = self.syscalls();
                 return snapshot;
             }
         }

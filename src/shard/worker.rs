@@ -63,7 +63,7 @@ pub(super) struct ShardInit {
     pub listener_fd: RawFd,
     pub inbox: Receiver<HandoffBatch>,
     pub senders: Vec<Sender<HandoffBatch>>,
-    /// Bytes in flight towards each shard (this one's own at `index`).
+    /// Packets and bytes in flight towards each shard (this one's own at `index`).
     pub inbox_budgets: Vec<Arc<InboxBudget>>,
     /// The known nodes at start (None: no topology), and the channel of later ones.
     pub known: Option<Arc<KnownNodes>>,
@@ -169,7 +169,7 @@ struct Shard {
     core: RefCell<ShardCore>,
     outbox: RefCell<Outbox>,
     inbox: Receiver<HandoffBatch>,
-    /// Bytes in flight towards this shard: released as handoffs are taken.
+    /// Packets and bytes in flight towards this shard: released as handoffs are taken.
     inbox_budget: Arc<InboxBudget>,
     known_updates: Receiver<Option<Arc<KnownNodes>>>,
     /// Where loops that came back go (the monitor).
@@ -504,7 +504,7 @@ impl Shard {
             && self.core.borrow().in_flight() == 0
             && self.inbox.is_empty()
             && self.stats.iter().enumerate().all(|(i, stats)| {
-                let s = stats.snapshot();
+                let s = stats.published();
                 i == self.index || (s.in_flight_measured() == 0 && s.inbox_bytes == 0)
             });
         if !idle {
